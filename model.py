@@ -1,0 +1,580 @@
+"""A from-scratch decoder-only transformer for Qwen3, Qwen2 and Llama checkpoints.
+
+One implementation, three families, switched by config flags:
+  - qwen3: per-head RMSNorm on q and k (applied before RoPE), explicit head_dim, no q/k/v bias
+  - qwen2: q/k/v projections with bias
+  - llama: plain (SmolLM2, the project's built-in base model, is a llama)
+
+Parameter names are Hugging Face's, so loading a checkpoint is an identity mapping plus a strict
+check, and `save` writes a directory that transformers can open too.
+
+Public API (used by every other script):
+    model, tok = load(path)                      # HF-layout dir -> (Transformer, Tokenizer)
+    save(model, tok, path)                       # same layout, written atomically
+    logits = model(ids, attention_mask)          # (B, T, V); logits_at= picks positions
+    out = generate(model, prompts, max_new_tokens=..., stop_ids=..., temperature=..., seeds=...)
+    text = tok.chat([{"role": "user", "content": "hi"}], enable_thinking=False)
+    device, dtype = pick_device()
+
+Run `python model.py "What is the capital of France?"` for a short chat demo with the built-in model.
+"""
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class Config:
+    model_type: str = "qwen3"
+    vocab_size: int = 151936
+    hidden_size: int = 1024
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 8
+    head_dim: int = 0  # 0 -> hidden_size // num_attention_heads (llama, qwen2); qwen3 sets it
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1e6
+    max_position_embeddings: int = 40960
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False  # q/k/v bias (qwen2 always has it)
+    qk_norm: bool = False  # per-head q/k RMSNorm (qwen3)
+    bos_token_id: int | None = None
+    eos_token_id: int | list | None = None
+
+    @classmethod
+    def from_hf(cls, d: dict, source: str = "config.json") -> "Config":
+        """Build from an HF config.json dict; refuse anything this implementation would get wrong."""
+        kind = d.get("model_type")
+        if kind not in ("qwen3", "qwen2", "llama"):
+            raise ValueError(f"{source}: model_type {kind!r} is not supported (qwen3, qwen2, llama)")
+        # RoPE settings live in rope_scaling / rope_theta (transformers 4) or rope_parameters (5)
+        rope = d.get("rope_parameters") or {}
+        scaling = [r.get("rope_type") or r.get("type") or "default"
+                   for r in (rope, d.get("rope_scaling") or {})]
+        unsupported = {
+            "rope_scaling": scaling[1] != "default",
+            "rope_parameters": scaling[0] != "default",
+            "layer_types": any(t != "full_attention" for t in d.get("layer_types") or []),
+            "use_sliding_window": bool(d.get("use_sliding_window")),
+            "hidden_act": d.get("hidden_act", "silu") != "silu",
+            "mlp_bias": bool(d.get("mlp_bias")),
+            "attention_bias": kind == "qwen3" and bool(d.get("attention_bias")),
+            "pretraining_tp": d.get("pretraining_tp", 1) != 1,
+        }
+        for key, bad in unsupported.items():
+            if bad:
+                raise ValueError(f"{source}: {key}={d.get(key)!r} is not implemented by model.py")
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["rope_theta"] = rope.get("rope_theta", d.get("rope_theta", cls.rope_theta))
+        kw["head_dim"] = d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"]
+        kw["num_key_value_heads"] = d.get("num_key_value_heads") or d["num_attention_heads"]
+        kw["attention_bias"] = kind == "qwen2" or bool(d.get("attention_bias"))
+        kw["qk_norm"] = kind == "qwen3"
+        kw.setdefault("tie_word_embeddings", kind != "llama")  # HF defaults per family
+        return cls(**kw)
+
+    def to_hf(self) -> dict:
+        arch = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "qk_norm"}
+        d.update(architectures=[arch[self.model_type]], hidden_act="silu", rope_scaling=None,
+                 torch_dtype="float32", use_cache=True)
+        return d
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # statistics in fp32 whatever the model dtype (bf16 variance underflows)
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(positions, head_dim: int, theta: float):
+    """cos/sin tables in fp32 for integer positions (B, T) -> each (B, T, head_dim)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    freqs = positions.float()[..., None] * inv_freq  # (B, T, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # split-halves layout: [f0..f(D/2-1), f0..f(D/2-1)]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x (B, H, T, D). Rotates pairs (i, i + D/2): the HF 'rotate_half' layout, not interleaved."""
+    h = x.float()
+    x1, x2 = h.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (h * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (B, H_kv, S, D) each, plus a (B, S) mask of
+    which slots hold real tokens. `length` slots are filled; new tokens are written after them."""
+
+    def __init__(self, cfg: Config, batch: int, size: int, device, dtype):
+        shape = (batch, cfg.num_key_value_heads, size, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.mask = torch.zeros(batch, size, dtype=torch.bool, device=device)
+        self.length = 0
+
+    def select(self, rows):
+        """Keep (or repeat) rows: cache.select(tensor([0, 0, 1])) duplicates row 0."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+        self.mask = self.mask[rows]
+        return self
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        H, Hkv, D, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        self.q_proj = nn.Linear(C, H * D, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(C, Hkv * D, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(C, Hkv * D, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(D, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, cfg.num_attention_heads, cfg.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, cfg.num_key_value_heads, cfg.head_dim)  # (B, T, Hkv, D)
+        v = self.v_proj(x).view(B, T, cfg.num_key_value_heads, cfg.head_dim)
+        if cfg.qk_norm:  # Qwen3: normalise each head *before* RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # write this step's keys after the filled slots, attend to all of them
+            L = cache.length
+            cache.k[layer][:, :, L:L + T] = k
+            cache.v[layer][:, :, L:L + T] = v
+            k, v = cache.k[layer][:, :, :L + T], cache.v[layer][:, :, :L + T]
+        groups = cfg.num_attention_heads // cfg.num_key_value_heads
+        if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """HF's `model.` prefix: embeddings, blocks, final norm."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        self.gradient_checkpointing = False  # recompute each block in backward to save memory
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:  # one tensor, two names; saved once (as embed_tokens)
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids, attention_mask=None, cache=None, logits_at=None):
+        """input_ids (B, T). attention_mask (B, T): 1 = real token, 0 = padding (left or anywhere).
+        cache: a KVCache; the T tokens go into slots cache.length .. cache.length+T-1.
+        logits_at: None -> (B, T, V); "last" -> (B, V) at column T-1 (the last real token when
+        left-padded); a bool (B, T) tensor -> (N, V) at its True positions, in row-major order;
+        "hidden" -> the final normed hidden states (B, T, C), no lm_head."""
+        B, T = input_ids.shape
+        dev = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+        attention_mask = attention_mask.bool()
+        L = 0 if cache is None else cache.length
+        if cache is not None:
+            cache.mask[:, L:L + T] = attention_mask
+            key_mask = cache.mask[:, :L + T]  # (B, S)
+        else:
+            key_mask = attention_mask
+        # positions count real tokens only, so a left-padded row starts at position 0
+        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, L:]  # (B, T)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        # query i (absolute slot L+i) may see key j when j <= L+i and j is a real token; every query
+        # also sees itself, so padding rows stay finite (their outputs are never used)
+        S = L + T
+        qi = torch.arange(L, S, device=dev)[:, None]
+        kj = torch.arange(S, device=dev)[None, :]
+        mask = (kj <= qi)[None] & key_mask[:, None, :]  # (B, T, S)
+        mask = (mask | (kj == qi)[None])[:, None]  # (B, 1, T, S)
+        x = self.model.embed_tokens(input_ids)
+        for i, block in enumerate(self.model.layers):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.length = S
+        x = self.model.norm(x)
+        if isinstance(logits_at, str) and logits_at == "hidden":
+            return x
+        if isinstance(logits_at, str) and logits_at == "last":
+            x = x[:, -1]
+        elif logits_at is not None:
+            x = x[logits_at]
+        return self.lm_head(x)
+
+
+# ----------------------------------------------------------------------------- device and dtype
+
+
+def pick_device(device=None, dtype=None, verbose=True):
+    """The one place that decides device and dtype: CUDA with bf16 where supported, else CPU fp32."""
+    if device is None:
+        device, why = ("cuda", "CUDA is available") if torch.cuda.is_available() else ("cpu", "no CUDA")
+    else:
+        why = "asked for"
+    device = torch.device(device)
+    if dtype is None:
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype, dwhy = (torch.bfloat16, "bf16 is supported") if bf16 else (torch.float32, "fp32 default")
+    else:
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        dwhy = "asked for"
+    if verbose:
+        print(f"device {device} ({why}), dtype {str(dtype).replace('torch.', '')} ({dwhy})", file=sys.stderr)
+    return device, dtype
+
+
+# ----------------------------------------------------------------------------- tokenizer and chat
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` plus the checkpoint's chat format (ChatML, rendered in Python)."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.path = path
+        self.tok = HFTokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        cfg_path = os.path.join(path, "tokenizer_config.json")
+        self.config = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
+        template = self.config.get("chat_template") or ""
+        if isinstance(template, list):  # some checkpoints store named templates
+            template = next((t["template"] for t in template if t.get("name") == "default"), "")
+        if template and "<|im_start|>" not in template:
+            raise ValueError(f"{cfg_path}: chat_template is not ChatML (<|im_start|>role); not supported")
+        # a default system message the template inserts when the conversation has none (SmolLM2,
+        # Qwen2.5): a literal system turn with no variable inside it
+        m = re.search(r"<\|im_start\|>system(?:\\n|\n)([^'\"{}+]+?)<\|im_end\|>", template)
+        self.default_system = m.group(1).replace("\\n", "\n") if m else None
+        self.has_thinking_switch = "enable_thinking" in template
+        self.im_end = self.tok.token_to_id("<|im_end|>")
+        self.pad_id = self.tok.token_to_id(self.config.get("pad_token") or "<|endoftext|>")
+        if self.pad_id is None:
+            self.pad_id = self.im_end
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids, skip_special_tokens=False) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_id(self, text: str) -> int:
+        ids = self.encode(text)
+        assert len(ids) == 1, f"{text!r} is {len(ids)} tokens, expected 1"
+        return ids[0]
+
+    def chat(self, messages: list[dict], add_generation_prompt=True, enable_thinking=True) -> str:
+        """ChatML text for system/user/assistant messages, as the checkpoint's template renders it.
+        enable_thinking=False inserts the empty think block of Qwen3's template; for templates
+        without that switch it is inserted by hand, so both families see the same scoring format."""
+        out = []
+        if self.default_system and (not messages or messages[0]["role"] != "system"):
+            out.append(f"<|im_start|>system\n{self.default_system}<|im_end|>\n")
+        for m in messages:
+            out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
+        if add_generation_prompt:
+            out.append("<|im_start|>assistant\n")
+            if not enable_thinking:
+                out.append("<think>\n\n</think>\n\n")
+        return "".join(out)
+
+    def save(self, path: str):
+        self.tok.save(os.path.join(path, "tokenizer.json"))
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump(self.config, f, indent=2, ensure_ascii=False)
+
+
+# ----------------------------------------------------------------------------- load and save
+
+
+def load(path: str, device=None, dtype=None, verbose=False):
+    """Load an HF-layout checkpoint directory -> (Transformer, Tokenizer). Built on the meta device
+    (no throwaway random init), filled from safetensors with HF names, strict key check."""
+    from safetensors.torch import load_file
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: not a checkpoint directory (expected config.json, "
+                                "model.safetensors and tokenizer.json inside)")
+    for name in ("config.json", "tokenizer.json"):
+        if not os.path.exists(os.path.join(path, name)):
+            raise FileNotFoundError(f"{path}: {name} is missing")
+    cfg_file = os.path.join(path, "config.json")
+    try:
+        cfg = Config.from_hf(json.load(open(cfg_file)), cfg_file)
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{cfg_file}: unreadable config ({type(e).__name__}: {e})") from None
+    device, dtype = pick_device(device, dtype, verbose=verbose)
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        files = sorted(set(json.load(open(index))["weight_map"].values()))
+    elif os.path.exists(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    state = {}
+    for f in files:
+        state.update(load_file(os.path.join(path, f), device="cpu"))
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match config.json ({cfg.model_type}); "
+                         f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                         f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    for k, v in model.state_dict().items():
+        if k in state and state[k].shape != v.shape:
+            raise ValueError(f"{path}: {k} has shape {tuple(state[k].shape)}, config says {tuple(v.shape)}")
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()},
+                          strict=False, assign=True)
+    model.tie_weights()
+    return model.eval(), Tokenizer(path)
+
+
+def atomic_dir(path: str):
+    """A fresh temporary sibling of `path`; `commit_dir` renames it into place."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+
+
+def commit_dir(tmp: str, path: str):
+    """Swap a finished temporary directory into place; an old `path` is removed only afterwards."""
+    old = None
+    if os.path.exists(path):
+        old = path + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = None):
+    """Write an HF-layout directory (config.json, model.safetensors, tokenizer files) atomically.
+    `extra` maps file names to JSON-able objects written alongside (training args, metrics)."""
+    from safetensors.torch import save_file
+
+    tmp = atomic_dir(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight")
+    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_hf()
+    cfg["torch_dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
+    for name, obj in {"config.json": cfg, **(extra or {})}.items():
+        with open(os.path.join(tmp, name), "w") as f:
+            json.dump(obj, f, indent=2)
+    tok.save(tmp)
+    for name in ("generation_config.json", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(tok.path, name)):
+            shutil.copy(os.path.join(tok.path, name), tmp)
+    commit_dir(tmp, path)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (B, N) completion ids; positions after the stop token hold the pad id
+    mask: torch.Tensor  # (B, N) bool, True through the stop token inclusive
+    logprobs: torch.Tensor  # (B, N) fp32 log-prob of each chosen token (0 where mask is False)
+
+
+def token_logprobs(logits, tokens, temperature=1.0):
+    """The log-prob helper shared by generation, SFT and RL: fp32, temperature applied."""
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _left_pad(seqs, pad_id, device):
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, T - len(s):] = torch.tensor(s)
+            mask[i, T - len(s):] = True
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
+    """Run the prompts through the model once -> (cache, last-token logits (B, V)).
+    Work shared between rows is done once: the longest common prefix of all prompts is prefilled
+    with batch size 1 and copied to every row, and identical prompts are prefilled once and
+    their cache rows repeated. `extra` reserves cache slots for tokens generated afterwards."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    unique = sorted(set(map(tuple, prompts)))
+    row_of = {p: i for i, p in enumerate(unique)}
+    assert all(len(p) > 0 for p in unique), "empty prompt"
+    P = 0  # common prefix length, leaving every prompt at least one token of its own
+    shortest = min(len(p) for p in unique)
+    while P < shortest - 1 and all(p[P] == unique[0][P] for p in unique):
+        P += 1
+    if len(unique) == 1:
+        P = len(unique[0]) - 1
+    suffixes = [list(p[P:]) for p in unique]
+    T = max(len(s) for s in suffixes)
+    cache = KVCache(model.config, 1, P + T + extra, device, dtype)
+    if P:
+        model(torch.tensor([unique[0][:P]], device=device), cache=cache, logits_at="hidden")
+    cache.select(torch.zeros(len(unique), dtype=torch.long, device=device))
+    ids, mask = _left_pad(suffixes, pad_id, device)
+    logits = model(ids, mask, cache=cache, logits_at="last")
+    rows = torch.tensor([row_of[tuple(p)] for p in prompts], device=device)
+    if len(unique) != len(prompts) or not torch.equal(rows, torch.arange(len(prompts), device=device)):
+        cache.select(rows)
+        logits = logits[rows]
+    return cache, logits
+
+
+def sample(logits, temperature, top_p, generators):
+    """One token per row. Each row draws from its own torch.Generator, so a row's sample does not
+    depend on which other rows share the batch. temperature 0 = greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+        sorted_p, idx = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    out = [torch.multinomial(probs[i], 1, generator=g).item() for i, g in enumerate(generators)]
+    return torch.tensor(out, device=logits.device)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids=(), temperature=0.0,
+             top_p=1.0, seeds=None, pad_id=0) -> Generation:
+    """Batched generation: prefill (shared prefix once), then one decode step per new token with a
+    preallocated KV cache. Row i samples with torch.Generator seeded seeds[i] (default: i).
+    Log-probs are taken under the temperature-scaled distribution (plain softmax when greedy),
+    before top-p truncation: the distribution RL's importance ratio needs."""
+    B, dev = len(prompts), next(model.parameters()).device
+    seeds = list(range(B)) if seeds is None else list(seeds)
+    gens = []
+    for s in seeds:
+        g = torch.Generator(device=dev)
+        g.manual_seed(int(s))
+        gens.append(g)
+    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=dev)
+    cache, logits = prefill(model, prompts, extra=max_new_tokens, pad_id=pad_id)
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)
+    logps = torch.zeros(B, max_new_tokens, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    for t in range(max_new_tokens):
+        nxt = sample(logits, temperature, top_p, gens)
+        live = ~done
+        tokens[:, t] = torch.where(live, nxt, pad_id)
+        mask[:, t] = live
+        logps[:, t] = torch.where(live, token_logprobs(logits, nxt, temperature), 0.0)
+        done |= torch.isin(nxt, stop)
+        if done.all() or t == max_new_tokens - 1:
+            break
+        logits = model(tokens[:, t:t + 1], live[:, None], cache=cache, logits_at="last")
+    return Generation(tokens[:, :t + 1], mask[:, :t + 1], logps[:, :t + 1])
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def default_model_path() -> str:
+    """The built-in base model, converted from its GGUF on first use."""
+    from data.convert_smollm2 import ensure_base_model
+
+    return ensure_base_model()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Chat once with a checkpoint (default: the built-in model).")
+    ap.add_argument("question", nargs="?", default="What is the capital of France?")
+    ap.add_argument("--model", default=None, help="HF-layout checkpoint directory")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit")
+    args = ap.parse_args()
+    model, tok = load(args.model or default_model_path(), verbose=True)
+    prompt = tok.chat([{"role": "user", "content": args.question}])
+    out = generate(model, [tok.encode(prompt)], args.max_new_tokens, stop_ids=[tok.im_end],
+                   pad_id=tok.pad_id)
+    print(prompt + tok.decode(out.tokens[0][out.mask[0]].tolist()))
