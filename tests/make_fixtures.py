@@ -69,9 +69,13 @@ CHATS = [
 ]
 
 
-def make_tokenizer():
+def make_tokenizer(split_digits: bool):
+    """A 320-token byte-level BPE. split_digits: one token per digit, as Qwen3's and SmolLM2's
+    tokenizers do (so "10" is two tokens); otherwise "10" is merged into one token."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -85,8 +89,8 @@ def main():
 
     shutil.rmtree(HERE, ignore_errors=True)
     os.makedirs(HERE)
-    tok = make_tokenizer()
-    V = tok.get_vocab_size()
+    toks = {True: make_tokenizer(True), False: make_tokenizer(False)}
+    V = max(t.get_vocab_size() for t in toks.values())
     chats = {}
     for name, (family, over, template) in MODELS.items():
         d = os.path.join(HERE, name)
@@ -101,7 +105,7 @@ def main():
                 if "norm" in n:
                     p.add_(torch.randn_like(p) * 0.1)
         model.save_pretrained(d)
-        tok.save(os.path.join(d, "tokenizer.json"))
+        toks[name != "qwen2"].save(os.path.join(d, "tokenizer.json"))
         tcfg = {"chat_template": template, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
                 "bos_token": None, "tokenizer_class": "PreTrainedTokenizerFast"}
         json.dump(tcfg, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=2)

@@ -1,0 +1,227 @@
+"""Read and write retrieval data: BEIR-format datasets, TREC qrels and TREC runs.
+
+A BEIR-format dataset is a directory with
+
+    corpus.jsonl       one {"_id", "title", "text"} per line
+    queries.jsonl      one {"_id", "text"} per line
+    qrels/<split>.tsv  header "query-id<TAB>corpus-id<TAB>score", then one judgement per line
+
+TREC qrels lines are `qid 0 docid grade`; TREC run lines are `qid Q0 docid rank score tag`.
+Every writer goes through a temporary file and os.replace, so an interrupted write never leaves a
+half-written file behind.
+
+    from data.beir import load_corpus, load_queries, load_qrels
+    corpus = load_corpus("data/beir/manpages")            # {doc_id: {"title", "text"}}
+    queries = load_queries("data/beir/manpages")          # {query_id: text}
+    qrels = load_qrels("data/beir/manpages", "test")      # {query_id: {doc_id: grade}}
+"""
+import json
+import os
+from pathlib import Path
+
+
+class DataFormatError(ValueError):
+    """A bad record in an input file; the message names file, line and field."""
+
+
+def _fail(path, line_no, what):
+    raise DataFormatError(f"{path}, line {line_no}: {what}")
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def atomic_write_text(path, text):
+    """Write `text` (UTF-8, '\\n' line ends) to `path` via a temporary file and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path, data):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- BEIR reading
+
+def _read_jsonl(path, required):
+    """Yield (line_no, record) for each non-empty line, checking that `required` string fields exist."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found (expected a BEIR-format JSONL file)")
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                _fail(path, line_no, f"not valid JSON ({e.msg} at column {e.colno})")
+            if not isinstance(rec, dict):
+                _fail(path, line_no, f"expected a JSON object, got {type(rec).__name__}")
+            for field in required:
+                if field not in rec:
+                    _fail(path, line_no, f"missing field '{field}'")
+                if not isinstance(rec[field], str):
+                    _fail(path, line_no, f"field '{field}' should be a string, got {type(rec[field]).__name__}")
+            if not rec["_id"]:
+                _fail(path, line_no, "field '_id' is empty")
+            yield line_no, rec
+
+
+def load_corpus(data_dir):
+    """{doc_id: {"title": str, "text": str}} from <data_dir>/corpus.jsonl (a missing title is "")."""
+    path = Path(data_dir) / "corpus.jsonl"
+    corpus = {}
+    for line_no, rec in _read_jsonl(path, ("_id", "text")):
+        title = rec.get("title", "")
+        if not isinstance(title, str):
+            _fail(path, line_no, f"field 'title' should be a string, got {type(title).__name__}")
+        if rec["_id"] in corpus:
+            _fail(path, line_no, f"field '_id': duplicate document id {rec['_id']!r}")
+        corpus[rec["_id"]] = {"title": title, "text": rec["text"]}
+    return corpus
+
+
+def load_queries(data_dir):
+    """{query_id: text} from <data_dir>/queries.jsonl."""
+    path = Path(data_dir) / "queries.jsonl"
+    queries = {}
+    for line_no, rec in _read_jsonl(path, ("_id", "text")):
+        if rec["_id"] in queries:
+            _fail(path, line_no, f"field '_id': duplicate query id {rec['_id']!r}")
+        queries[rec["_id"]] = rec["text"]
+    return queries
+
+
+def load_qrels(data_dir, split):
+    """{query_id: {doc_id: grade}} from <data_dir>/qrels/<split>.tsv (BEIR header required)."""
+    path = Path(data_dir) / "qrels" / f"{split}.tsv"
+    if not path.exists():
+        have = sorted(p.stem for p in (Path(data_dir) / "qrels").glob("*.tsv"))
+        raise FileNotFoundError(f"{path}: file not found (splits present: {', '.join(have) or 'none'})")
+    return read_beir_qrels(path)
+
+
+def read_beir_qrels(path):
+    qrels = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if line_no == 1:
+                if parts != ["query-id", "corpus-id", "score"]:
+                    _fail(path, 1, f"expected header 'query-id<TAB>corpus-id<TAB>score', got {line.strip()!r}")
+                continue
+            if len(parts) != 3:
+                _fail(path, line_no, f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(parts)}")
+            qid, docid, grade = parts
+            qrels.setdefault(qid, {})[docid] = _parse_grade(path, line_no, "score", grade)
+    return qrels
+
+
+def _parse_grade(path, line_no, field, value):
+    try:
+        return int(value)
+    except ValueError:
+        _fail(path, line_no, f"field '{field}' should be an integer grade, got {value!r}")
+
+
+# ---------------------------------------------------------------- BEIR writing
+
+def _jsonl(records):
+    # ensure_ascii=False keeps the files readable; the field order is fixed by the caller
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def write_corpus(path, corpus):
+    """corpus: {doc_id: {"title", "text"}}; written sorted by id."""
+    atomic_write_text(path, _jsonl({"_id": d, "title": corpus[d]["title"], "text": corpus[d]["text"]}
+                                   for d in sorted(corpus)))
+
+
+def write_queries(path, queries):
+    atomic_write_text(path, _jsonl({"_id": q, "text": queries[q]} for q in sorted(queries)))
+
+
+def write_beir_qrels(path, qrels):
+    """qrels: {qid: {docid: grade}}; sorted by query, then grade descending, then doc id."""
+    lines = ["query-id\tcorpus-id\tscore\n"]
+    for q in sorted(qrels):
+        for d, g in sorted(qrels[q].items(), key=lambda x: (-x[1], x[0])):
+            lines.append(f"{q}\t{d}\t{g}\n")
+    atomic_write_text(path, "".join(lines))
+
+
+# ---------------------------------------------------------------- TREC formats
+
+def read_trec_qrels(path):
+    """{qid: {docid: grade}} from a TREC qrels file (`qid 0 docid grade`, whitespace-separated)."""
+    qrels = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 4:
+                _fail(path, line_no, f"expected 4 fields 'qid 0 docid grade', got {len(parts)}")
+            qid, _, docid, grade = parts
+            qrels.setdefault(qid, {})[docid] = _parse_grade(path, line_no, "grade", grade)
+    return qrels
+
+
+def write_trec_qrels(path, qrels):
+    lines = [f"{q} 0 {d} {g}\n" for q in sorted(qrels) for d, g in sorted(qrels[q].items())]
+    atomic_write_text(path, "".join(lines))
+
+
+def read_trec_run(path):
+    """{qid: {docid: score}} from a TREC run file (`qid Q0 docid rank score tag`).
+
+    The rank column is ignored, as trec_eval ignores it: the order comes from the scores.
+    """
+    run = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                _fail(path, line_no, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}")
+            qid, _, docid, _, score, _ = parts
+            try:
+                value = float(score)
+            except ValueError:
+                _fail(path, line_no, f"field 'score' (5th column) should be a number, got {score!r}")
+            if docid in run.setdefault(qid, {}):
+                _fail(path, line_no, f"field 'docid': document {docid!r} appears twice for query {qid!r}")
+            run[qid][docid] = value
+    return run
+
+
+def write_trec_run(path, run, tag="run"):
+    """run: {qid: {docid: score}}; each query written in descending score order, ranks from 1.
+
+    Scores are written with 6 decimals; within a query, equal scores are ordered by doc id
+    descending, which is the order trec_eval uses, so the written ranks match the evaluated ones.
+    """
+    lines = []
+    for q in sorted(run):
+        ranked = sorted(run[q].items(), key=lambda x: (-x[1], _Desc(x[0])))
+        for rank, (d, s) in enumerate(ranked, 1):
+            lines.append(f"{q} Q0 {d} {rank} {s:.6f} {tag}\n")
+    atomic_write_text(path, "".join(lines))
+
+
+class _Desc(str):
+    """A string that sorts in reverse order (for descending tie-breaks inside an ascending sort)."""
+    def __lt__(self, other):
+        return str.__gt__(self, other)

@@ -1,0 +1,735 @@
+"""Build three small BEIR-format retrieval datasets from documentation in Debian packages.
+
+Run:
+    python data/build_datasets.py                  # all three datasets
+    python data/build_datasets.py --only pyfaq     # one of: manpages, foldoc, pyfaq
+
+Output, under data/beir/<name>/: corpus.jsonl, queries.jsonl, qrels/{train,dev,test}.tsv and
+SOURCES.txt (the Debian packages, versions and sha256 used, with their licences).
+
+    manpages  query = a man page's one-line NAME description ("list directory contents");
+              relevant = the page text from DESCRIPTION on (grade 2) and pages it names under
+              SEE ALSO (grade 1). Pages sharing a one-liner form one query (groups > 3 dropped).
+    foldoc    query = the first sentence of a FOLDOC entry with its headword and aliases replaced
+              by "___" (a cloze blank: BM25 ignores it, a reader sees where the term was);
+              relevant = the rest of the entry (grade 2) and the entries it cross-references
+              in {braces} (grade 1). A fixed 5,000-query subsample; every entry is in the corpus.
+    pyfaq     query = a Python FAQ question; relevant = its answer (grade 2); distractors =
+              sections of the library reference, tutorial and HOWTOs. All titles are empty so
+              headings do not leak the question. Held-out test set: every judgement is in
+              qrels/test.tsv; nothing is trained or tuned on it.
+
+Determinism: a fixed list of packages pinned to exact versions is fetched with `apt-get download`
+into data/cache/debs and unpacked with `dpkg-deb -x` into data/cache/extract (nothing is
+installed and the system's /usr/share is never read). Everything is sorted, splits come from the
+sha1 of the query text (80/10/10 train/dev/test), and a second build gives byte-identical files.
+Each file is written atomically and each dataset directory is built in a temporary directory
+and renamed into place. Documents are truncated to 300 words.
+"""
+import argparse
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from data.beir import atomic_write_text, write_beir_qrels, write_corpus, write_queries  # noqa: E402
+from data.bm25 import tokenize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / "cache"
+MAX_WORDS = 300
+SPLITS = (("train", 80), ("dev", 90), ("test", 100))  # cumulative percent of the sha1 bucket
+
+# (package, version) from Debian 12 "bookworm", pinned so the build is reproducible.
+MAN_PACKAGES = [
+    ("manpages", "6.03-2"), ("manpages-dev", "6.03-2"), ("coreutils", "9.1-1"),
+    ("util-linux", "2.38.1-5+deb12u3"), ("findutils", "4.9.0-4"), ("grep", "3.8-5"),
+    ("sed", "4.9-1+deb12u1"), ("tar", "1.34+dfsg-1.2+deb12u1"), ("gawk", "1:5.2.1-2"),
+    ("diffutils", "1:3.8-4"), ("bash", "5.2.15-2+b13"), ("procps", "2:4.0.2-3"),
+    ("iproute2", "6.1.0-3"), ("iputils-ping", "3:20221126-1+deb12u1"), ("nftables", "1.0.6-2+deb12u2"),
+    ("openssh-client", "1:9.2p1-2+deb12u10"), ("openssl", "3.0.22-1~deb12u2"),
+    ("libssl-doc", "3.0.22-1~deb12u2"), ("git-man", "1:2.39.5-0+deb12u3"), ("rsync", "3.5.0+ds1-0+deb12u1"),
+    ("systemd", "252.39-1~deb12u2"), ("kmod", "30+20221128-1"), ("e2fsprogs", "1.47.0-2+b2"),
+    ("lvm2", "2.03.16-2"), ("cryptsetup-bin", "2:2.6.1-4~deb12u2"), ("login", "1:4.13+dfsg1-1+deb12u2"),
+    ("passwd", "1:4.13+dfsg1-1+deb12u2"), ("sudo", "1.9.13p3-1+deb12u4"), ("debianutils", "5.7-0.5~deb12u1"),
+    ("dpkg", "1.21.23"), ("dpkg-dev", "1.21.23"), ("apt", "2.6.2"), ("man-db", "2.11.2-2"),
+    ("less", "590-2.1~deb12u2"), ("strace", "6.1-0.1"), ("tcl8.6-doc", "8.6.13+dfsg-2"),
+]
+FOLDOC_PACKAGES = [("dict-foldoc", "20230119-1")]
+PYDOC_PACKAGES = [("python3.11-doc", "3.11.2-6+deb12u9")]
+LICENCES = {
+    "manpages": "man pages: various free licences per package (see usr/share/doc/<package>/copyright in each .deb)",
+    "foldoc": "FOLDOC, Copyright 1985 Denis Howe: GNU Free Documentation License 1.1 or later",
+    "pyfaq": "Python documentation: PSF License Agreement (Python Software Foundation License)",
+}
+
+
+# ================================================================ packages: fetch and unpack
+
+def deb_path(cache_dir, name, version):
+    """The .deb for name=version in the cache (apt writes ':' in versions as '%3a'), or None."""
+    hits = sorted((cache_dir / "debs").glob(f"{name}_{version.replace(':', '%3a')}_*.deb"))
+    return hits[0] if hits else None
+
+
+def fetch(packages, cache_dir, allow_other_versions=False):
+    """Download missing .debs with apt-get; returns [(name, version, path)]."""
+    debs_dir = cache_dir / "debs"
+    debs_dir.mkdir(parents=True, exist_ok=True)
+    missing = [(n, v) for n, v in packages if deb_path(cache_dir, n, v) is None]
+    if missing and shutil.which("apt-get") is None:
+        want = "\n".join(f"  {n}_{v.replace(':', '%3a')}_<arch>.deb" for n, v in missing)
+        sys.exit(f"apt-get not found, so these Debian packages cannot be downloaded. Put them in "
+                 f"{debs_dir}/ (from any Debian 12 mirror or snapshot.debian.org) and rerun:\n{want}")
+    updated = False
+    for name, version in missing:
+        ok = apt_download(f"{name}={version}", debs_dir)
+        if not ok and not updated:  # an old package list may not know the version yet
+            subprocess.run(["apt-get", "update"], capture_output=True)
+            updated = True
+            ok = apt_download(f"{name}={version}", debs_dir)
+        if not ok:
+            if not allow_other_versions:
+                sys.exit(f"apt-get download {name}={version} failed. The pinned version may have left the "
+                         f"archive: put {name}_{version.replace(':', '%3a')}_<arch>.deb in {debs_dir}/ "
+                         f"(e.g. from snapshot.debian.org), or rerun with --allow-other-versions "
+                         f"(the dataset, and its numbers, may then change).")
+            print(f"WARNING: {name} {version} unavailable; using the archive's current version instead")
+            if not apt_download(name, debs_dir):
+                sys.exit(f"apt-get download {name} failed")
+    out = []
+    for name, version in packages:
+        path = deb_path(cache_dir, name, version) or sorted(debs_dir.glob(f"{name}_*.deb"))[-1]
+        real = subprocess.run(["dpkg-deb", "-f", str(path), "Version"], capture_output=True, text=True).stdout.strip()
+        out.append((name, real, path))
+    return out
+
+
+def apt_download(spec, debs_dir):
+    r = subprocess.run(["apt-get", "download", spec], cwd=debs_dir, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"apt-get download {spec}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'failed'}")
+    return r.returncode == 0
+
+
+def unpack(deb, cache_dir):
+    """dpkg-deb -x into data/cache/extract/<deb name>/ (once; unpacked beside it, then renamed)."""
+    if shutil.which("dpkg-deb") is None:
+        sys.exit("dpkg-deb not found: install dpkg (Debian/Ubuntu) to unpack the .deb files")
+    dest = cache_dir / "extract" / deb.stem
+    if not dest.exists():
+        tmp = dest.with_name(f".{deb.stem}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+        os.replace(tmp, dest)
+    return dest
+
+
+def sources_txt(name, debs):
+    lines = [f"dataset: {name}", "built by: python data/build_datasets.py (Debian 12 bookworm packages)",
+             f"licence: {LICENCES[name]}", "packages (name version sha256 file):"]
+    for pkg, version, path in debs:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines.append(f"  {pkg} {version} {sha} {path.name}")
+    return "\n".join(lines) + "\n"
+
+
+# ================================================================ shared utilities
+
+def sha1(text):
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def split_of(query_text):
+    """train/dev/test from the sha1 of the normalised query text: stable across builds and corpora."""
+    bucket = int(sha1(norm_text(query_text)), 16) % 100
+    return next(name for name, upper in SPLITS if bucket < upper)
+
+
+def norm_text(text):
+    return " ".join(text.lower().split()).rstrip(".")
+
+
+def words(text, n=MAX_WORDS):
+    return " ".join(text.split()[:n])
+
+
+def query_id(prefix, text):
+    return f"{prefix}-{sha1(norm_text(text))[:10]}"
+
+
+def write_dataset(name, corpus, queries, qrels_by_split, sources):
+    """Write everything into data/beir/.<name>.tmp<pid>/, then swap it into data/beir/<name>."""
+    out = ROOT / "beir" / name
+    tmp = out.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_corpus(tmp / "corpus.jsonl", corpus)
+    write_queries(tmp / "queries.jsonl", queries)
+    for split, qrels in qrels_by_split.items():
+        write_beir_qrels(tmp / "qrels" / f"{split}.tsv", qrels)
+    atomic_write_text(tmp / "SOURCES.txt", sources)
+    old = out.with_name(f".{name}.old{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    doc_words = [len(d["text"].split()) for d in corpus.values()]
+    sizes = " | ".join(f"{s} {len(q)}" for s, q in qrels_by_split.items())
+    print(f"{name}: queries {sizes} | documents {len(corpus)} | "
+          f"mean doc words {sum(doc_words) / max(len(doc_words), 1):.1f} -> {out}")
+
+
+def split_qrels(qrels, queries):
+    by_split = {s: {} for s, _ in SPLITS}
+    for qid in sorted(qrels):
+        by_split[split_of(queries[qid])][qid] = qrels[qid]
+    return by_split
+
+
+# ================================================================ roff (man pages)
+
+# groff special characters we meet in man pages; anything else becomes ""
+ROFF_CHARS = {
+    "em": "\u2014", "en": "\u2013", "hy": "-", "mi": "-", "bu": "\u2022", "aq": "'", "dq": '"',
+    "lq": '"', "rq": '"', "oq": "'", "cq": "'", "co": "\u00a9", "rg": "\u00ae", "tm": "\u2122",
+    "ga": "`", "ti": "~", "ha": "^", "rs": "\\", "sl": "/", "ba": "|", "br": "|", "at": "@",
+    "sh": "#", "dg": "\u2020", "de": "\u00b0", "mu": "\u00d7", "pl": "+", "eq": "=", "sc": "\u00a7",
+    "->": "\u2192", "<-": "\u2190", ">=": "\u2265", "<=": "\u2264", "!=": "\u2260", "Fo": "\u00ab",
+    "Fc": "\u00bb", "fo": "\u2039", "fc": "\u203a", "ua": "\u2191", "da": "\u2193", "ss": "\u00df",
+    "+-": "\u00b1", "lh": "\u261c", "rh": "\u261e", "or": "|", "ul": "_", "ru": "_", "ci": "\u25cb",
+}
+# strings most pages use; pod2man's quote strings (C`, C') are empty on terminals
+ROFF_STRINGS = {"Aq": "'", "lq": '"', "rq": '"', "R": "\u00ae", "Tm": "\u2122", "C`": '"', "C'": '"',
+                'L"': '"', 'R"': '"', "--": "\u2014", "PI": "pi"}
+_ROFF_ESC = re.compile(
+    r"\\(?:(?P<font>f(?:\[[^\]]*\]|\(..|.))"
+    r"|(?P<size>s(?:[+-]?\d|[+-]?\(\d\d|\([+-]?\d\d|\[[^\]]*\]|'[^']*'))"
+    r"|\*(?:\[(?P<s1>[^\]]*)\]|\((?P<s2>..)|(?P<s3>.))"
+    r"|(?P<reg>n[+-]?(?:\[[^\]]*\]|\(..|.))"
+    r"|\((?P<c2>..)"
+    r"|\[(?P<cn>[^\]]*)\]"
+    r"|N'(?P<num>\d+)'"
+    r"|(?P<quoted>[hvwoXDlLbxRSZ]'[^']*')"
+    r"|(?P<colour>[mM](?:\[[^\]]*\]|\(..|.))"
+    r"|(?P<one>.))", re.S)
+_ONE = {"-": "-", "e": "\\", "\\": "\\", "0": " ", "~": " ", " ": " ", "t": " ", "'": "'", "`": "`",
+        ".": ".", "E": "\\"}
+
+
+def roff_unescape(s, strings=ROFF_STRINGS):
+    """Replace roff escapes (fonts, sizes, special characters, strings) by plain text."""
+    def sub(m):
+        if m.group("font") or m.group("size") or m.group("reg") or m.group("quoted") or m.group("colour"):
+            return ""
+        name = m.group("s1") or m.group("s2") or m.group("s3")
+        if name is not None:
+            return strings.get(name, ROFF_STRINGS.get(name, ""))
+        name = m.group("c2") or m.group("cn")
+        if name is not None:
+            if re.fullmatch(r"u[0-9A-Fa-f]{4,5}", name):
+                return chr(int(name[1:], 16))
+            if name.startswith("char") and name[4:].isdigit():
+                return chr(int(name[4:]))
+            return ROFF_CHARS.get(name, "")
+        if m.group("num"):
+            return chr(int(m.group("num")))
+        c = m.group("one")
+        return _ONE.get(c, "" if c.isalnum() or c in "&|^%:/,{}!?c\n" else c)
+    return _ROFF_ESC.sub(sub, s)
+
+
+def roff_args(s):
+    """Split a macro's arguments: blanks separate, "double quotes" group, "" inside quotes is a quote."""
+    args, i, n = [], 0, len(s)
+    while i < n:
+        while i < n and s[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        if s[i] == '"':
+            i += 1
+            buf = []
+            while i < n:
+                if s[i] == '"':
+                    if i + 1 < n and s[i + 1] == '"':
+                        buf.append('"')
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                buf.append(s[i])
+                i += 1
+            args.append("".join(buf))
+        else:
+            j = i
+            while j < n and s[j] not in " \t":
+                j += 1
+            args.append(s[i:j])
+            i = j
+    return args
+
+
+# man macros whose arguments are printed, joined by a space or concatenated (alternating fonts)
+_JOINED = {"B", "I", "SM", "SB", "SY", "OP", "QW", "PQ", "QR", "UL", "AP", "MT", "Nm", "TQ"}
+_ALTERNATING = {"BR", "BI", "IB", "IR", "RB", "RI"}
+# macros that only lay out the page
+_LAYOUT = {"PP", "LP", "P", "RS", "RE", "TP", "PD", "HP", "UE", "ME", "EX", "EE", "YS", "DT", "AT",
+           "UC", "BS", "BE", "VS", "VE", "CS", "CE", "AS", "SO", "SE", "DS", "DE", "Sp", "Vb", "Ve",
+           "IX", "UR", "LO", "RT", "ID", "Id", "TE", "TH"}
+# mdoc (BSD) macros: their names are dropped from argument lists
+_MDOC = set("Dd Dt Os Sh Ss Pp Nm Nd Xr Fl Ar Op Oo Oc Cm Ic Pa Ev Va Dv Er Sx Em Sy Li Bl El Bd Ed It "
+            "Dq Do Dc Qq Qo Qc Sq So Sc Pq Po Pc Ql Ns No Xo Xc An Lk Mt Ux Bx At Ox Nx Fx Bsx Ta Aq Ao "
+            "Ac Bq Bo Bc Brq Bro Brc Fn Fa Ft Fd Fo Fc In Vt Lb Rs Re %A %T %D %J %N %O %P %V %B %I %R "
+            "Cd Ms Tn St Ad Ud Bf Ef Dl D1 Tg Eo Ec Ex Rv Pf Sm Ap Db Dx".split())
+
+_MDOC_NAMES = {"Ux": "UNIX", "Bx": "BSD", "Ox": "OpenBSD", "Nx": "NetBSD", "Fx": "FreeBSD", "Bsx": "BSD/OS"}
+
+
+def mdoc_line(macro, args, page_name):
+    """Text of an mdoc line: drop macro names, 'Fl x' -> '-x', 'Xr ls 1' -> 'ls(1)', 'Nd' -> ' - '."""
+    toks = [macro] + args
+    out, i = [], 0
+    while i < len(toks):
+        t = toks[i]
+        if t == "Fl":
+            nxt = toks[i + 1] if i + 1 < len(toks) and toks[i + 1] not in _MDOC else ""
+            out.append("-" + nxt)
+            i += 2 if nxt else 1
+            continue
+        if t == "Xr" and i + 2 < len(toks):
+            out.append(f"{toks[i + 1]}({toks[i + 2]})")
+            i += 3
+            continue
+        if t == "Sm":  # spacing mode on/off: layout only
+            i += 2
+            continue
+        if t in _MDOC_NAMES:
+            out.append(_MDOC_NAMES[t])
+        elif t == "Nd":
+            out.append("-")
+        elif t == "Nm" and (i + 1 >= len(toks) or toks[i + 1] in _MDOC or not toks[i + 1][0].isalnum()):
+            out.append(page_name)
+        elif t not in _MDOC:
+            out.append(t)
+        i += 1
+    # closing punctuation is a separate argument in mdoc ("Ar file ,"): attach it
+    return re.sub(r" ([.,;:)\]])(?= |$)", r"\1", " ".join(out))
+
+
+def parse_roff(src):
+    """Man page source (man or mdoc macros) -> (name, section, [(HEADING, text), ...]).
+
+    Text is plain and whitespace-collapsed. Macro definitions, conditionals (.if/.ie/.el, both
+    branches skipped) and tbl format lines are dropped; .SS headings stay in the text.
+    """
+    src = src.replace("\\\n", "")  # escaped newline: continuation line
+    strings = dict(ROFF_STRINGS)
+    name, section, page_name = "", "", ""
+    sections, heading, buf = [], None, []
+    skip_until, cond_depth, in_table, table_fmt, want_heading = None, 0, False, False, False
+
+    def flush():
+        if heading is not None:
+            sections.append((heading, " ".join(" ".join(buf).split())))
+
+    for line in src.split("\n"):
+        if skip_until is not None:  # inside .de/.ig: until the '..' line
+            if line.strip() == skip_until:
+                skip_until = None
+            continue
+        if cond_depth > 0:  # inside a skipped \{ ... \} block
+            cond_depth += line.count("\\{") - line.count("\\}")
+            continue
+        line = re.sub(r'(?<!\\)\\["#].*', "", line)  # comments
+        if line[:1] in (".", "'"):
+            parts = line[1:].strip().split(None, 1)
+            if not parts:
+                continue
+            macro, rest = parts[0], (parts[1] if len(parts) > 1 else "")
+            if macro in ("de", "de1", "am", "ig"):
+                skip_until = ".." if macro != "ig" or not rest.strip() else "." + rest.strip()
+                continue
+            if macro in ("if", "ie", "el", "while"):
+                cond_depth = max(0, line.count("\\{") - line.count("\\}"))
+                continue
+            if macro == "ds":
+                k, _, v = rest.partition(" ")
+                strings[k] = roff_unescape(v[1:] if v.startswith('"') else v, strings)
+                continue
+            if macro == "TS":
+                in_table, table_fmt = True, True
+                continue
+            if macro == "TE":
+                in_table = False
+                continue
+            if macro in ("TH", "Dt"):
+                a = roff_args(rest)
+                name, section = (a + ["", ""])[:2]
+                page_name = name if macro == "TH" else name.lower()
+                continue
+            if macro in ("SH", "Sh"):
+                flush()
+                heading, buf = roff_unescape(" ".join(roff_args(rest))).strip().upper(), []
+                want_heading = not rest.strip()
+                continue
+            if macro in ("SS", "Ss"):
+                buf.append(roff_unescape(" ".join(roff_args(rest))))
+                continue
+            if macro in _ALTERNATING:
+                buf.append(roff_unescape("".join(roff_args(rest))))
+            elif macro in _JOINED and macro != "Nm":
+                buf.append(roff_unescape(" ".join(roff_args(rest))))
+            elif macro == "IP":
+                a = roff_args(rest)
+                buf.append(roff_unescape(a[0]) if a else "")
+            elif macro in _MDOC:
+                buf.append(roff_unescape(mdoc_line(macro, roff_args(rest), page_name)))
+            elif macro not in _LAYOUT and macro[:1].isupper():
+                buf.append(roff_unescape(" ".join(roff_args(rest))))  # unknown package macro
+            # anything else is a lowercase roff request (.sp, .br, .nf, .in ...): no text
+            continue
+        if in_table:
+            if table_fmt:  # format section ends with a line ending in '.'
+                table_fmt = not line.rstrip().endswith(".")
+                continue
+            if line.strip() in ("_", "=", "T}", "T{"):
+                continue
+            line = line.replace("T{", " ").replace("T}", " ").replace("\t", " ")
+        text = roff_unescape(line)
+        if want_heading:  # '.SH' on its own line: the heading is the next text line
+            heading, want_heading = text.strip().upper(), False
+            continue
+        buf.append(text)
+    flush()
+    return name, section, sections
+
+
+# sections that never describe what the page is about
+_BOILERPLATE = {"SEE ALSO", "COLOPHON", "AUTHOR", "AUTHORS", "REPORTING BUGS", "COPYRIGHT", "LICENSE",
+                "GIT", "KEYWORDS", "HISTORY", "AVAILABILITY", "BUGS", "NOTES", "CONFORMING TO",
+                "STANDARDS", "VERSIONS", "ATTRIBUTES", "MAINTAINER", "SYNOPSIS"}
+
+
+def man_page_record(sections):
+    """(one-liner, body, see_also_text) or None. body: text from DESCRIPTION on, no boilerplate."""
+    by_heading = dict(sections)
+    name_line = by_heading.get("NAME", "")
+    m = re.search(r"\s[-\u2013\u2014]+\s", " " + name_line + " ")
+    if not m:
+        return None
+    one_liner = (" " + name_line + " ")[m.end():].strip()
+    heads = [h for h, _ in sections]
+    start = next((i for i, h in enumerate(heads) if h.startswith("DESCRIPTION")), None)
+    if start is None:
+        start = next((i for i, h in enumerate(heads) if h not in ("NAME", "SYNOPSIS")), len(heads))
+    body = " ".join(t for h, t in sections[start:] if h not in _BOILERPLATE and h != "NAME")
+    # drop sentences that repeat the one-liner (compared as BM25 tokens, so "lists" matches
+    # "list"), so the query is not copied into its document
+    key = " " + " ".join(tokenize(one_liner)) + " "
+    sentences = re.split(r"(?<=[.!?])\s+", body)
+    body = " ".join(s for s in sentences if key not in " " + " ".join(tokenize(s)) + " ")
+    return one_liner, words(body), by_heading.get("SEE ALSO", "")
+
+
+def read_man_source(path):
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    return data.decode("utf-8", errors="replace")
+
+
+def build_manpages(cache_dir, allow_other_versions=False):
+    debs = fetch(MAN_PACKAGES, cache_dir, allow_other_versions)
+    pages, aliases = {}, {}  # key "ls.1" -> (sections); alias key -> target key
+    for pkg, _, deb in debs:
+        root = unpack(deb, cache_dir)
+        # English only: usr/share/man/man*/ (translations live in usr/share/man/<lang>/man*/)
+        for path in sorted((root / "usr/share/man").glob("man*/*")):
+            key = path.name[:-3] if path.name.endswith(".gz") else path.name
+            if key in pages or key in aliases:
+                continue  # an earlier package in the list wins
+            if path.is_symlink():  # alias page: read the link name only, never follow it
+                target = os.path.basename(os.readlink(path))
+                aliases[key] = target[:-3] if target.endswith(".gz") else target
+                continue
+            if not path.is_file():
+                continue
+            src = read_man_source(path)
+            so = re.fullmatch(r"(?:\s*\.\\\".*\n|\s*\n)*\s*\.so\s+(\S+)\s*", src)
+            if so:  # a page that only includes another one is an alias
+                aliases[key] = os.path.basename(so.group(1)).removesuffix(".gz")
+                continue
+            pages[key] = (pkg, parse_roff(src)[2])
+
+    corpus, one_liners, see_also = {}, {}, {}
+    for key in sorted(pages):
+        rec = man_page_record(pages[key][1])
+        if rec is None or len(rec[1].split()) < 5:
+            continue
+        one_liner, body, see = rec
+        name, _, sec = key.rpartition(".")
+        corpus[key] = {"title": f"{name}({sec})", "text": body}
+        one_liners[key], see_also[key] = one_liner, see
+
+    by_name = {}
+    for key in sorted(corpus):
+        by_name.setdefault(key.rpartition(".")[0], []).append(key)
+
+    def resolve(name, sec):
+        key = f"{name}.{sec}"
+        for _ in range(5):  # follow alias chains a few steps
+            if key in corpus:
+                return key
+            key = aliases.get(key)
+            if key is None:
+                break
+        # "ssl(7)" may be installed as "ssl.7ssl"
+        return next((k for k in by_name.get(name, []) if k.rpartition(".")[2].startswith(sec)), None)
+
+    groups = {}
+    for key in sorted(one_liners):
+        groups.setdefault(norm_text(one_liners[key]), []).append(key)
+    queries, qrels = {}, {}
+    for group_key, keys in sorted(groups.items()):
+        if len(keys) > 3 or len(group_key.split()) < 2:
+            continue  # generic one-liners ("overview") or very short ones make poor queries
+        text = one_liners[keys[0]]
+        qid = query_id("man", text)
+        rels = {}
+        for k in keys:
+            for name, sec in re.findall(r"([\w.:+-]+)\s?\((\d\w*)\)", see_also[k]):
+                target = resolve(name, sec)
+                if target is not None and target not in keys:
+                    rels[target] = 1
+        rels.update({k: 2 for k in keys})
+        queries[qid], qrels[qid] = text, rels
+    write_dataset("manpages", corpus, queries, split_qrels(qrels, queries), sources_txt("manpages", debs))
+
+
+# ================================================================ FOLDOC (dictd database)
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def dictd_number(s):
+    """dictd .index numbers are base-64 digits, most significant first."""
+    n = 0
+    for c in s:
+        n = n * 64 + _B64.index(c)
+    return n
+
+
+def parse_foldoc(index_text, dict_bytes):
+    """-> {headword: (aliases, body)} where body is the whitespace-collapsed entry text."""
+    by_offset = {}
+    for line_no, line in enumerate(index_text.split("\n"), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise ValueError(f"foldoc.index, line {line_no}: expected 'headword<TAB>offset<TAB>length'")
+        by_offset.setdefault((dictd_number(parts[1]), dictd_number(parts[2])), set()).add(parts[0])
+    entries = {}
+    for (off, length), names in sorted(by_offset.items()):
+        if any(n.startswith("00-database") or n.startswith("00database") for n in names):
+            continue
+        text = dict_bytes[off:off + length].decode("utf-8", errors="replace").strip("\n")
+        head, _, body = text.partition("\n\n")
+        header = [h.strip() for line in head.split("\n") for h in line.split("%%%") if h.strip()]
+        if not header or not body.strip():
+            continue
+        aliases = sorted(set(header) | names, key=lambda a: (-len(a), a))
+        entries[header[0]] = (aliases, " ".join(body.split()))
+    return entries
+
+
+def mask(text, aliases, blank="___"):
+    """Replace every alias (whole words, any case) by the blank."""
+    pattern = "|".join(re.escape(a) for a in aliases)  # longest first, so 'ADT' does not split 'ADTs'
+    return re.sub(rf"(?<!\w)(?:{pattern})(?!\w)", blank, text, flags=re.I)
+
+
+def build_foldoc(cache_dir, allow_other_versions=False, n_queries=5000):
+    debs = fetch(FOLDOC_PACKAGES, cache_dir, allow_other_versions)
+    root = unpack(debs[0][2], cache_dir) / "usr/share/dictd"
+    entries = parse_foldoc((root / "foldoc.index").read_text(encoding="utf-8"),
+                           gzip.decompress((root / "foldoc.dict.dz").read_bytes()))
+    lookup, corpus, first, refs = {}, {}, {}, {}
+    doc_ids = {}
+    for head in sorted(entries):
+        doc_id = re.sub(r"\s+", "_", head)
+        while doc_id in corpus:
+            doc_id += "~"  # same headword twice: keep both
+        aliases, body = entries[head]
+        body = re.sub(r"\s*\(\d{4}-\d\d-\d\d\)\s*$", "", body)   # the trailing "(2003-07-03)" date
+        body = re.sub(r"^(<[^>]*>\s*)+", "", body)               # the leading "<programming>" tags
+        plain = re.sub(r"\{([^{}]*)\}", r"\1", body)
+        if re.fullmatch(r"(See )?\{[^{}]*\}\.?", body):           # a redirect, not an entry
+            continue
+        sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(\"{])", body, maxsplit=1)
+        rest = re.sub(r"\{([^{}]*)\}", r"\1", sentences[1]) if len(sentences) > 1 else ""
+        doc_ids[head] = doc_id
+        corpus[doc_id] = {"title": head, "text": words(rest if len(rest.split()) >= 5 else plain)}
+        if len(rest.split()) >= 5:
+            query = mask(re.sub(r"\{([^{}]*)\}", r"\1", sentences[0]), aliases)
+            if len(re.findall(r"\w+", query.replace("___", ""))) >= 3:
+                first[doc_id] = query
+        refs[doc_id] = re.findall(r"\{([^{}]*)\}", body)
+        for a in aliases:
+            lookup.setdefault(a.lower(), doc_id)
+    # redirects point at their target, so "{ADT}" still finds "abstract data type"
+    for head in sorted(entries):
+        body = entries[head][1]
+        m = re.fullmatch(r"(?:<[^>]*>\s*)*(?:See )?\{([^{}]*)\}\.?(?:\s*\(\d{4}-\d\d-\d\d\))?", body)
+        if m and m.group(1).lower() in lookup:
+            for a in entries[head][0]:
+                lookup.setdefault(a.lower(), lookup[m.group(1).lower()])
+
+    counts = {}
+    for q in first.values():
+        counts[norm_text(q)] = counts.get(norm_text(q), 0) + 1
+    candidates = sorted((d for d in first if counts[norm_text(first[d])] == 1), key=lambda d: sha1(d))
+    queries, qrels = {}, {}
+    for doc_id in sorted(candidates[:n_queries]):
+        qid = query_id("foldoc", first[doc_id])
+        rels = {lookup[r.lower()]: 1 for r in refs[doc_id] if r.lower() in lookup}
+        rels[doc_id] = 2
+        queries[qid], qrels[qid] = first[doc_id], rels
+    write_dataset("foldoc", corpus, queries, split_qrels(qrels, queries), sources_txt("foldoc", debs))
+
+
+# ================================================================ Python docs (HTML)
+
+class SphinxSections(HTMLParser):
+    """Split a Sphinx HTML page's main body into sections: [(level, heading, anchor, text)]."""
+    BLOCK = {"p", "div", "li", "ul", "ol", "dl", "dt", "dd", "pre", "br", "tr", "td", "th", "table",
+             "section", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.sections = [[0, "", "", []]]
+        self.body_depth = 0    # >0 while inside <div class="body" role="main">
+        self.skip_depth = 0    # >0 inside elements whose text we drop
+        self.skip_tag = None
+        self.heading = None    # [level, text parts, anchor] while inside <hN>
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        cls = (a.get("class") or "").split()
+        if self.body_depth == 0:
+            if tag == "div" and "body" in cls and a.get("role") == "main":
+                self.body_depth = 1
+            return
+        if tag == "div":
+            self.body_depth += 1
+        if self.skip_depth:
+            if tag == self.skip_tag:
+                self.skip_depth += 1
+            return
+        if (tag == "nav" or (tag == "a" and "headerlink" in cls) or tag in ("script", "style")):
+            if tag == "a" and self.heading is not None:
+                self.heading[2] = (a.get("href") or "").lstrip("#")
+            self.skip_tag, self.skip_depth = tag, 1
+            return
+        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            self.heading = [int(tag[1]), [], ""]
+        elif tag in self.BLOCK:
+            self._text(" ")
+
+    def handle_endtag(self, tag):
+        if self.body_depth == 0:
+            return
+        if tag == "div":
+            self.body_depth -= 1
+        if self.skip_depth:
+            if tag == self.skip_tag:
+                self.skip_depth -= 1
+            return
+        if self.heading is not None and tag == f"h{self.heading[0]}":
+            level, parts, anchor = self.heading
+            self.heading = None
+            self.sections.append([level, " ".join("".join(parts).split()), anchor, []])
+        elif tag in self.BLOCK:
+            self._text(" ")
+
+    def handle_data(self, data):
+        if self.body_depth and not self.skip_depth:
+            self._text(data)
+
+    def _text(self, s):
+        (self.heading[1] if self.heading is not None else self.sections[-1][3]).append(s)
+
+    def result(self):
+        return [(lvl, head, anchor, " ".join("".join(parts).split())) for lvl, head, anchor, parts in self.sections]
+
+
+def html_sections(text):
+    p = SphinxSections()
+    p.feed(text)
+    p.close()
+    return p.result()
+
+
+def build_pyfaq(cache_dir, allow_other_versions=False, n_distractors=4000):
+    debs = fetch(PYDOC_PACKAGES, cache_dir, allow_other_versions)
+    root = unpack(debs[0][2], cache_dir) / f"usr/share/doc/{PYDOC_PACKAGES[0][0].removesuffix('-doc')}/html"
+    corpus, queries, qrels = {}, {}, {}
+    for path in sorted((root / "faq").glob("*.html")):
+        if path.name == "index.html" or path.is_symlink():
+            continue
+        for level, head, anchor, text in html_sections(path.read_text(encoding="utf-8")):
+            # every titled FAQ section with an answer is a question (a few are statements:
+            # "My class defines __del__ but it is not called..."); category headings have no text
+            if level < 2 or len(text.split()) < 5:
+                continue
+            doc_id = f"faq/{path.stem}#{anchor}"
+            qid = query_id("pyfaq", head)
+            if qid in queries:
+                continue  # the same question twice: keep the first
+            corpus[doc_id] = {"title": "", "text": words(text)}
+            queries[qid], qrels[qid] = head, {doc_id: 2}
+    distractors = {}
+    for part in ("library", "tutorial", "howto"):
+        for path in sorted((root / part).glob("*.html")):
+            if path.is_symlink():
+                continue
+            for i, (level, head, anchor, text) in enumerate(html_sections(path.read_text(encoding="utf-8"))):
+                if len(text.split()) >= 20:
+                    distractors[f"{part}/{path.stem}#{anchor or i}"] = {"title": "", "text": words(text)}
+    # a fixed, hash-ordered subsample keeps the corpus at a few thousand documents
+    for doc_id in sorted(distractors, key=sha1)[:n_distractors]:
+        corpus[doc_id] = distractors[doc_id]
+    write_dataset("pyfaq", corpus, queries, {"test": qrels}, sources_txt("pyfaq", debs))
+
+
+# ================================================================ CLI
+
+BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", choices=sorted(BUILDERS), help="build just this dataset")
+    p.add_argument("--cache-dir", default=str(CACHE), help="downloaded .debs and unpacked trees (default: data/cache)")
+    p.add_argument("--allow-other-versions", action="store_true",
+                   help="if a pinned package version is gone from the archive, use the current one")
+    return p.parse_args(argv)
+
+
+def main(args):
+    for name in [args.only] if args.only else list(BUILDERS):
+        t0 = time.time()
+        BUILDERS[name](Path(args.cache_dir), args.allow_other_versions)
+        print(f"{name}: built in {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main(parse_args())

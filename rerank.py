@@ -1,0 +1,533 @@
+"""ERank inference: score each (query, document) pair with an integer 0-10 and sort.
+
+    python rerank.py query.json                       # built-in reranker, fast mode
+    python rerank.py query.json --thinking            # generate <think>...</think><answer>s</answer>
+    python rerank.py q.jsonl --model Alibaba-NLP/ERank-4B --output ranked.json --trec run.txt
+    python rerank.py --run bm25.trec --beir data/beir/pyfaq --top-k 100 --trec reranked.trec
+
+Input: a JSON object {"query", "instruction"?, "documents": [str | {"id", "text", "title"?,
+"score"?}]}, a list of them, or JSONL of them; or a TREC run plus a BEIR directory.
+
+How a score is made (ERank, arXiv 2509.00520, section 3 of the method notes):
+  - thinking mode: greedy generation of <think>...</think><answer>s</answer>; final = s * P(s),
+    where P(s) is the product of the probabilities of the tokens that spell s. Qwen3 splits
+    "10" into "1" and "0", so P(10) = P("1") * P("0" | "1") (the paper does not say; this is the
+    probability of the generated answer, the same rule for every s).
+  - fast mode (default): the prompt already ends with the empty think block and "<answer>", so
+    one forward pass gives the next-token distribution. s is the answer greedy decoding would
+    give (restricted to 0-10), P(s) the same product, final = s * P(s); equal to what greedy
+    generation from that prompt reports. `--score expected` instead gives sum_s s * P'(s) over
+    0..10, P' renormalised over the eleven answers (P'(1) excludes "1" followed by a digit),
+    which divided by 10 is a calibrated 0-1 relevance.
+  - an output with no parseable score gets -1, below every parsed score, and is counted.
+  - ties (frequent with integer scores; scores equal to 6 decimals count as tied) are broken by
+    input position (the first-stage rank),
+    so rankings are deterministic; TREC files get strictly decreasing scores (see write_trec).
+  - optional fusion with first-stage scores: w * z(first) + (1 - w) * z(rerank), z-normalised
+    per query; the paper uses w = 0.2 (`--fusion 0.2`).
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+import model as M
+
+PROMPT = """Given a query and a document, please give a relevance score of 0~10.
+The goal or relevance definition is: {instruction}
+
+Here is the query:
+{query}
+
+Here is the document:
+{doc}
+
+After thinking, directly choose a relevance score from [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].
+- 0 represents completely not related
+- 10 means perfectly related.
+
+Desired output format:
+<think>put your thinking here</think><answer>Only allows an integer here</answer>
+
+Your output:"""
+
+# The paper's instruction per benchmark (its Table 7).
+INSTRUCTIONS = {
+    "beir": "Given a query, retrieval relevant passage.",
+    "bright": "A document is relevant if it contains information that helps answer or address the "
+              "query. A document is not relevant if it doesn't contain information that helps "
+              "answer the query, even if it mentions similar topics.",
+    "followir": "Retrieval the relevant passage for the given query. Be careful about the extra "
+                "requirements about relevance in the query.",
+}
+DEFAULT_INSTRUCTION = INSTRUCTIONS["beir"]
+UNPARSED = -1.0  # final score of an output with no extractable answer: below every real score
+HUB_URL = os.environ.get("ERANK_HUB_URL", "https://huggingface.co")
+CACHE = os.environ.get("ERANK_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "erank"))
+
+
+class InputError(Exception):
+    """Bad user input; the CLI prints the message (file, record, field) and exits with status 2."""
+
+
+# ----------------------------------------------------------------------------- prompt and parsing
+
+
+def build_prompt(tok, query: str, doc: str, instruction: str | None = None, thinking=False) -> str:
+    """The full chat text up to where the model writes. Fast mode ends with '<answer>'."""
+    user = PROMPT.format(instruction=instruction or DEFAULT_INSTRUCTION, query=query, doc=doc)
+    text = tok.chat([{"role": "user", "content": user}], enable_thinking=thinking)
+    return text if thinking else text + "<answer>"
+
+
+def completion_text(score: int, reasoning: str | None = None) -> str:
+    """What the model is trained to write after build_prompt (without the end-of-turn token).
+    No reasoning: the prompt (thinking off) already holds the empty think block and <answer>."""
+    if reasoning is None:
+        return f"{score}</answer>"
+    return f"<think>{reasoning}</think><answer>{score}</answer>"
+
+
+ANSWER = re.compile(r"<answer>\s*(\d+)\s*(?:</answer>|$)")
+
+
+def parse_answer(text: str) -> int | None:
+    """The integer of the last <answer>...</answer> (closing tag optional at the very end);
+    None when absent or outside 0..10."""
+    found = ANSWER.findall(text)
+    if not found:
+        return None
+    s = int(found[-1])
+    return s if 0 <= s <= 10 else None
+
+
+def truncate(tok, text: str, max_tokens: int) -> tuple[str, bool]:
+    ids = tok.encode(text)
+    if len(ids) <= max_tokens:
+        return text, False
+    return tok.decode(ids[:max_tokens]), True
+
+
+def zscore(xs):
+    xs = [float(x) for x in xs]
+    mu = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / len(xs))
+    return [(x - mu) / sd if sd > 0 else 0.0 for x in xs]
+
+
+# ----------------------------------------------------------------------------- model resolution
+
+
+def default_model() -> str:
+    """The project's best built-in reranker: the trained ERank-135M when present, else the base."""
+    from data.convert_smollm2 import ensure_base_model
+
+    return ensure_base_model()
+
+
+def hub_download(repo_id: str, cache: str = CACHE, base_url: str = HUB_URL) -> str:
+    """Fetch an HF-layout checkpoint `org/name` over HTTPS into the cache; resumable (.part files
+    continue with an HTTP Range request). ERANK_HUB_URL overrides the server."""
+    out = os.path.join(cache, "hub", repo_id.replace("/", "--"))
+    os.makedirs(out, exist_ok=True)
+
+    def fetch(name, required=True):
+        dest = os.path.join(out, name)
+        if os.path.exists(dest):
+            return True
+        url = f"{base_url.rstrip('/')}/{repo_id}/resolve/main/{name}"
+        part = dest + ".part"
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            resp = urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            if e.code == 404 and not required:
+                return False
+            if e.code == 416:  # the .part is already whole
+                os.replace(part, dest)
+                return True
+            raise InputError(f"{url}: HTTP {e.code} ({e.reason}); is {repo_id!r} a public model?") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise InputError(f"cannot download {repo_id!r} from {base_url} ({e}); offline? Download the "
+                             "checkpoint elsewhere and pass its directory to --model") from None
+        if have and resp.status != 206:  # the server ignored Range: start over
+            have = 0
+        total = int(resp.headers.get("Content-Length", 0)) + have
+        with open(part, "ab" if have else "wb") as f, tqdm(total=total or None, initial=have, unit="B",
+                                                            unit_scale=True, desc=name) as bar:
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+        os.replace(part, dest)
+        return True
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        fetch(name)
+    fetch("generation_config.json", required=False)
+    if fetch("model.safetensors.index.json", required=False):
+        index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
+        for shard in sorted(set(index["weight_map"].values())):
+            fetch(shard)
+    else:
+        fetch("model.safetensors")
+    return out
+
+
+def resolve_model(name: str | None) -> str:
+    if name is None:
+        return default_model()
+    if os.path.isdir(name):
+        return name
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not os.path.exists(name):
+        return hub_download(name)
+    raise InputError(f"--model {name}: no such checkpoint directory (nor an org/name hub id)")
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class Scored:
+    answer: int | None  # the integer the model gave (None: unparseable)
+    prob: float  # P(answer), product over its tokens
+    expected: float  # sum_s s * P'(s) (fast mode), nan in thinking mode
+    text: str  # generated completion (thinking mode) or ''
+
+
+class Reranker:
+    """Load once, then `rerank(query, documents)` -> records sorted best first."""
+
+    def __init__(self, model=None, device=None, dtype=None, thinking=False, max_new_tokens=1024,
+                 max_query_tokens=256, max_doc_tokens=512, batch_tokens=16384, score="answer",
+                 instruction=None, fusion=None, verbose=True):
+        if score not in ("answer", "expected"):
+            raise InputError(f"--score {score}: expected 'answer' or 'expected'")
+        if score == "expected" and thinking:
+            raise InputError("--score expected needs fast mode (the distribution over 0..10); drop --thinking")
+        path = resolve_model(model) if model is None or isinstance(model, str) else None
+        if path is not None:
+            if not os.path.isdir(path):
+                raise InputError(f"--model {path}: no such directory")
+            self.model, self.tok = M.load(path, device=device, dtype=dtype, verbose=verbose)
+        else:  # an already loaded (model, tokenizer) pair
+            self.model, self.tok = model
+        self.path = path
+        self.thinking, self.max_new_tokens, self.score = thinking, max_new_tokens, score
+        self.max_query_tokens, self.max_doc_tokens = max_query_tokens, max_doc_tokens
+        self.batch_tokens, self.instruction, self.fusion = batch_tokens, instruction, fusion
+        self.verbose = verbose
+        self.stats = {"pairs": 0, "unparsed": 0, "truncated_docs": 0, "truncated_queries": 0, "seconds": 0.0}
+        # token ids of the eleven answers: "0".."9" must be single tokens; "10" one or two tokens
+        self.digit_ids = [self.tok.token_id(str(d)) for d in range(10)]
+        self.ten_ids = self.tok.encode("10")
+        assert len(self.ten_ids) == 1 or self.ten_ids == [self.digit_ids[1], self.digit_ids[0]], self.ten_ids
+        self.stop_ids = sorted({i for i in (self.tok.im_end, self.model.config.eos_token_id) if isinstance(i, int)})
+
+    # -- batching: sort by length, then fill batches up to a token budget (bounded memory)
+    def batches(self, prompts):
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        extra = self.max_new_tokens if self.thinking else 2
+        batch = []
+        for i in order:
+            if batch and (len(batch) + 1) * (len(prompts[i]) + extra) > self.batch_tokens:
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    @torch.no_grad()
+    def score_fast(self, prompts) -> list[Scored]:
+        """One prefill per batch; the answer distribution is read at the last prompt position."""
+        cache, logits = M.prefill(self.model, prompts, extra=1, pad_id=self.tok.pad_id)
+        p = torch.softmax(logits.float(), -1)  # (B, V)
+        pd = p[:, self.digit_ids]  # (B, 10): P(first token = d)
+        first = pd.argmax(-1)  # greedy restricted to the eleven answers
+        if len(self.ten_ids) == 1:
+            p10 = p[:, self.ten_ids[0]]
+            dist = torch.cat([pd, p10[:, None]], -1)  # (B, 11)
+            answer = dist.argmax(-1)
+            prob = dist.gather(1, answer[:, None])[:, 0]
+        else:  # one more step with "1" appended: P("0" | "1") and P(another digit | "1")
+            one = torch.full((len(prompts), 1), self.digit_ids[1], device=logits.device)
+            q = torch.softmax(self.model(one, cache=cache, logits_at="last").float(), -1)
+            q0, qd = q[:, self.digit_ids[0]], q[:, self.digit_ids].sum(-1)
+            p10 = pd[:, 1] * q0
+            dist = torch.cat([pd, p10[:, None]], -1)
+            dist[:, 1] = pd[:, 1] * (1 - qd)  # "1" that is not followed by another digit
+            ten = (first == 1) & (q.argmax(-1) == self.digit_ids[0])  # greedy would write "10"
+            answer = torch.where(ten, 10, first)
+            prob = torch.where(ten, p10, pd.gather(1, first[:, None])[:, 0])
+        dist = dist / dist.sum(-1, keepdim=True)
+        expected = (dist * torch.arange(11, device=dist.device)).sum(-1)
+        return [Scored(int(a), float(pr), float(e), "") for a, pr, e in zip(answer, prob, expected)]
+
+    @torch.no_grad()
+    def score_thinking(self, prompts) -> list[Scored]:
+        out = M.generate(self.model, prompts, self.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.tok.pad_id)
+        results = []
+        for toks, mask, logps in zip(out.tokens, out.mask, out.logprobs):
+            ids = toks[mask].tolist()
+            text = self.tok.decode(ids, skip_special_tokens=True)
+            s = parse_answer(text)
+            results.append(Scored(s, self.answer_prob(ids, logps[mask].tolist(), s), float("nan"), text))
+        return results
+
+    def answer_prob(self, ids, logps, s) -> float:
+        """P(s): product of the probabilities of the last run of tokens that spells s."""
+        if s is None:
+            return 0.0
+        target = str(s)
+        digit = set(self.digit_ids) | set(self.ten_ids)
+        end = len(ids)
+        while end > 0:
+            while end > 0 and ids[end - 1] not in digit:
+                end -= 1
+            start = end
+            while start > 0 and ids[start - 1] in digit:
+                start -= 1
+            if start < end and self.tok.decode(ids[start:end]) == target:
+                return math.exp(sum(logps[start:end]))
+            end = start
+        return 1.0  # the digits were spelled by tokens outside the digit set: no probability to use
+
+    def score_prompts(self, prompts) -> list[Scored]:
+        results = [None] * len(prompts)
+        for batch in self.batches(prompts):
+            fn = self.score_thinking if self.thinking else self.score_fast
+            for i, r in zip(batch, fn([prompts[i] for i in batch])):
+                results[i] = r
+        return results
+
+    def prompts_for(self, query, docs, instruction):
+        query, cut = truncate(self.tok, query, self.max_query_tokens)
+        self.stats["truncated_queries"] += cut
+        texts = []
+        for d in docs:
+            body = (d["title"] + "\n" + d["text"]) if d.get("title") else d["text"]
+            body, cut = truncate(self.tok, body, self.max_doc_tokens)
+            self.stats["truncated_docs"] += cut
+            texts.append(build_prompt(self.tok, query, body, instruction or self.instruction, self.thinking))
+        return self.tok.encode_batch(texts)
+
+    def rerank(self, query: str, documents: list, instruction: str | None = None) -> list[dict]:
+        """documents: strings or {"id", "text", "title"?, "score"?}. Returns records best first."""
+        docs = [normalise_doc(d, i) for i, d in enumerate(documents)]
+        t0 = time.perf_counter()
+        scored = self.score_prompts(self.prompts_for(query, docs, instruction))
+        self.stats["seconds"] += time.perf_counter() - t0
+        self.stats["pairs"] += len(docs)
+        records = []
+        for i, (d, r) in enumerate(zip(docs, scored)):
+            if r.answer is None:
+                self.stats["unparsed"] += 1
+                final = UNPARSED
+            else:
+                final = r.expected if self.score == "expected" else r.answer * r.prob
+            rec = {"id": d["id"], "position": i, "score": final, "answer": r.answer, "prob": r.prob}
+            if self.score == "expected":
+                rec["expected"] = r.expected
+            if self.thinking:
+                rec["output"] = r.text
+            records.append(rec)
+        if self.fusion is not None:
+            first = [d.get("score") for d in docs]
+            if any(s is None for s in first):
+                raise InputError("--fusion needs a first-stage 'score' on every document")
+            fused = [self.fusion * a + (1 - self.fusion) * b
+                     for a, b in zip(zscore(first), zscore([r["score"] for r in records]))]
+            for r, f in zip(records, fused):
+                r["rerank_score"], r["score"] = r["score"], f
+        # scores equal to 6 decimals are ties (so float noise from batching cannot reorder them),
+        # broken by input position, i.e. the first-stage rank
+        records.sort(key=lambda r: (-round(r["score"], 6), r["position"]))
+        for rank, r in enumerate(records, 1):
+            r["rank"] = rank
+        return records
+
+
+# ----------------------------------------------------------------------------- input and output
+
+
+def normalise_doc(d, i, where="documents"):
+    if isinstance(d, str):
+        return {"id": str(i), "text": d}
+    if not isinstance(d, dict):
+        raise InputError(f"{where}[{i}]: expected a string or an object with 'text', got {type(d).__name__}")
+    if not isinstance(d.get("text"), str):
+        raise InputError(f"{where}[{i}].text: missing or not a string")
+    out = {"id": str(d.get("id", i)), "text": d["text"], "title": d.get("title") or ""}
+    if d.get("score") is not None:
+        if not isinstance(d["score"], (int, float)):
+            raise InputError(f"{where}[{i}].score: expected a number, got {d['score']!r}")
+        out["score"] = float(d["score"])
+    return out
+
+
+def read_queries(path: str) -> list[dict]:
+    """A JSON object, a JSON list of objects, or JSONL; each checked and normalised."""
+    try:
+        raw = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = json.loads(raw)
+        records = data if isinstance(data, list) else [data]
+        where = (lambda n: f"{path}: record {n}") if isinstance(data, list) else (lambda n: path)
+    except json.JSONDecodeError as e:
+        lines = [(n, line) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
+        if len(lines) < 2:
+            raise InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        records = []
+        for n, line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e2:
+                raise InputError(f"{path}: line {n}: invalid JSON ({e2.msg} at column {e2.colno})") from None
+        numbers = [n for n, _ in lines]
+        where = lambda n: f"{path}: line {numbers[n]}"
+    if not records:
+        raise InputError(f"{path}: no queries (empty list)")
+    out = []
+    for n, r in enumerate(records):
+        w = where(n)
+        if not isinstance(r, dict):
+            raise InputError(f"{w}: expected an object with 'query' and 'documents'")
+        if not isinstance(r.get("query"), str) or not r["query"].strip():
+            raise InputError(f"{w}: field 'query' is missing or empty")
+        if not isinstance(r.get("documents"), list):
+            raise InputError(f"{w}: field 'documents' is missing or not a list")
+        if not r["documents"]:
+            raise InputError(f"{w}: field 'documents' is an empty list")
+        if r.get("instruction") is not None and not isinstance(r["instruction"], str):
+            raise InputError(f"{w}: field 'instruction' must be a string")
+        docs = [normalise_doc(d, i, f"{w}: documents") for i, d in enumerate(r["documents"])]
+        out.append({"id": str(r.get("id", n)), "query": r["query"], "instruction": r.get("instruction"),
+                    "documents": docs})
+    return out
+
+
+def read_run_and_beir(run_path: str, beir_dir: str, top_k: int) -> list[dict]:
+    """Each query of a TREC run with its top_k documents' text from a BEIR directory."""
+    from data.beir import load_corpus, load_queries, read_trec_run
+
+    run, queries, corpus = read_trec_run(run_path), load_queries(beir_dir), load_corpus(beir_dir)
+    out = []
+    for qid in sorted(run):
+        if qid not in queries:
+            raise InputError(f"{run_path}: query {qid} is not in {beir_dir}/queries.jsonl")
+        ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+        docs = []
+        for did, s in ranked:
+            if did not in corpus:
+                raise InputError(f"{run_path}: query {qid}: document {did} is not in {beir_dir}/corpus.jsonl")
+            docs.append({"id": did, "text": corpus[did]["text"], "title": corpus[did].get("title", ""), "score": s})
+        out.append({"id": qid, "query": queries[qid], "instruction": None, "documents": docs})
+    return out
+
+
+def write_atomic(path: str, text: str):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def trec_lines(qid: str, records: list[dict], tag: str) -> list[str]:
+    """TREC run lines with strictly decreasing scores: score - 1e-6 * rank keeps the order we
+    chose (ties already broken by first-stage position) so trec_eval cannot re-break ties by id."""
+    return [f"{qid} Q0 {r['id']} {r['rank']} {r['score'] - 1e-6 * r['rank']:.6f} {tag}" for r in records]
+
+
+def print_ranking(item, records, width=70):
+    print(f"\nquery {item['id']}: {item['query']}")
+    print(f"{'rank':>4} {'score':>7} {'answer':>6} {'P':>5}  id: text")
+    texts = {d["id"]: d["text"] for d in item["documents"]}
+    for r in records:
+        snippet = " ".join(texts[r["id"]].split())[:width]
+        ans = "-" if r["answer"] is None else r["answer"]
+        print(f"{r['rank']:>4} {r['score']:>7.3f} {ans:>6} {r['prob']:>5.2f}  {r['id']}: {snippet}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Rerank documents for queries with an ERank model.")
+    g = ap.add_argument_group("input")
+    g.add_argument("input", nargs="?", help="JSON / JSONL file of queries with documents")
+    g.add_argument("--run", help="TREC run to rerank (with --beir)")
+    g.add_argument("--beir", help="BEIR directory holding the run's queries and corpus")
+    g.add_argument("--top-k", type=int, default=100, help="documents per query taken from --run")
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", help="HF-layout directory or hub id org/name (default: built-in reranker)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    g.add_argument("--dtype", help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
+    g = ap.add_argument_group("scoring")
+    g.add_argument("--thinking", action="store_true", help="generate reasoning before the answer (slow)")
+    g.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit in thinking mode")
+    g.add_argument("--score", default="answer", choices=["answer", "expected"],
+                   help="answer: s*P(s) (ERank); expected: sum_s s*P(s) over 0..10 (fast mode only)")
+    g.add_argument("--instruction", help="relevance definition (default: the BEIR one)")
+    g.add_argument("--task", choices=sorted(INSTRUCTIONS), help="use the paper's instruction for a benchmark")
+    g.add_argument("--fusion", type=float, help="weight of the z-normalised first-stage score (paper: 0.2)")
+    g.add_argument("--max-query-tokens", type=int, default=256, help="query truncation budget")
+    g.add_argument("--max-doc-tokens", type=int, default=512, help="document truncation budget")
+    g.add_argument("--batch-tokens", type=int, default=16384, help="tokens per batch (memory bound)")
+    g = ap.add_argument_group("output")
+    g.add_argument("--output", help="write JSON records here")
+    g.add_argument("--trec", help="write a TREC run here")
+    g.add_argument("--tag", default="erank", help="run tag in the TREC file")
+    g.add_argument("--quiet", action="store_true", help="do not print rankings")
+    args = ap.parse_args(argv)
+    try:
+        if args.run or args.beir:
+            if not (args.run and args.beir):
+                raise InputError("--run and --beir go together")
+            items = read_run_and_beir(args.run, args.beir, args.top_k)
+        elif args.input:
+            items = read_queries(args.input)
+        else:
+            ap.error("give an input file, or --run with --beir")
+        if args.model and not os.path.isdir(args.model) and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.model):
+            raise InputError(f"--model {args.model}: no such checkpoint directory (nor an org/name hub id)")
+        instruction = args.instruction or (INSTRUCTIONS[args.task] if args.task else None)
+        rr = Reranker(args.model, args.device, args.dtype, thinking=args.thinking,
+                      max_new_tokens=args.max_new_tokens, max_query_tokens=args.max_query_tokens,
+                      max_doc_tokens=args.max_doc_tokens, batch_tokens=args.batch_tokens,
+                      score=args.score, instruction=instruction, fusion=args.fusion)
+        results, lines = [], []
+        for item in tqdm(items, desc="queries", disable=len(items) < 2):
+            records = rr.rerank(item["query"], item["documents"], item["instruction"])
+            results.append({"query_id": item["id"], "query": item["query"], "results": records})
+            lines += trec_lines(item["id"], records, args.tag)
+            if not args.quiet and not args.output:
+                print_ranking(item, records)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = rr.stats
+    if s["truncated_docs"] or s["truncated_queries"]:
+        print(f"warning: truncated {s['truncated_docs']} documents to {args.max_doc_tokens} tokens and "
+              f"{s['truncated_queries']} queries to {args.max_query_tokens} tokens", file=sys.stderr)
+    if s["unparsed"]:
+        print(f"warning: {s['unparsed']} of {s['pairs']} outputs had no parseable score "
+              f"(scored {UNPARSED})", file=sys.stderr)
+    print(f"{s['pairs']} pairs in {s['seconds']:.1f}s ({s['pairs'] / max(s['seconds'], 1e-9):.1f} pairs/s)",
+          file=sys.stderr)
+    if args.output:
+        write_atomic(args.output, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    if args.trec:
+        write_atomic(args.trec, "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Dataset building blocks on tiny inline fixtures: roff and HTML parsing, the BEIR loader's
+error messages, BM25 against a hand computation, candidate mining and stable splits."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from data import build_datasets as bd  # noqa: E402
+from data.beir import DataFormatError, load_corpus, load_qrels, load_queries, read_trec_run  # noqa: E402
+from data.bm25 import BM25, mine_candidates, tokenize  # noqa: E402
+
+LS_PAGE = r'''.\" Copyright and other comments are dropped
+.de XX
+.B this macro body never shows
+..
+.TH LS 1 "2022" "GNU coreutils 9.1" "User Commands"
+.ie \n(.g .ds Aq \(aq
+.el .ds Aq '
+.SH NAME
+ls \- list directory contents
+.SH SYNOPSIS
+.B ls
+[\fI\,OPTION\/\fR]... [\fI\,FILE\/\fR]...
+.SH DESCRIPTION
+.\" a comment line
+List information about the FILEs \(em the current directory by default.
+ls lists directory contents.
+.TP
+\fB\-a\fR, \fB\-\-all\fR
+do not ignore entries starting with \fB.\fP and it\*(Aqs fine
+.SH "SEE ALSO"
+.BR dir (1),
+.BR stat (2)
+'''
+
+
+def test_roff_parser_strips_macros_and_escapes():
+    name, section, sections = bd.parse_roff(LS_PAGE)
+    assert (name, section) == ("LS", "1")
+    heads = dict(sections)
+    assert list(heads) == ["NAME", "SYNOPSIS", "DESCRIPTION", "SEE ALSO"], list(heads)
+    assert heads["NAME"] == "ls - list directory contents"
+    assert heads["DESCRIPTION"] == ("List information about the FILEs \u2014 the current directory by default. "
+                                    "ls lists directory contents. -a, --all do not ignore entries starting "
+                                    "with . and it's fine"), heads["DESCRIPTION"]
+    assert heads["SEE ALSO"] == "dir(1), stat(2)"
+    assert "macro body" not in " ".join(heads.values())
+
+
+def test_man_page_record_drops_the_repeated_one_liner():
+    one_liner, body, see_also = bd.man_page_record(bd.parse_roff(LS_PAGE)[2])
+    assert one_liner == "list directory contents"
+    assert body.startswith("List information about the FILEs") and "lists directory contents" not in body, body
+    assert see_also == "dir(1), stat(2)"
+
+
+def test_mdoc_page_name_and_flags():
+    page = ".Dd May 1 2023\n.Dt SSH 1\n.Os\n.Sh NAME\n.Nm ssh\n.Nd OpenSSH remote login client\n" \
+           ".Sh DESCRIPTION\n.Nm\nconnects with\n.Fl v\nand reads\n.Xr ssh_config 5 .\n"
+    sections = dict(bd.parse_roff(page)[2])
+    assert sections["NAME"] == "ssh - OpenSSH remote login client"
+    assert sections["DESCRIPTION"] == "ssh connects with -v and reads ssh_config(5)."
+
+
+def test_html_sections_split_by_heading_without_permalink_marks():
+    page = ('<html><body><div class="sphinxsidebar">Navigation</div>'
+            '<div class="body" role="main"><section id="faq"><h1>FAQ<a class="headerlink" href="#faq">\u00b6</a></h1>'
+            '<nav class="contents"><p>Contents</p></nav>'
+            '<section id="how"><h3>How do I copy an object?<a class="headerlink" href="#how-copy">\u00b6</a></h3>'
+            '<p>Use <code>copy.copy()</code> for a shallow copy.</p><pre>x = y[:]</pre></section>'
+            '</section></div><div class="footer">Copyright</div></body></html>')
+    sections = bd.html_sections(page)
+    assert [(lvl, head, anchor) for lvl, head, anchor, _ in sections] == \
+        [(0, "", ""), (1, "FAQ", "faq"), (3, "How do I copy an object?", "how-copy")]
+    assert sections[1][3] == ""  # the contents box is skipped
+    assert sections[2][3] == "Use copy.copy() for a shallow copy. x = y[:]"
+
+
+def test_foldoc_entries_aliases_and_masking():
+    body = "abstract data type\nADT\n\n   <programming> (ADT) A kind of {data abstraction}.  More text.\n\n   (2003-07-03)\n"
+    data = body.encode()
+    index = f"ADT\tA\t{bd._B64[len(data) // 64]}{bd._B64[len(data) % 64]}\n" \
+            f"abstract data type\tA\t{bd._B64[len(data) // 64]}{bd._B64[len(data) % 64]}\n"
+    entries = bd.parse_foldoc(index, data)
+    assert list(entries) == ["abstract data type"]
+    aliases, text = entries["abstract data type"]
+    assert aliases == ["abstract data type", "ADT"]
+    assert text.startswith("<programming> (ADT) A kind of {data abstraction}.")
+    assert bd.mask("The ADT and an Abstract Data Type, not ADTs", aliases) == "The ___ and an ___, not ADTs"
+
+
+def test_splits_are_stable_and_follow_the_query_text():
+    assert bd.split_of("list directory contents") == bd.split_of("List directory contents.")
+    counts = {"train": 0, "dev": 0, "test": 0}
+    for i in range(2000):
+        counts[bd.split_of(f"query number {i}")] += 1
+    assert 1500 < counts["train"] < 1700 and 120 < counts["dev"] < 280 and 120 < counts["test"] < 280, counts
+    assert bd.query_id("man", "list directory contents") == bd.query_id("man", "list  directory contents")
+
+
+# ---------------------------------------------------------------- BEIR loader
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def test_loader_reads_a_valid_dataset(tmp_path):
+    write(tmp_path / "corpus.jsonl", '{"_id": "d1", "title": "T", "text": "x"}\n{"_id": "d2", "text": "y"}\n')
+    write(tmp_path / "queries.jsonl", '{"_id": "q1", "text": "x?"}\n')
+    write(tmp_path / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t2\n")
+    assert load_corpus(tmp_path) == {"d1": {"title": "T", "text": "x"}, "d2": {"title": "", "text": "y"}}
+    assert load_queries(tmp_path) == {"q1": "x?"}
+    assert load_qrels(tmp_path, "test") == {"q1": {"d1": 2}}
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"_id": "d1", "text": "x"}\n{"_id": "d2"}\n', "corpus.jsonl, line 2: missing field 'text'"),
+    ('{"_id": "d1", "text": 3}\n', "corpus.jsonl, line 1: field 'text' should be a string"),
+    ('{"_id": "d1", "text": "x"}\n\n{"_id": "d1", "text": "y"}\n', "corpus.jsonl, line 3: field '_id': duplicate"),
+    ('{"_id": "d1", "text": "x"\n', "corpus.jsonl, line 1: not valid JSON"),
+])
+def test_loader_errors_name_file_line_and_field(tmp_path, content, message):
+    write(tmp_path / "corpus.jsonl", content)
+    with pytest.raises(DataFormatError, match=message.replace("(", r"\(")):
+        load_corpus(tmp_path)
+
+
+def test_qrels_and_run_errors_name_the_field(tmp_path):
+    write(tmp_path / "qrels" / "dev.tsv", "query-id\tcorpus-id\tscore\nq1\td1\thigh\n")
+    with pytest.raises(DataFormatError, match=r"dev.tsv, line 2: field 'score' should be an integer"):
+        load_qrels(tmp_path, "dev")
+    with pytest.raises(FileNotFoundError, match="splits present: dev"):
+        load_qrels(tmp_path, "test")
+    write(tmp_path / "run.trec", "q1 Q0 d1 1 0.5 bm25\nq1 Q0 d2 2 abc bm25\n")
+    with pytest.raises(DataFormatError, match=r"run.trec, line 2: field 'score'"):
+        read_trec_run(tmp_path / "run.trec")
+
+
+# ---------------------------------------------------------------- BM25
+
+def test_tokenizer_lowercases_drops_stopwords_and_plurals():
+    assert tokenize("The Libraries, of C-Programs: gas buses") == ["library", "c", "program", "ga", "buse"]
+
+
+def test_bm25_matches_hand_computed_score():
+    corpus = {"a": {"title": "", "text": "cat cat dog"}, "b": {"title": "", "text": "dog bird"},
+              "c": {"title": "", "text": "fish"}}
+    bm = BM25.from_corpus(corpus)  # k1 0.9, b 0.4
+    n, avgdl, k1, b = 3, 2.0, 0.9, 0.4
+    idf_cat = math.log(1 + (n - 1 + 0.5) / (1 + 0.5))
+    idf_dog = math.log(1 + (n - 2 + 0.5) / (2 + 0.5))
+    norm_a = k1 * (1 - b + b * 3 / avgdl)
+    expected_a = idf_cat * 2 * (k1 + 1) / (2 + norm_a) + idf_dog * 1 * (k1 + 1) / (1 + norm_a)
+    norm_b = k1 * (1 - b + b * 2 / avgdl)
+    expected_b = idf_dog * (k1 + 1) / (1 + norm_b)
+    hits = bm.search("cats and dogs", k=10)
+    assert [d for d, _ in hits] == ["a", "b"]  # "c" matches nothing and is not returned
+    assert hits[0][1] == pytest.approx(expected_a, abs=1e-12) and hits[1][1] == pytest.approx(expected_b, abs=1e-12)
+
+
+def test_bm25_index_cache_round_trip(tmp_path):
+    lines = [json.dumps({"_id": f"d{i}", "title": "", "text": f"word{i} common"}) for i in range(5)]
+    write(tmp_path / "ds" / "corpus.jsonl", "\n".join(lines) + "\n")
+    first = BM25.from_dir(tmp_path / "ds", cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    second = BM25.from_dir(tmp_path / "ds", cache_dir=tmp_path / "cache")
+    assert first.search("word3 common", 3) == second.search("word3 common", 3)
+
+
+def test_mine_candidates_injects_positive_and_respects_buckets():
+    # 1,200 documents; d0000 has the query word most often, so BM25 ranks follow the index
+    corpus = {f"d{i:04d}": {"title": "", "text": "apple " * max(1, 60 - i // 20) + f"filler{i}"} for i in range(1200)}
+    corpus["gold"] = {"title": "", "text": "banana"}  # never retrieved for "apple"
+    bm = BM25.from_corpus(corpus)
+    ranked = [d for d, _ in bm.search("apple", k=1000)]
+    qrels = {"q": {"gold": 2, ranked[3]: 1, ranked[50]: 0}}
+    out = mine_candidates(bm, {"q": "apple"}, qrels, n_hard=4, n_medium=3, n_easy=2, seed=7, progress=False)
+    assert len(out) == 1 and out[0]["pos"] == [("gold", 2), (ranked[3], 1)]
+    rank = {d: i + 1 for i, d in enumerate(ranked)}
+    buckets = {"hard": (1, 10), "medium": (11, 100), "easy": (101, 1000)}
+    assert [b for _, b in out[0]["neg"]] == ["hard"] * 4 + ["medium"] * 3 + ["easy"] * 2
+    for d, bucket in out[0]["neg"]:
+        lo, hi = buckets[bucket]
+        assert lo <= rank[d] <= hi and d not in ("gold", ranked[3]), (d, rank[d], bucket)
+    again = mine_candidates(bm, {"q": "apple"}, qrels, n_hard=4, n_medium=3, n_easy=2, seed=7, progress=False)
+    assert again == out  # same seed, same candidates

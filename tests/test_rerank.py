@@ -1,0 +1,267 @@
+"""rerank.py: prompt text, answer parsing, s*P(s) scoring, batching invariance, input errors."""
+import http.server
+import json
+import math
+import os
+import random
+import shutil
+import threading
+
+import pytest
+import torch
+
+import model as M
+import rerank as R
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+WORDS = "list directory contents copy files archive search tree remove link shell print".split()
+
+
+def docs(n, seed=0, words=12):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(words + i % 5)) for i in range(n)]
+
+
+def digits_only(name, scale=1.0, boost_one=0.0, prompts=()):
+    """A fixture model whose lm_head can only say digits, so greedy output is an answer.
+    scale multiplies the projections so the context (not just the last token) moves the output;
+    boost_one tilts the first step towards "1", so that both "1" and "10" come up."""
+    model, tok = M.load(os.path.join(FIX, name), device="cpu", dtype=torch.float32)
+    keep = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    keep[[tok.token_id(str(d)) for d in range(10)] + tok.encode("10")] = True
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "proj" in n:
+                p.mul_(scale)
+        model.lm_head.weight[~keep] = 0
+        model.lm_head.weight[keep] *= 5  # sharpen, so greedy choices are far from ties
+        if boost_one:
+            h = torch.stack([model(torch.tensor([p]), logits_at="hidden")[0, -1] for p in prompts]).mean(0)
+            model.lm_head.weight[tok.token_id("1")] += boost_one * 10 * h / h.norm() ** 2
+    return model, tok
+
+
+def test_prompt_is_erank_word_for_word():
+    expected = (
+        "Given a query and a document, please give a relevance score of 0~10.\n"
+        "The goal or relevance definition is: Given a query, retrieval relevant passage.\n\n"
+        "Here is the query:\nwhat is ls\n\nHere is the document:\nls lists files\n\n"
+        "After thinking, directly choose a relevance score from [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].\n"
+        "- 0 represents completely not related\n- 10 means perfectly related.\n\n"
+        "Desired output format:\n<think>put your thinking here</think><answer>Only allows an integer here</answer>\n\n"
+        "Your output:")
+    tok = M.Tokenizer(os.path.join(FIX, "qwen3_tied"))
+    fast = R.build_prompt(tok, "what is ls", "ls lists files")
+    assert fast == "<|im_start|>user\n" + expected + "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<answer>"
+    think = R.build_prompt(tok, "what is ls", "ls lists files", thinking=True)
+    assert think == "<|im_start|>user\n" + expected + "<|im_end|>\n<|im_start|>assistant\n"
+    smol = M.Tokenizer(os.path.join(FIX, "llama"))  # SmolLM2's template adds its default system turn
+    assert R.build_prompt(smol, "what is ls", "ls lists files").startswith("<|im_start|>system\nYou are a helpful")
+    bright = R.build_prompt(tok, "q", "d", R.INSTRUCTIONS["bright"])
+    assert "The goal or relevance definition is: A document is relevant if it contains" in bright
+
+
+@pytest.mark.parametrize("text,want", [
+    ("<think>ok</think><answer>7</answer>", 7),
+    ("<think>a</think><answer>10</answer>", 10),
+    ("<answer> 3 </answer>", 3),
+    ("<answer>0</answer>", 0),
+    ("<answer>2</answer> then <answer>9</answer>", 9),
+    ("<think>cut off</think><answer>5", 5),
+    ("<answer>11</answer>", None),
+    ("<answer>seven</answer>", None),
+    ("<think>no answer at all</think>", None),
+    ("", None),
+])
+def test_parse_answer(text, want):
+    assert R.parse_answer(text) == want
+
+
+def test_answer_prob_of_ten_is_product_of_its_two_tokens():
+    rr = R.Reranker(os.path.join(FIX, "qwen3_tied"), verbose=False)
+    ids = rr.tok.encode("<think>7 or 1</think><answer>10</answer>")
+    one, zero = rr.digit_ids[1], rr.digit_ids[0]
+    i = max(k for k in range(len(ids) - 1) if ids[k] == one and ids[k + 1] == zero)
+    logps = [-0.1 * k for k in range(len(ids))]
+    assert rr.answer_prob(ids, logps, 10) == pytest.approx(math.exp(logps[i] + logps[i + 1]))
+    ids7 = rr.tok.encode("<answer>7</answer>")
+    k7 = ids7.index(rr.digit_ids[7])
+    assert rr.answer_prob(ids7, [-0.5] * len(ids7), 7) == pytest.approx(math.exp(-0.5))
+    assert k7 >= 0 and rr.answer_prob(ids7, [-0.5] * len(ids7), None) == 0.0
+
+
+@pytest.mark.parametrize("name,scale,boost,must", [
+    ("qwen3_untied", 20, 0.5, {1, 10}),  # "10" is two tokens: the extra step decides 1 vs 10
+    ("qwen2", 10, 0.0, {1, 2, 10}),  # "10" is one token
+])
+def test_fast_mode_equals_greedy_generation(name, scale, boost, must):
+    tok = M.Tokenizer(os.path.join(FIX, name))
+    texts = [{"text": d} for d in docs(24)]
+    prompts = R.Reranker(os.path.join(FIX, name), verbose=False).prompts_for("list directory contents", texts, None)
+    model, tok = digits_only(name, scale, boost, prompts)
+    rr = R.Reranker((model, tok), verbose=False)
+    answers = set()
+    for p, f in zip(prompts, rr.score_fast(prompts)):
+        out = M.generate(model, [p], max_new_tokens=2)  # greedy, as thinking mode decodes
+        ids = out.tokens[0].tolist()
+        # the answer greedy decoding writes: "10" when it spells 1 then 0, else its first digit
+        n = 2 if ids[:2] == rr.ten_ids else 1
+        s = int(tok.decode(ids[:n]))
+        assert f.answer == s
+        assert f.prob == pytest.approx(math.exp(out.logprobs[0, :n].sum().item()), rel=1e-4)
+        assert 0 <= f.expected <= 10
+        answers.add(s)
+    assert must <= answers, answers
+
+
+def test_expected_score_is_the_renormalised_mean():
+    model, tok = digits_only("qwen3_untied")
+    rr = R.Reranker((model, tok), score="expected", verbose=False)
+    p = rr.prompts_for("copy files", [{"text": "cp copies files"}], None)[0]
+    with torch.no_grad():
+        pr = torch.softmax(model(torch.tensor([p]))[0, -1], -1)
+        q = torch.softmax(model(torch.tensor([p + [rr.digit_ids[1]]]))[0, -1], -1)
+    dist = [pr[rr.digit_ids[d]].item() for d in range(10)]
+    p10 = dist[1] * q[rr.digit_ids[0]].item()
+    dist[1] *= 1 - sum(q[rr.digit_ids[d]].item() for d in range(10))
+    dist.append(p10)
+    want = sum(s * x for s, x in enumerate(dist)) / sum(dist)
+    got = rr.rerank("copy files", ["cp copies files"])[0]
+    assert got["score"] == pytest.approx(want, rel=1e-4)
+
+
+def test_ranking_does_not_depend_on_batch_size_or_order():
+    model, tok = digits_only("llama")
+    d = [{"id": f"d{i}", "text": t} for i, t in enumerate(docs(15, seed=3))]
+    big = R.Reranker((model, tok), batch_tokens=100000, verbose=False).rerank("search tree", d)
+    small = R.Reranker((model, tok), batch_tokens=1, verbose=False).rerank("search tree", d)
+    shuffled = d[::-1]
+    other = R.Reranker((model, tok), batch_tokens=700, verbose=False).rerank("search tree", shuffled)
+    by_id = lambda recs: {r["id"]: r["score"] for r in recs}
+    for recs in (small, other):
+        for k, v in by_id(recs).items():
+            assert v == pytest.approx(by_id(big)[k], abs=1e-5)
+    assert [r["id"] for r in small] == [r["id"] for r in big]
+
+
+def test_ties_break_by_input_position_and_trec_scores_strictly_decrease():
+    model, tok = M.load(os.path.join(FIX, "llama"), device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every answer equally likely: all scores tie
+    recs = R.Reranker((model, tok), verbose=False).rerank("q", ["a b", "c", "d e f", "g"])
+    assert [r["position"] for r in recs] == [0, 1, 2, 3]
+    assert len({r["score"] for r in recs}) == 1
+    scores = [float(line.split()[4]) for line in R.trec_lines("q1", recs, "t")]
+    assert all(a > b for a, b in zip(scores, scores[1:]))
+
+
+def test_fusion_combines_z_scores():
+    model, tok = digits_only("qwen3_tied")
+    d = [{"id": str(i), "text": t, "score": float(10 - i)} for i, t in enumerate(docs(5, seed=1))]
+    plain = {r["id"]: r["score"] for r in R.Reranker((model, tok), verbose=False).rerank("q", d)}
+    fused = R.Reranker((model, tok), fusion=0.2, verbose=False).rerank("q", d)
+    zf, zr = R.zscore([x["score"] for x in d]), R.zscore([plain[x["id"]] for x in d])
+    for r in fused:
+        i = int(r["id"])
+        assert r["score"] == pytest.approx(0.2 * zf[i] + 0.8 * zr[i])
+        assert r["rerank_score"] == pytest.approx(plain[r["id"]])
+
+
+def test_unparseable_output_scores_lowest_and_is_counted():
+    rr = R.Reranker(os.path.join(FIX, "llama"), thinking=True, max_new_tokens=4, verbose=False)
+    recs = rr.rerank("q", ["a", "b"])
+    assert all(r["answer"] is None and r["score"] == R.UNPARSED for r in recs)
+    assert rr.stats["unparsed"] == 2
+    assert all(isinstance(r["output"], str) for r in recs)
+
+
+def test_truncation_is_applied_and_counted():
+    rr = R.Reranker(os.path.join(FIX, "llama"), max_doc_tokens=5, max_query_tokens=3, verbose=False)
+    long_doc = " ".join(["directory"] * 50)
+    short = rr.prompts_for("list directory contents now please", [{"text": long_doc}], None)[0]
+    assert rr.stats["truncated_docs"] == 1 and rr.stats["truncated_queries"] == 1
+    full = R.Reranker(os.path.join(FIX, "llama"), verbose=False).prompts_for(
+        "list directory contents now please", [{"text": long_doc}], None)[0]
+    assert len(short) < len(full)
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"query": "q", "documents": [', "invalid JSON"),
+    ('{"documents": ["a"]}', "field 'query' is missing or empty"),
+    ('{"query": "  ", "documents": ["a"]}', "field 'query' is missing or empty"),
+    ('{"query": "q"}', "field 'documents' is missing"),
+    ('{"query": "q", "documents": []}', "field 'documents' is an empty list"),
+    ('{"query": "q", "documents": ["a", 5]}', "documents[1]: expected a string or an object"),
+    ('{"query": "q", "documents": [{"id": "x"}]}', "documents[0].text: missing"),
+    ('[]', "no queries"),
+    ('[{"query": "q", "documents": ["a"]}, {"query": "q2"}]', "record 1: field 'documents'"),
+    ('{"query": "q", "documents": ["a"]}\n{"query": "", "documents": ["a"]}\n', "line 2: field 'query'"),
+])
+def test_bad_input_gives_one_clear_line_and_status_2(tmp_path, capsys, content, needle):
+    path = write(tmp_path, "in.json", content)
+    assert R.main([path, "--model", os.path.join(FIX, "llama"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and path in err and "Traceback" not in err
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path, capsys):
+    path = write(tmp_path, "in.json", '{"query": "q", "documents": ["a"]}')
+    assert R.main([path, "--model", str(tmp_path / "no-such-model")]) == 2
+    assert "no-such-model: no such checkpoint directory" in capsys.readouterr().err
+
+
+def test_cli_writes_json_and_trec(tmp_path, capsys):
+    path = write(tmp_path, "in.jsonl", "\n".join(json.dumps({"id": f"q{i}", "query": "list files",
+                                                              "documents": docs(3, seed=i)}) for i in range(2)))
+    out, trec = str(tmp_path / "out.json"), str(tmp_path / "run.trec")
+    assert R.main([path, "--model", os.path.join(FIX, "llama"), "--output", out, "--trec", trec]) == 0
+    results = json.load(open(out))
+    assert [r["query_id"] for r in results] == ["q0", "q1"]
+    assert [r["rank"] for r in results[0]["results"]] == [1, 2, 3]
+    assert len(open(trec).read().splitlines()) == 6
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files and honours 'Range: bytes=N-' (the stdlib handler ignores ranges)."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        path = self.translate_path(self.path)
+        if not os.path.isfile(path):
+            return self.send_error(404)
+        data = open(path, "rb").read()
+        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+def test_hub_download_from_a_local_server_resumes(tmp_path):
+    root = tmp_path / "srv" / "org" / "tiny" / "resolve" / "main"
+    shutil.copytree(os.path.join(FIX, "qwen3_tied"), root)
+    handler = lambda *a: RangeHandler(*a, directory=str(tmp_path / "srv"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        cache = tmp_path / "cache"
+        dest = cache / "hub" / "org--tiny"
+        dest.mkdir(parents=True)
+        blob = open(root / "model.safetensors", "rb").read()
+        (dest / "model.safetensors.part").write_bytes(blob[:1000])  # an interrupted download
+        path = R.hub_download("org/tiny", cache=str(cache), base_url=url)
+        assert open(os.path.join(path, "model.safetensors"), "rb").read() == blob
+        M.load(path)  # a complete, loadable checkpoint
+    finally:
+        server.shutdown()
+    with pytest.raises(R.InputError, match="offline"):
+        R.hub_download("org/other", cache=str(cache), base_url=url)
