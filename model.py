@@ -424,15 +424,17 @@ def commit_dir(tmp: str, path: str):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = None):
+def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = None, state=None):
     """Write an HF-layout directory (config.json, model.safetensors, tokenizer files) atomically.
-    `extra` maps file names to JSON-able objects written alongside (training args, metrics)."""
+    `extra` maps file names to JSON-able objects written alongside (training args, metrics);
+    `state` replaces model.state_dict() (e.g. LoRA weights merged into their base)."""
     from safetensors.torch import save_file
 
     tmp = atomic_dir(path)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict() if state is None else state
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight")
+        state.pop("lm_head.weight", None)
     save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_hf()
     cfg["torch_dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
