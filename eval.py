@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from data.beir import load_qrels, load_queries, read_beir_qrels, read_trec_qrels, read_trec_run, write_trec_run
+from data.beir import load_corpus, load_qrels, load_queries, read_beir_qrels, read_trec_qrels, read_trec_run, write_trec_run
 
 
 # ---------------------------------------------------------------- ranking order
@@ -151,15 +151,23 @@ def parse_args(argv=None):
     g.add_argument("--data", help="BEIR-format dataset directory, e.g. data/beir/pyfaq")
     g.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     g.add_argument("--bm25-only", action="store_true", help="evaluate the BM25 first stage only")
-    g.add_argument("--model", help="reranker checkpoint directory (reranking mode)")
+    g.add_argument("--model", help="reranker: checkpoint directory or hub id (default: the built-in reranker)")
     g.add_argument("--top-k", type=int, default=100, help="BM25 candidates per query (default: 100, as the paper)")
     g.add_argument("--limit", type=int, help="evaluate only the first N queries (sorted by id)")
     g.add_argument("--runs-dir", default="runs", help="where run files are written (default: runs/)")
+    g = p.add_argument_group("reranker settings (see rerank.py)")
+    g.add_argument("--thinking", action="store_true", help="generate reasoning before the answer (slow)")
+    g.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit in thinking mode")
+    g.add_argument("--score", default="answer", choices=["answer", "expected"], help="s*P(s) or expected score")
+    g.add_argument("--max-doc-tokens", type=int, default=512, help="document truncation budget")
+    g.add_argument("--batch-tokens", type=int, default=16384, help="tokens per batch (memory bound)")
+    g.add_argument("--instruction", help="relevance definition (default: the paper's BEIR instruction)")
+    g.add_argument("--device", help="cpu, cuda ... (default: CUDA if available)")
+    g.add_argument("--dtype", help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--name", help="label of the reranker in the table and run file names")
     args = p.parse_args(argv)
     if args.data is None and (args.qrels is None or args.run is None):
         p.error("give --qrels and --run, or --data DIR")
-    if args.data is not None and not args.bm25_only and args.model is None:
-        p.error("with --data, give --bm25-only or --model")
     return args
 
 
@@ -180,22 +188,96 @@ def run_bm25(args):
     return run, {q: qrels[q] for q in qids}, "bm25"
 
 
+def rerank_run(reranker, queries, corpus, first_stage, top_k, cache_path):
+    """Rerank each query's first-stage top_k with `reranker` (rerank.Reranker) -> (run, stats).
+    Every finished query is appended to a JSONL cache of scored pairs, so an interrupted
+    evaluation resumes where it stopped (a half-written last line is ignored)."""
+    import json
+
+    from tqdm import tqdm
+
+    done = {}
+    if cache_path.exists():
+        for line in cache_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn write from a killed run: that query is scored again
+            done[rec["qid"]] = rec
+    todo = [q for q in sorted(first_stage) if q not in done]
+    if done:
+        print(f"resuming: {len(done)} queries already scored in {cache_path}")
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_path, "a", encoding="utf-8") as cache:
+        for qid in tqdm(todo, desc="rerank", unit="query"):
+            cands = rank_docs(first_stage[qid])[:top_k]
+            docs = [{"id": d, "text": corpus[d]["text"], "title": corpus[d].get("title", "")} for d in cands]
+            t0 = time.perf_counter()
+            records = reranker.rerank(queries[qid], docs)
+            rec = {"qid": qid, "seconds": time.perf_counter() - t0,
+                   "results": [[r["id"], r["score"], r["answer"]] for r in records]}
+            cache.write(json.dumps(rec) + "\n")
+            cache.flush()
+            done[qid] = rec
+    run, stats = {}, {"pairs": 0, "unparsed": 0, "seconds": 0.0}
+    for qid, rec in done.items():
+        if qid not in first_stage:
+            continue
+        n = len(rec["results"])
+        # strictly decreasing scores in the rank order the reranker chose (its tie-break)
+        run[qid] = {d: n - i for i, (d, _, _) in enumerate(rec["results"])}
+        stats["pairs"] += n
+        stats["unparsed"] += sum(a is None for _, _, a in rec["results"])
+        stats["seconds"] += rec["seconds"]
+    return run, stats
+
+
+def model_key(args, path):
+    """Identifies a (checkpoint, settings) pair for the scored-pair cache."""
+    import hashlib
+    import os
+
+    weights = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
+    ident = [os.path.abspath(path)] + [f"{os.path.getsize(w)}:{os.path.getmtime(w)}" for w in weights]
+    ident += [args.thinking, args.max_new_tokens, args.score, args.max_doc_tokens, args.instruction, args.top_k]
+    return hashlib.sha1(repr(ident).encode()).hexdigest()[:12]
+
+
 def main(args):
     if args.data is None:
         run, qrels = read_trec_run(args.run), read_qrels_file(args.qrels)
         print(format_table(evaluate(run, qrels, complete=args.complete)))
         return
     run, qrels, tag = run_bm25(args)
-    if not args.bm25_only:
-        # ---- reranking mode (--model): rerank the BM25 top-k with the reranker, then score that run.
-        raise SystemExit("reranking mode is not implemented yet; use --bm25-only")
     name = Path(args.data).resolve().name
     out = Path(args.runs_dir) / f"{name}-{args.split}-{tag}.trec"
     write_trec_run(out, run, tag=tag)
-    result = evaluate(run, qrels, complete=True)  # every judged query was searched
-    print(format_table(result))
-    print(f"{name} {args.split} {tag}: nDCG@10 {result['ndcg@10']:.4f} | MRR@10 {result['mrr@10']:.4f} | "
-          f"R@100 {result['recall@100']:.4f} | MAP {result['map']:.4f} | {result['num_q']} queries | run {out}")
+    k = args.top_k
+    rows = [("BM25", evaluate(run, qrels, metrics=("ndcg@10", "mrr@10", f"recall@{k}"), complete=True), None)]
+    if not args.bm25_only:
+        import rerank
+
+        path = rerank.resolve_model(args.model)
+        reranker = rerank.Reranker(path, args.device, args.dtype, thinking=args.thinking,
+                                   max_new_tokens=args.max_new_tokens, max_doc_tokens=args.max_doc_tokens,
+                                   batch_tokens=args.batch_tokens, score=args.score,
+                                   instruction=args.instruction)
+        label = args.name or Path(path).name
+        cache = Path(args.runs_dir) / "cache" / f"{name}-{args.split}-{label}-{model_key(args, path)}.jsonl"
+        corpus, queries = load_corpus(Path(args.data)), load_queries(Path(args.data))
+        reranked, stats = rerank_run(reranker, queries, corpus, run, k, cache)
+        rr_out = Path(args.runs_dir) / f"{name}-{args.split}-{label}.trec"
+        write_trec_run(rr_out, reranked, tag=label)
+        rows.append((label, evaluate(reranked, qrels, metrics=("ndcg@10", "mrr@10", f"recall@{k}"),
+                                     complete=True), stats))
+        print(f"wrote {out} and {rr_out}")
+    print(f"\n{name} / {args.split}: {len(qrels)} queries, BM25 top-{k} reranked\n")
+    print(f"| system | nDCG@10 | MRR@10 | R@{k} | parse failures | pairs/s | time (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, res, st in rows:
+        extra = "- | - | -" if st is None else (
+            f"{st['unparsed']}/{st['pairs']} | {st['pairs'] / max(st['seconds'], 1e-9):.1f} | {st['seconds']:.0f}")
+        print(f"| {label} | {res['ndcg@10']:.4f} | {res['mrr@10']:.4f} | {res[f'recall@{k}']:.4f} | {extra} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""Build SFT records (query, document, integer score 0..10) from the built-in datasets.
+
+    python data/make_sft.py                                   # -> runs/sft/train.jsonl
+    python data/make_sft.py --mapping graded --max-queries 500 --out runs/sft/small.jsonl
+
+For every TRAIN query of the chosen datasets (manpages and foldoc; pyfaq is the held-out test set
+and is refused), candidates are mined as in ERank (data/bm25.mine_candidates): every judged
+positive plus negatives sampled from BM25 ranks 1-10 ("hard"), 11-100 ("medium") and 101-1000
+("easy"). Grades become integer scores through --mapping:
+
+    binary   grade >= 1 -> 10, negative -> 0
+    graded   grade 2 -> 10, grade 1 -> 5, negative -> 0                       (default)
+    soft     grade 2 -> 10, grade 1 -> 6, hard negative -> 1, other negative -> 0
+             (BM25's top-10 non-positives often share the topic: a small, non-zero score)
+
+Grade 2 is the page itself, grade 1 a page from its SEE ALSO / cross-references.
+Default mix per query: all its positives (--max-positives caps them, highest grade first) and
+3 negatives: 2 hard + 1 medium, so positives are not drowned by negatives.
+
+Where this deviates from the paper (ERank, arXiv 2509.00520): the paper uses 1 positive + 19
+negatives per query labelled by a teacher LLM (QwQ-32B reasoning + score, see data/label.py);
+here the labels come from the datasets' graded judgements, without reasoning, and the mix keeps
+more positives because the 135M model and the CPU budget only allow a few thousand records.
+
+Deterministic: queries are sampled (--max-queries) and negatives drawn with seeded generators.
+Output: JSONL records {"query", "doc", "score", "dataset", "qid", "docid", "label"} written
+atomically; sft.py reads query, doc and score (and ignores the rest).
+"""
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from data.beir import atomic_write_text, load_corpus, load_qrels, load_queries  # noqa: E402
+from data.bm25 import BM25, mine_candidates  # noqa: E402
+
+MAPPINGS = {
+    # (grade 2, grade 1, hard negative, medium negative, easy negative)
+    "binary": (10, 10, 0, 0, 0),
+    "graded": (10, 5, 0, 0, 0),
+    "soft": (10, 6, 1, 0, 0),
+}
+
+
+def score_for(mapping: str, grade: int | None = None, bucket: str | None = None) -> int:
+    g2, g1, hard, medium, easy = MAPPINGS[mapping]
+    if grade is not None:
+        return g2 if grade >= 2 else g1
+    return {"hard": hard, "medium": medium, "easy": easy}[bucket]
+
+
+def doc_text(d: dict) -> str:
+    """As rerank.py shows a document: title, newline, text (title omitted when empty)."""
+    return (d["title"] + "\n" + d["text"]) if d.get("title") else d["text"]
+
+
+def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_positives=0,
+                 n_hard=2, n_medium=1, n_easy=0, seed=0, progress=True) -> list[dict]:
+    name = Path(data_dir).resolve().name
+    if name == "pyfaq":
+        raise SystemExit(f"{data_dir}: pyfaq is the held-out test set; never train on it")
+    corpus, queries, qrels = load_corpus(data_dir), load_queries(data_dir), load_qrels(data_dir, split)
+    qids = sorted(q for q in qrels if q in queries)
+    if max_queries and len(qids) > max_queries:
+        qids = sorted(random.Random(f"{seed}:{name}").sample(qids, max_queries))
+    qrels = {q: qrels[q] for q in qids}
+    mined = mine_candidates(BM25.from_dir(data_dir), queries, qrels, n_hard=n_hard, n_medium=n_medium,
+                            n_easy=n_easy, seed=seed, progress=progress)
+    out = []
+    for m in mined:
+        pos = m["pos"][:max_positives] if max_positives else m["pos"]
+        for d, grade in pos:
+            out.append({"query": m["query"], "doc": doc_text(corpus[d]), "score": score_for(mapping, grade=grade),
+                        "dataset": name, "qid": m["qid"], "docid": d, "label": f"grade{grade}"})
+        for d, bucket in m["neg"]:
+            out.append({"query": m["query"], "doc": doc_text(corpus[d]), "score": score_for(mapping, bucket=bucket),
+                        "dataset": name, "qid": m["qid"], "docid": d, "label": bucket})
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Build ERank SFT records from the built-in BEIR datasets.")
+    g = ap.add_argument_group("input")
+    g.add_argument("--datasets", nargs="+", default=["manpages", "foldoc"], help="dataset names under --root")
+    g.add_argument("--root", default="data/beir", help="directory holding the BEIR datasets")
+    g.add_argument("--split", default="train", help="qrels split to use (train; dev/test are for evaluation)")
+    g.add_argument("--max-queries", type=int, default=0, help="queries per dataset, seeded sample (0 = all)")
+    g = ap.add_argument_group("labels and mix")
+    g.add_argument("--mapping", default="graded", choices=sorted(MAPPINGS), help="grade -> score rule (see above)")
+    g.add_argument("--max-positives", type=int, default=0, help="positives per query, highest grade first (0 = all)")
+    g.add_argument("--n-hard", type=int, default=2, help="negatives per query from BM25 ranks 1-10")
+    g.add_argument("--n-medium", type=int, default=1, help="negatives per query from BM25 ranks 11-100")
+    g.add_argument("--n-easy", type=int, default=0, help="negatives per query from BM25 ranks 101-1000")
+    g.add_argument("--seed", type=int, default=0, help="seeds the query sample and negative sampling")
+    g = ap.add_argument_group("output")
+    g.add_argument("--out", default="runs/sft/train.jsonl", help="JSONL file to write")
+    args = ap.parse_args(argv)
+    if args.split != "train":
+        print(f"warning: building training records from the {args.split!r} split", file=sys.stderr)
+    records = []
+    for name in args.datasets:
+        recs = make_records(os.path.join(args.root, name), args.split, args.mapping, args.max_queries,
+                            args.max_positives, args.n_hard, args.n_medium, args.n_easy, args.seed)
+        counts = {}
+        for r in recs:
+            counts[r["score"]] = counts.get(r["score"], 0) + 1
+        print(f"{name}: {len({r['qid'] for r in recs})} queries, {len(recs)} records, scores "
+              + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items())), file=sys.stderr)
+        records += recs
+    atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    print(f"wrote {len(records)} records to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,736 @@
+"""Stage 2 of ERank: GRPO with a listwise-derived reward, on top of the SFT model.
+
+For each query of a step, each of its N candidate documents (>= 1 positive + BM25-mined
+negatives, data/bm25.mine_candidates on the TRAIN qrels) gets G sampled completions from the
+policy. All N*G scores of the query are ranked together and every rollout is rewarded for its
+place in that pooled ranking (r_RR, ERank section 5 of the method notes); the advantage is
+group-relative over the G rollouts of one (query, document) prompt; the update is PPO-clipped
+with a k3 KL penalty to the frozen SFT model.
+
+Run:
+    python rl.py --max-steps 3 --docs-per-query 8 --group-size 4 --model models/SmolLM2-135M-Instruct
+    python rl.py --model runs/sft/final --out runs/rl --steps 200 --eval-every 25    # a real run
+    python rl.py --resume --out runs/rl ...                  # continue exactly from runs/rl/last
+    torchrun --nproc_per_node 2 rl.py ...                    # data parallel (gloo on CPU, nccl on CUDA)
+
+The variant, written out (GRPO with token-level, "DAPO-style" normalisation):
+    A_i      = (r_i - mean(r_group)) / (std(r_group) + eps)       group = the G rollouts of one prompt
+    rho_it   = exp(logp_it - logp_old_it)                         logp_old: the rollout policy
+    k3_it    = exp(ref_it - logp_it) - (ref_it - logp_it) - 1     ref: the frozen SFT model
+    loss     = -1/T * sum_{i, t} [ min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) - beta k3_it ]
+where the sum runs over every completion token of the mini-batch (end token included) and T is
+their number across all processes. Groups whose G rewards are all equal carry no signal and are
+skipped (counted as "zero-var"). The loss hovers near zero by construction (advantages have mean
+zero and rho starts at 1): the reward and dev nDCG@10 are the signals to watch, not the loss.
+
+Output directory (--out), the same layout as sft.py:
+    log.jsonl              one JSON object per step (reward, cases, KL, clip fraction, dev nDCG@10)
+    ref_scores.<rank>.json the reference model's expected score t per (query, document), cached
+    step-00050/, last/     HF-layout checkpoints (LoRA merged) + args.json + adapter.safetensors +
+                           train_state.pt (trainable weights, optimizer, step)
+    final/                 the finished model
+
+Where this deviates from the paper (ERank, arXiv 2509.00520):
+  - policy: LoRA (rank 16, alpha 32) by default, lr 1e-5; the paper trains all parameters at
+    lr 1e-6 (`--lora-rank 0 --lr 1e-6` does that). With LoRA the reference is the same network
+    with the adapters switched off (no second copy in memory).
+  - fast mode by default: the prompt ends with "<answer>" and a rollout is "7</answer><|im_end|>";
+    the paper's rollouts reason first (`--thinking` does that, max --max-new-tokens tokens).
+  - sizes: N, G, the batch and the mini-batch are flags; the paper's N = 20, G = 5, 1,280 prompts
+    per batch in mini-batches of 320 do not fit a 2-core CPU.
+  - r_RR's constants are not published; ours are in RRWeights below, with the reasoning.
+  - t (reference score, case 3 of r_RR) is the SFT model's expected score sum_s s P(s) in fast
+    mode, computed once per (query, document) and cached; the paper only says "reference score".
+"""
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+import model as M
+from eval import ndcg_at_k
+from rerank import Reranker, parse_answer, write_atomic
+from sft import LoRALinear, add_lora, cosine_lr, load_train_state, save_checkpoint, completion_logprobs
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="ERank stage 2: GRPO with the listwise r_RR reward.")
+    g = ap.add_argument_group("data")
+    g.add_argument("--data", default="data/beir/manpages,data/beir/foldoc",
+                   help="comma-separated BEIR directories whose --split qrels give the training queries")
+    g.add_argument("--split", default="train", help="qrels split to train on (never pyfaq, never test)")
+    g.add_argument("--docs-per-query", type=int, default=20, help="N: candidate documents per query (paper: 20)")
+    g.add_argument("--positives", type=int, default=1, help="at most this many positives among the N (paper: 1)")
+    g.add_argument("--max-doc-tokens", type=int, default=192, help="documents are truncated to this many tokens")
+    g.add_argument("--max-query-tokens", type=int, default=256, help="queries are truncated to this many tokens")
+    g.add_argument("--bm25-cache", default=None, help="BM25 index cache directory (default: data/cache/bm25)")
+    g = ap.add_argument_group("rollouts")
+    g.add_argument("--queries-per-step", type=int, default=4, help="queries per step (all processes together)")
+    g.add_argument("--group-size", type=int, default=5, help="G: sampled completions per (query, document) (paper: 5)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (also used in every log-prob)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    g.add_argument("--thinking", action="store_true", help="rollouts reason before answering (slow on CPU)")
+    g.add_argument("--max-new-tokens", type=int, default=0,
+                   help="completion length limit (0: just enough for '10</answer>' + end token; 1024 with --thinking)")
+    g.add_argument("--rollout-rows", type=int, default=128, help="rows per generate call (memory bound)")
+    g = ap.add_argument_group("reward")
+    g.add_argument("--reward", default="rr", choices=["rr", "ndcg", "se"],
+                   help="rr: ERank's r_RR; ndcg: leave-one-out nDCG of the pooled ranking; se: -(s - label)^2/100")
+    g.add_argument("--rr-pos-base", type=float, default=1.0, help="r_RR case 1: base + scale / rank (positive)")
+    g.add_argument("--rr-pos-scale", type=float, default=1.0, help="r_RR case 1: weight of 1/rank")
+    g.add_argument("--rr-neg-above", type=float, default=-1.0, help="r_RR case 2: negative not below every positive")
+    g.add_argument("--rr-neg-below", type=float, default=1.0, help="r_RR case 3: base - scale * (s - t)^2 / 100")
+    g.add_argument("--rr-neg-scale", type=float, default=1.0, help="r_RR case 3: weight of (s - t)^2 / 100")
+    g.add_argument("--unparsed-reward", type=float, default=-2.0, help="reward of a completion with no score (all rewards)")
+    g.add_argument("--ndcg-k", type=int, default=0, help="cutoff of the pooled nDCG (0: 10 * G, i.e. ~10 documents)")
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", default="runs/sft/final", help="starting checkpoint = the frozen reference (an SFT output)")
+    g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
+    g.add_argument("--dtype", default=None, help="autocast dtype on CUDA (default bf16); CPU trains in fp32")
+    g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full parameters")
+    g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward")
+    g = ap.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (paper: 1e-6, full parameters)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--warmup", type=float, default=0.0, help="warmup, as a fraction of all steps")
+    g.add_argument("--steps", type=int, default=100, help="schedule length in steps")
+    g.add_argument("--max-steps", type=int, default=0, help="stop after this step (and save last/); --resume continues")
+    g.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip range of the importance ratio (paper: 0.2)")
+    g.add_argument("--beta", type=float, default=0.001, help="weight of the k3 KL to the reference (paper: 0.001)")
+    g.add_argument("--adv-eps", type=float, default=1e-6, help="eps in (r - mean) / (std + eps)")
+    g.add_argument("--mini-batches", type=int, default=1, help="optimizer steps per rollout batch (paper: 1280/320 = 4)")
+    g.add_argument("--ppo-epochs", type=int, default=1, help="passes over each rollout batch")
+    g.add_argument("--micro-batch-size", type=int, default=8, help="rows per forward/backward on one process")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    g.add_argument("--seed", type=int, default=0, help="seeds LoRA init, the query order, mining and every rollout")
+    g = ap.add_argument_group("evaluation and logging")
+    g.add_argument("--dev-data", default="data/beir/manpages", help="BEIR directory whose dev qrels give dev nDCG@10")
+    g.add_argument("--dev-split", default="dev", help="qrels split used for evaluation (never pyfaq)")
+    g.add_argument("--dev-queries", type=int, default=20, help="queries evaluated (the first N by id)")
+    g.add_argument("--dev-top-k", type=int, default=20, help="BM25 candidates reranked per query")
+    g.add_argument("--eval-every", type=int, default=0, help="dev nDCG@10 before training, every N steps and at the end (0 = never)")
+    g.add_argument("--sample-every", type=int, default=10, help="print a prompt -> completion -> score -> reward every N steps")
+    g = ap.add_argument_group("checkpoints")
+    g.add_argument("--out", default="runs/rl", help="output directory")
+    g.add_argument("--save-every", type=int, default=50, help="write step-N/ and last/ every N steps (0 = never)")
+    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last")
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- rewards (pure functions)
+
+
+def competition_ranks(scores: list) -> list:
+    """1-based rank of each parsed score among all parsed scores, descending; equal scores share
+    the smallest rank ("competition" ranking: 10, 8, 8, 5 -> 1, 2, 2, 4). None (unparseable)
+    rollouts are left out of the ranking and get rank None."""
+    parsed = [s for s in scores if s is not None]
+    return [None if s is None else 1 + sum(o > s for o in parsed) for s in scores]
+
+
+@dataclass
+class RRWeights:
+    """The constants of r_RR (the paper does not publish them). Rewards only compare within the
+    G rollouts of one document (advantages are group-relative), so what matters is each case's
+    order and spread among the cases one document can hit:
+      positive:  1 + 1/phi in (1, 2]. Higher score -> smaller pooled rank phi -> more reward; the
+                 base keeps any formatted positive above the unparsed penalty.
+      negative not below every positive: -1. Below every case-3 reward (>= 0), so a rollout that
+                 puts a negative at or above some positive is always worse than one that does not.
+      negative below every positive: 1 - (s - t)^2 / 100 in [0, 1]; (s - t)^2 <= 100 on 0..10,
+                 so this stays >= 0 and is largest when the score matches the reference's t.
+      unparseable: -2, the worst outcome of all."""
+    pos_base: float = 1.0
+    pos_scale: float = 1.0
+    neg_above: float = -1.0
+    neg_below: float = 1.0
+    neg_scale: float = 1.0
+    unparsed: float = -2.0
+
+
+def reward_rr(scores: list, positive: list, ref: list, w: RRWeights = RRWeights()):
+    """ERank's r_RR for the N*G rollouts of one query -> (rewards, cases).
+
+    scores: the parsed integer (None = unparseable) of each rollout; positive: whether its
+    document is relevant; ref: t, the reference model's score for its document.
+    phi = competition rank among all parsed rollouts of the query (unparseable ones excluded).
+    A negative is "ranked above (any) positive" when phi <= the rank of the worst-ranked parsed
+    positive rollout: strictly above it, or tied with it (a tie is not a correct ordering; the
+    two cases then split the negatives exactly into "not below" and "below all positives").
+    With no parsed positive rollout at all, every parsed negative counts as below all positives."""
+    ranks = competition_ranks(scores)
+    pos_ranks = [r for r, p in zip(ranks, positive) if p and r is not None]
+    worst = max(pos_ranks) if pos_ranks else None
+    rewards, cases = [], []
+    for s, r, p, t in zip(scores, ranks, positive, ref):
+        if s is None:
+            rewards.append(w.unparsed), cases.append("unparsed")
+        elif p:
+            rewards.append(w.pos_base + w.pos_scale / r), cases.append("pos")
+        elif worst is not None and r <= worst:
+            rewards.append(w.neg_above), cases.append("neg_above")
+        else:
+            rewards.append(w.neg_below - w.neg_scale * (s - t) ** 2 / 100), cases.append("neg_below")
+    return rewards, cases
+
+
+def reward_ndcg(scores: list, grades: list, k: int, unparsed: float = -2.0):
+    """Listwise nDCG reward -> (rewards, cases): each rollout's leave-one-out contribution to the
+    nDCG@k of the pooled ranking of the query's parsed rollouts,
+        r_i = nDCG(pool) - nDCG(pool without i)      (i also leaves the ideal ranking),
+    with eval.ndcg_at_k (the metric used for evaluation; gain = the document's qrels grade).
+    Equal scores are ordered with the lower grade first (a tie does not count as a correct
+    ordering, as in reward_rr). So a negative ranked above relevant rollouts gets < 0 and one
+    below all of them 0; a relevant rollout gets 0 when nothing irrelevant is above it and < 0
+    the lower it sits. Unparseable rollouts are left out of the pool and get `unparsed`."""
+    items = [i for i, s in enumerate(scores) if s is not None]
+    order = [str(i) for i in sorted(items, key=lambda i: (-scores[i], grades[i], i))]
+    qrels = {str(i): grades[i] for i in items if grades[i] > 0}
+    full = ndcg_at_k(order, qrels, k)
+    rewards, cases = [], []
+    for i, s in enumerate(scores):
+        if s is None:
+            rewards.append(unparsed), cases.append("unparsed")
+            continue
+        me = str(i)
+        loo = ndcg_at_k([d for d in order if d != me], {d: g for d, g in qrels.items() if d != me}, k)
+        rewards.append(full - loo), cases.append("pos" if grades[i] > 0 else "neg")
+    return rewards, cases
+
+
+def reward_se(scores: list, grades: list, unparsed: float = -2.0):
+    """Pointwise squared-error ablation -> (rewards, cases): -(s - label)^2 / 100, label 10 for a
+    relevant document (any grade >= 1), 0 otherwise; unparseable -> `unparsed`."""
+    rewards, cases = [], []
+    for s, gr in zip(scores, grades):
+        if s is None:
+            rewards.append(unparsed), cases.append("unparsed")
+        else:
+            rewards.append(-(s - (10 if gr > 0 else 0)) ** 2 / 100), cases.append("pos" if gr > 0 else "neg")
+    return rewards, cases
+
+
+def query_rewards(args, scores, grades, ref):
+    """Dispatch on --reward for the N*G rollouts of one query (flat lists)."""
+    if args.reward == "rr":
+        w = RRWeights(args.rr_pos_base, args.rr_pos_scale, args.rr_neg_above, args.rr_neg_below,
+                      args.rr_neg_scale, args.unparsed_reward)
+        return reward_rr(scores, [g > 0 for g in grades], ref, w)
+    if args.reward == "ndcg":
+        return reward_ndcg(scores, grades, args.ndcg_k or 10 * args.group_size, args.unparsed_reward)
+    return reward_se(scores, grades, args.unparsed_reward)
+
+
+# ----------------------------------------------------------------------------- advantages and loss
+
+
+def group_advantages(rewards, eps: float = 1e-6):
+    """rewards (P, G) -> (advantages (P, G), keep (P,) bool). (r - mean) / (std + eps) within each
+    row (population std); rows whose rewards are all equal (std < 1e-8) get keep False: they carry
+    no signal and are skipped."""
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    mean, std = r.mean(1, keepdim=True), r.std(1, keepdim=True, unbiased=False)  # (P, 1)
+    keep = std[:, 0] > 1e-8
+    adv = torch.where(keep[:, None], (r - mean) / (std + eps), torch.zeros_like(r))
+    return adv.float(), keep
+
+
+def k3(logp, ref):
+    """The low-variance KL(policy || ref) estimator per token: exp(ref - logp) - (ref - logp) - 1
+    (>= 0, exactly 0 where the two log-probs are equal)."""
+    d = ref - logp
+    return torch.exp(d) - d - 1
+
+
+def grpo_token_sums(logp, old, ref, adv, mask, clip_eps: float, beta: float):
+    """Sums over the masked tokens of (B, N) tensors (adv: (B,), one per row) -> dict with
+    'objective' = sum[min(rho A, clip(rho) A) - beta k3] (differentiable; the loss is
+    -objective / T for the global token count T), 'kl' = sum k3, 'clipped' = tokens whose ratio
+    was clipped, 'tokens'. ref None = no KL term (beta 0)."""
+    m = mask.float()
+    a = adv[:, None]  # (B, 1)
+    rho = torch.exp(logp - old)
+    surr = torch.minimum(rho * a, rho.clamp(1 - clip_eps, 1 + clip_eps) * a)  # (B, N)
+    kl = k3(logp, ref) if ref is not None else torch.zeros_like(logp)
+    objective = ((surr - beta * kl) * m).sum()
+    clipped = (((rho > 1 + clip_eps) & (a > 0)) | ((rho < 1 - clip_eps) & (a < 0))) & mask
+    return {"objective": objective, "kl": (kl.detach() * m).sum(), "clipped": clipped.sum().float(),
+            "tokens": m.sum()}
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    """Run the LoRA model as its base (= the frozen reference): every adapter's scale set to 0."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    scales = [m.scale for m in layers]
+    for m in layers:
+        m.scale = 0.0
+    try:
+        yield model
+    finally:
+        for m, s in zip(layers, scales):
+            m.scale = s
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Query:
+    key: str  # "<dataset>/<qid>": unique across datasets, used in seeds and caches
+    qid: str
+    text: str
+    docs: list  # [{"id", "title", "text", "grade"}], positives first
+
+
+class TrainData:
+    """The training queries of every --data directory and, per query on demand, its N candidates
+    (mining is per query and seeded by query, so it does not depend on which other queries or
+    which process ask)."""
+
+    def __init__(self, dirs: list, split: str, n_docs: int, positives: int, seed: int, bm25_cache=None):
+        from data.beir import load_corpus, load_qrels, load_queries
+        from data.bm25 import BM25, DEFAULT_CACHE
+
+        self.n_docs, self.positives, self.seed = n_docs, positives, seed
+        self.sets, self.keys = {}, []
+        for d in dirs:
+            name = os.path.basename(os.path.normpath(d))
+            if name == "pyfaq" or split == "test":
+                raise SystemExit(f"--data {d} --split {split}: pyfaq and test splits are held out; never train on them")
+            queries, qrels = load_queries(d), load_qrels(d, split)
+            qids = sorted(q for q in qrels if q in queries and any(g >= 1 for g in qrels[q].values()))
+            if not qids:
+                raise SystemExit(f"{d}/qrels/{split}.tsv: no query with a relevant document")
+            self.sets[name] = {"queries": queries, "qrels": qrels, "corpus": load_corpus(d),
+                               "bm25": BM25.from_dir(d, cache_dir=bm25_cache or DEFAULT_CACHE)}
+            self.keys += [f"{name}/{q}" for q in qids]
+
+    def step_keys(self, step: int, count: int) -> list:
+        """The queries of a step: positions [step * count, (step + 1) * count) of a sequence of
+        seeded per-epoch shuffles of all training queries."""
+        out = []
+        for pos in range(step * count, (step + 1) * count):
+            epoch, i = divmod(pos, len(self.keys))
+            perm = list(self.keys)
+            random.Random(f"{self.seed}:epoch{epoch}").shuffle(perm)
+            out.append(perm[i])
+        return out
+
+    def query(self, key: str) -> Query:
+        from data.bm25 import mine_candidates
+
+        name, qid = key.split("/", 1)
+        s = self.sets[name]
+        n_neg = max(0, self.n_docs - self.positives)
+        hard = (n_neg + 1) // 2  # the paper's 10 / 5 / 4 split of 19 negatives, scaled to n_neg
+        medium = (n_neg - hard + 1) // 2
+        want = {"hard": hard, "medium": medium, "easy": n_neg - hard - medium}
+        # mine n_neg per bucket, take the split above, and fill a short bucket from the others
+        (c,) = mine_candidates(s["bm25"], {qid: s["queries"][qid]}, {qid: s["qrels"][qid]}, n_hard=n_neg,
+                               n_medium=n_neg, n_easy=n_neg, seed=self.seed, progress=False)
+        by_bucket = {b: [d for d, bb in c["neg"] if bb == b] for b in want}
+        neg = [d for b in want for d in by_bucket[b][:want[b]]]
+        neg += [d for b in want for d in by_bucket[b][want[b]:]][:n_neg - len(neg)]
+        picked = c["pos"][:self.positives] + [(d, 0) for d in neg]
+        docs = [{"id": d, "title": s["corpus"][d].get("title", ""), "text": s["corpus"][d]["text"], "grade": g}
+                for d, g in picked]
+        return Query(key, qid, s["queries"][qid], docs)
+
+
+class RefScores:
+    """t per (query, document): the frozen reference's expected score in fast mode, computed once
+    and cached in <out>/ref_scores.<rank>.json (every rank's file is read at start)."""
+
+    def __init__(self, out: str, rank: int, meta: dict):
+        self.path, self.meta, self.scores, self.dirty = os.path.join(out, f"ref_scores.{rank}.json"), meta, {}, False
+        if os.path.isdir(out):
+            for f in sorted(os.listdir(out)):
+                if f.startswith("ref_scores.") and f.endswith(".json"):
+                    d = json.load(open(os.path.join(out, f)))
+                    if d.get("meta") == meta:  # computed with another model or truncation: ignore
+                        self.scores.update(d["scores"])
+
+    def fill(self, reranker: Reranker, q: Query, prompts: list):
+        """Compute the missing t of q's documents; prompts: their fast-mode prompt ids."""
+        todo = [i for i, d in enumerate(q.docs) if f"{q.key}\t{d['id']}" not in self.scores]
+        if todo:
+            for i, r in zip(todo, reranker.score_prompts([prompts[i] for i in todo])):
+                self.scores[f"{q.key}\t{q.docs[i]['id']}"] = r.expected
+            self.dirty = True
+        return [self.scores[f"{q.key}\t{d['id']}"] for d in q.docs]
+
+    def save(self):
+        if self.dirty:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            write_atomic(self.path, json.dumps({"meta": self.meta, "scores": self.scores}))
+            self.dirty = False
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+
+@dataclass
+class Group:
+    """The G rollouts of one (query, document) prompt."""
+    query: int  # index of the query within the step
+    doc: int  # index of the document within the query
+    grade: int
+    prompt: list  # prompt token ids
+    completions: list  # G lists of token ids (end token included when generated)
+    texts: list  # G decoded completions
+    scores: list  # G parsed scores (None = unparseable)
+    rewards: list = field(default_factory=list)
+    cases: list = field(default_factory=list)
+    adv: torch.Tensor = None  # (G,)
+    keep: bool = True
+    old: list = None  # G (len(completion),) tensors: rollout-policy log-probs
+    ref: list = None  # G (len(completion),) tensors: reference log-probs
+
+
+def rollout_seed(seed: int, step: int, key: str, doc_id: str, g: int) -> int:
+    """The sampling seed of one rollout: a hash of (seed, step, query, document, g), so rollouts
+    do not depend on batching, on the process count, or on anything sampled before them."""
+    h = hashlib.sha256(f"{seed}|{step}|{key}|{doc_id}|{g}".encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+@torch.no_grad()
+def rollout_query(policy, tok, q: Query, j: int, prompts: list, args, step: int, stop_ids) -> list:
+    """G sampled completions for each of q's documents -> one Group per document. Generation
+    works on whole documents (G rows sharing one prompt, prefilled once by model.generate)."""
+    G, per_call = args.group_size, max(1, args.rollout_rows // args.group_size)
+    groups = []
+    for lo in range(0, len(q.docs), per_call):
+        docs = range(lo, min(len(q.docs), lo + per_call))
+        rows = [prompts[d] for d in docs for _ in range(G)]
+        seeds = [rollout_seed(args.seed, step, q.key, q.docs[d]["id"], g) for d in docs for g in range(G)]
+        out = M.generate(policy, rows, args.max_new_tokens, stop_ids=stop_ids, temperature=args.temperature,
+                         top_p=args.top_p, seeds=seeds, pad_id=tok.pad_id)
+        for n, d in enumerate(docs):
+            comps, texts, scores = [], [], []
+            for i in range(n * G, (n + 1) * G):
+                ids = out.tokens[i][out.mask[i]].tolist()
+                text = tok.decode(ids, skip_special_tokens=True)
+                comps.append(ids), texts.append(text)
+                # fast-mode prompts end with "<answer>": the completion continues it
+                scores.append(parse_answer(text if args.thinking else "<answer>" + text))
+            groups.append(Group(j, d, q.docs[d]["grade"], prompts[d], comps, texts, scores))
+    return groups
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def dev_ndcg(model, tok, args, cache: dict) -> float:
+    """Mean nDCG@10 (eval.ndcg_at_k) of fast-mode reranking of BM25's top --dev-top-k for the
+    first --dev-queries dev queries (sorted by id). `cache` keeps the candidates between calls."""
+    from data.beir import load_corpus, load_qrels, load_queries
+    from data.bm25 import BM25, DEFAULT_CACHE
+
+    if "items" not in cache:
+        if "pyfaq" in os.path.basename(os.path.normpath(args.dev_data)) or args.dev_split == "test":
+            raise SystemExit(f"--dev-data {args.dev_data} --dev-split {args.dev_split}: held out; never tune on it")
+        corpus, queries = load_corpus(args.dev_data), load_queries(args.dev_data)
+        qrels = load_qrels(args.dev_data, args.dev_split)
+        bm25 = BM25.from_dir(args.dev_data, cache_dir=args.bm25_cache or DEFAULT_CACHE)
+        cache["items"] = [(queries[q], [{"id": d, "title": corpus[d].get("title", ""), "text": corpus[d]["text"]}
+                                        for d, _ in bm25.search(queries[q], args.dev_top_k)], qrels[q])
+                          for q in sorted(q for q in qrels if q in queries)[:args.dev_queries]]
+    was_training = model.training
+    model.eval()
+    rr = Reranker((model, tok), thinking=False, max_doc_tokens=args.max_doc_tokens,
+                  max_query_tokens=args.max_query_tokens, batch_tokens=8192, verbose=False)
+    scores = [ndcg_at_k([r["id"] for r in rr.rerank(q, docs)], rel) if docs else 0.0 for q, docs, rel in cache["items"]]
+    model.train(was_training)
+    return sum(scores) / max(1, len(scores))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def all_reduce_grads(params):
+    """Sum gradients over processes in one flat buffer (ranks may hold different numbers of rows
+    in a mini-batch, even none, so DDP's per-backward hooks do not fit)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    n = 0
+    for p in params:
+        p.grad = flat[n:n + p.numel()].view_as(p).clone()
+        n += p.numel()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # processes: torchrun sets WORLD_SIZE / RANK / LOCAL_RANK
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    ddp = world > 1
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if ddp:
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            args.device = f"cuda:{local}"
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    if args.queries_per_step < world:
+        raise SystemExit(f"--queries-per-step {args.queries_per_step} is below the process count {world}")
+
+    # device and dtype: fp32 weights everywhere; bf16 autocast on CUDA
+    device, dtype = M.pick_device(args.device, args.dtype, verbose=master)
+    amp = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if amp else contextlib.nullcontext
+    if not args.max_new_tokens:
+        args.max_new_tokens = 1024 if args.thinking else 0  # fast mode: set from the tokenizer below
+    resolved = vars(args).copy()
+
+    # load: the policy (LoRA on the starting checkpoint) and the frozen reference
+    if not os.path.isdir(args.model):
+        raise SystemExit(f"--model {args.model}: no such checkpoint directory (train one with sft.py, "
+                         "or pass models/SmolLM2-135M-Instruct to try the pipeline)")
+    torch.manual_seed(args.seed)
+    policy, tok = M.load(args.model, device=device, dtype=torch.float32)
+    if args.lora_rank > 0:
+        trainable = add_lora(policy, args.lora_rank, args.lora_alpha)
+        reference = lambda: adapters_off(policy)  # same base weights, adapters off
+    else:
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        ref_model, _ = M.load(args.model, device=device, dtype=torch.float32)
+        ref_model.requires_grad_(False)
+        reference = lambda: contextlib.nullcontext(ref_model)
+    policy.gradient_checkpointing = args.gradient_checkpointing
+    limits = {"max_doc_tokens": args.max_doc_tokens, "max_query_tokens": args.max_query_tokens, "verbose": False}
+    rollout_rr = Reranker((policy, tok), thinking=args.thinking, **limits)  # builds the rollout prompts
+    # t of r_RR: the reference's expected score in fast mode (adapters switched off while it runs)
+    ref_rr = Reranker((policy if args.lora_rank > 0 else ref_model, tok), score="expected", **limits)
+    if not args.max_new_tokens:  # "10</answer>" and the end token
+        args.max_new_tokens = len(tok.encode("10</answer>")) + 1
+    resolved.update(max_new_tokens=args.max_new_tokens, world_size=world, device=str(device),
+                    autocast=str(dtype) if amp else "none (fp32)")
+    log("args " + json.dumps(resolved, sort_keys=True))
+    log(f"trainable parameters {sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in policy.parameters()):,} "
+        f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full parameters'})")
+
+    # data
+    data = TrainData(args.data.split(","), args.split, args.docs_per_query, args.positives, args.seed, args.bm25_cache)
+    total, G, N, Q = args.steps, args.group_size, args.docs_per_query, args.queries_per_step
+    warmup = int(args.warmup * total)
+    log(f"data {args.data} ({args.split}): {len(data.keys)} queries; {Q} per step x {N} documents x {G} rollouts; "
+        f"schedule {total} steps, warmup {warmup}")
+    ref_scores = RefScores(args.out, rank, {"model": os.path.abspath(args.model), "max_doc_tokens": args.max_doc_tokens,
+                                            "max_query_tokens": args.max_query_tokens})
+
+    # optimizer and (maybe) resume
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    names = {id(p): n for n, p in policy.named_parameters()}
+    step = 0
+    last_dir, log_path = os.path.join(args.out, "last"), os.path.join(args.out, "log.jsonl")
+    if args.resume:
+        st = load_train_state(last_dir)
+        for k in ("model", "data", "reward", "lora_rank", "lora_alpha", "group_size", "docs_per_query", "seed", "lr"):
+            if st["args"].get(k) != resolved.get(k):
+                log(f"warning: --{k.replace('_', '-')} was {st['args'].get(k)!r} in {last_dir}, now {resolved.get(k)!r}")
+        if st["total_steps"] != total:
+            raise SystemExit(f"{last_dir}: schedule was {st['total_steps']} steps, now {total}; resume with the same --steps")
+        with torch.no_grad():
+            for p in trainable:
+                p.copy_(st["trainable"][names[id(p)]].to(p.device))
+        opt.load_state_dict(st["optimizer"])
+        step = st["step"]
+        log(f"resumed from {last_dir} at step {step}")
+        if master and os.path.exists(log_path):  # drop log lines of steps after the checkpoint
+            keep = [line for line in open(log_path) if line.strip() and json.loads(line)["step"] <= step]
+            write_atomic(log_path, "".join(keep))
+    elif master and os.path.exists(log_path):
+        os.remove(log_path)
+    if master:
+        os.makedirs(args.out, exist_ok=True)
+
+    def train_state(step):
+        return {"step": step, "total_steps": total, "args": resolved, "optimizer": opt.state_dict(),
+                "trainable": {names[id(p)]: p.detach().cpu() for p in trainable}}
+
+    def write_log(row):
+        if master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    dev_cache = {}
+    if args.eval_every and step == 0 and master:
+        t0 = time.perf_counter()
+        with autocast():
+            nd = dev_ndcg(policy, tok, args, dev_cache)
+        log(f"eval  {0:05d}/{total:05d} | dev nDCG@10 {nd:.4f} | {time.perf_counter() - t0:.1f}s", flush=True)
+        write_log({"step": 0, "dev_ndcg10": nd})
+
+    # loop
+    stop = min(total, args.max_steps) if args.max_steps else total
+    while step < stop:
+        t0 = time.perf_counter()
+        policy.eval()
+        # 1. rollouts for this process's queries (query j of the step goes to process j % world)
+        keys = data.step_keys(step, Q)
+        groups, case_counts, rsum = [], {}, [0.0, 0.0, 0]
+        for j in range(rank, Q, world):
+            q = data.query(keys[j])
+            prompts = rollout_rr.prompts_for(q.text, q.docs, None)
+            qg = rollout_query(policy, tok, q, j, prompts, args, step, rollout_rr.stop_ids)
+            t = [0.0] * len(q.docs)
+            if args.reward == "rr":
+                fast = ref_rr.prompts_for(q.text, q.docs, None) if args.thinking else prompts
+                with reference():
+                    t = ref_scores.fill(ref_rr, q, fast)
+            flat = [s for g in qg for s in g.scores]
+            rewards, cases = query_rewards(args, flat, [g.grade for g in qg for _ in range(G)],
+                                           [t[g.doc] for g in qg for _ in range(G)])
+            for n, g in enumerate(qg):
+                g.rewards, g.cases = rewards[n * G:(n + 1) * G], cases[n * G:(n + 1) * G]
+            for c in cases:
+                case_counts[c] = case_counts.get(c, 0) + 1
+            rsum = [rsum[0] + sum(rewards), rsum[1] + sum(r * r for r in rewards), rsum[2] + len(rewards)]
+            groups += qg
+        ref_scores.save()
+        if groups:
+            adv, keep = group_advantages([g.rewards for g in groups], args.adv_eps)
+            for g, a, k in zip(groups, adv, keep):
+                g.adv, g.keep = a.to(device), bool(k)
+        kept = [g for g in groups if g.keep]
+
+        # 2. log-probs of the rollout policy and of the reference, before any update. With one
+        #    update per batch the rollout policy IS the policy being differentiated: logp_old is
+        #    then logp detached (rho = 1 exactly) and needs no extra pass.
+        on_policy = args.mini_batches * args.ppo_epochs == 1
+        B = args.micro_batch_size
+        with torch.no_grad(), autocast():
+            for lo in range(0, len(kept), max(1, B // G)):
+                chunk = kept[lo:lo + max(1, B // G)]
+                prompts = [g.prompt for g in chunk for _ in range(G)]
+                comps = [c for g in chunk for c in g.completions]
+                if not on_policy:
+                    lp, _ = completion_logprobs(policy, prompts, comps, args.temperature)
+                    for n, g in enumerate(chunk):
+                        g.old = [lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)]
+                if args.beta > 0:
+                    with reference() as ref_net:
+                        lp, _ = completion_logprobs(ref_net, prompts, comps, args.temperature)
+                    for n, g in enumerate(chunk):
+                        g.ref = [lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)]
+
+        # 3. updates: mini-batches are fixed slices of a seeded permutation of the step's
+        #    (query, document) slots, the same on every process; each process works on its own
+        #    groups within a slice, and the loss is divided by the slice's global token count.
+        policy.train()
+        lr = cosine_lr(step, total, warmup, args.lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        by_slot = {g.query * N + g.doc: g for g in kept}
+        tot = {"objective": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
+        losses = []
+        for epoch in range(args.ppo_epochs):
+            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1_009 + epoch)
+            perm = torch.randperm(Q * N, generator=gen).tolist()
+            size = math.ceil(Q * N / args.mini_batches)
+            for m in range(args.mini_batches):
+                mine = [by_slot[s] for s in sorted(perm[m * size:(m + 1) * size]) if s in by_slot]
+                rows = [(g, i) for g in mine for i in range(G)]
+                n_tok = torch.tensor([float(sum(len(g.completions[i]) for g, i in rows))], dtype=torch.float64)
+                if ddp:
+                    dist.all_reduce(n_tok)
+                if n_tok.item() == 0:
+                    continue
+                opt.zero_grad(set_to_none=True)
+                objective = 0.0
+                for lo in range(0, len(rows), B):
+                    mb = rows[lo:lo + B]
+                    with autocast():
+                        logp, mask = completion_logprobs(policy, [g.prompt for g, _ in mb],
+                                                         [g.completions[i] for g, i in mb], args.temperature)
+                    C = logp.shape[1]
+                    padded = lambda ts: torch.stack([torch.nn.functional.pad(t, (0, C - len(t))) for t in ts])  # (B, C)
+                    old = logp.detach() if on_policy else padded([g.old[i] for g, i in mb])
+                    ref = padded([g.ref[i] for g, i in mb]) if args.beta > 0 else None
+                    adv = torch.stack([g.adv[i] for g, i in mb])
+                    sums = grpo_token_sums(logp, old, ref, adv, mask, args.clip_eps, args.beta)
+                    (-sums["objective"] / n_tok.item()).backward()
+                    objective += float(sums["objective"].detach())
+                    for k in ("kl", "clipped", "tokens"):
+                        tot[k] += float(sums[k])
+                if ddp:
+                    all_reduce_grads(trainable)
+                for p in trainable:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
+                opt.step()
+                losses.append(-objective / n_tok.item())
+        opt.zero_grad(set_to_none=True)
+
+        # 4. logging: one line per step, summed over processes
+        cases = ("pos", "neg_above", "neg_below", "neg", "unparsed")
+        stats = torch.tensor([rsum[0], rsum[1], rsum[2], len(groups), len(groups) - len(kept), sum(losses),
+                              tot["kl"], tot["clipped"], tot["tokens"],
+                              sum(len(c) for g in groups for c in g.completions)]
+                             + [case_counts.get(c, 0) for c in cases], dtype=torch.float64)
+        if ddp:
+            dist.all_reduce(stats)
+        step += 1
+        dt = time.perf_counter() - t0
+        n_roll = max(1.0, float(stats[2]))
+        mean = float(stats[0]) / n_roll
+        row = {"step": step, "loss": float(stats[5]) / max(1, len(losses)) if losses else 0.0,
+               "reward": mean, "reward_std": math.sqrt(max(0.0, float(stats[1]) / n_roll - mean ** 2)),
+               "cases": {c: int(v) for c, v in zip(cases, stats[10:].tolist()) if v},
+               "unparsed": int(stats[14]), "groups": int(stats[3]), "zero_var": int(stats[4]),
+               "kl": float(stats[6]) / max(1.0, float(stats[8])), "clip_frac": float(stats[7]) / max(1.0, float(stats[8])),
+               "resp_len": float(stats[9]) / n_roll, "lr": lr, "rollouts_s": n_roll / dt, "seconds": dt}
+        if master and args.sample_every and step % args.sample_every == 0 and groups:
+            g = groups[0]
+            tail = tok.decode(g.prompt)[-60:].replace("\n", "\\n")
+            log(f"sample | ...{tail} -> {g.texts[0]!r} -> score {g.scores[0]} (grade {g.grade}) -> reward {g.rewards[0]:.3f}")
+        if master and args.eval_every and (step % args.eval_every == 0 or step == total):
+            with autocast():
+                row["dev_ndcg10"] = dev_ndcg(policy, tok, args, dev_cache)
+        if master:
+            extra = f" | dev nDCG@10 {row['dev_ndcg10']:.4f}" if "dev_ndcg10" in row else ""
+            counts = " ".join(f"{c} {v}" for c, v in row["cases"].items())
+            log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f} | reward {mean:.3f}±{row['reward_std']:.3f} | "
+                f"{counts} | zero-var {row['zero_var']}/{row['groups']} | kl {row['kl']:.2e} | "
+                f"clip {row['clip_frac']:.3f} | len {row['resp_len']:.1f} | lr {lr:.1e} | "
+                f"{row['rollouts_s']:.1f} rollouts/s | {dt:.1f}s{extra}", flush=True)
+            write_log(row)
+        save_now = args.save_every and step % args.save_every == 0
+        if master and (save_now or (step == stop and stop < total)):
+            path = os.path.join(args.out, f"step-{step:05d}")
+            save_checkpoint(path, policy, tok, resolved, train_state(step))
+            tmp = M.atomic_dir(last_dir)
+            shutil.copytree(path, tmp, dirs_exist_ok=True)
+            M.commit_dir(tmp, last_dir)
+            log(f"saved {path} and {last_dir}")
+    if master and step == total:
+        save_checkpoint(os.path.join(args.out, "final"), policy, tok, resolved, None)
+        log(f"saved {os.path.join(args.out, 'final')}")
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return policy
+
+
+if __name__ == "__main__":
+    main()

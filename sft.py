@@ -1,0 +1,547 @@
+"""Stage 1 of ERank: supervised fine-tuning on integer relevance scores.
+
+Each training record is a (query, document, score) triple, optionally with the teacher's
+reasoning. The model is trained to write, after the ERank prompt (rerank.build_prompt),
+
+    fast mode (no reasoning):   "7</answer><|im_end|>"            (prompt ends with "<answer>")
+    thinking mode (reasoning):  "<think>...</think><answer>7</answer><|im_end|>"
+
+with plain next-token cross-entropy on those completion tokens only, the end-of-turn token
+included (so the model learns to stop).
+
+Run:
+    python data/make_sft.py                                  # runs/sft/train.jsonl
+    python sft.py --max-steps 3                              # smoke test on the built-in model
+    python sft.py --epochs 1 --eval-every 50 --out runs/sft  # a real run (see --help)
+    python sft.py --resume --out runs/sft                    # continue exactly from runs/sft/last
+    torchrun --nproc_per_node 2 sft.py ...                   # data parallel (gloo on CPU, nccl on CUDA)
+
+Input records, one JSON object a line:
+    {"query": str, "doc": str, "score": int 0..10, "instruction": str?, "reasoning": str?}
+
+Loss: token-level mean over the global batch,
+    loss = -sum_{tokens t of all completions in the batch} log p(t | prefix) / (number of such tokens)
+computed micro-batch by micro-batch (each micro-batch's sum is divided by the global count), so
+the gradient does not depend on the micro-batch size or on the number of processes.
+
+Output directory (--out):
+    log.jsonl            one JSON object per step (loss, lr, grad norm, tok/s, dev nDCG@10)
+    step-00050/, last/   HF-layout checkpoints (LoRA merged into the weights, loadable by
+                         rerank.py and transformers) + args.json + adapter.safetensors (LoRA) +
+                         train_state.pt (trainable weights, optimizer, step, RNG states)
+    final/               the finished model (no train_state.pt)
+
+Where this deviates from the paper (ERank, arXiv 2509.00520, section 4 of the method notes):
+  - base model: the 135M SmolLM2-Instruct (the paper: Qwen3-4B/14B/32B-Base);
+  - LoRA rank 16, alpha 32 by default (paper: 32 / 64), on the same "all linear layers";
+  - labels: the default data (data/make_sft.py) maps human relevance grades to integer scores
+    with no reasoning ("fast mode" targets); the paper distils QwQ-32B reasoning + scores
+    (data/label.py does that with any checkpoint as the teacher);
+  - max length: documents are cut to --max-doc-tokens (default 192; the paper: 2,048 tokens in
+    all), since training runs on a 2-core CPU;
+  - lr 1e-4, cosine, 5 % warmup and 1 epoch follow the paper; the batch is 32 sequences
+    (paper: 128) because the data set is much smaller.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+import model as M
+from rerank import build_prompt, completion_text, parse_answer, truncate, write_atomic
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class RecordError(ValueError):
+    """A bad training record; the message names the file, the line and the field."""
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="ERank stage 1: SFT on integer relevance scores.")
+    g = ap.add_argument_group("data")
+    g.add_argument("--data", default="runs/sft/train.jsonl", help="training records (JSONL), see data/make_sft.py")
+    g.add_argument("--max-doc-tokens", type=int, default=192, help="documents are truncated to this many tokens")
+    g.add_argument("--max-query-tokens", type=int, default=256, help="queries are truncated to this many tokens")
+    g.add_argument("--max-records", type=int, default=0, help="use only the first N records (0 = all)")
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", default=None, help="HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
+    g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
+    g.add_argument("--dtype", default=None, help="autocast dtype on CUDA (default bf16); CPU trains in fp32")
+    g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full fine-tuning")
+    g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward (less memory, slower)")
+    g = ap.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (paper: 1e-4 with LoRA)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--warmup", type=float, default=0.05, help="warmup, as a fraction of all steps (paper: 5%%)")
+    g.add_argument("--batch-size", type=int, default=32, help="global batch, in sequences, per optimizer step")
+    g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward on one process")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the data (paper: 1)")
+    g.add_argument("--steps", type=int, default=0, help="schedule length in steps (0 = from --epochs)")
+    g.add_argument("--max-steps", type=int, default=0, help="stop after this step (and save last/); the schedule "
+                   "keeps its full length, so a later --resume continues it")
+    g.add_argument("--seed", type=int, default=0, help="seeds LoRA init and the data order")
+    g = ap.add_argument_group("evaluation and logging")
+    g.add_argument("--dev-data", default="data/beir/manpages", help="BEIR directory whose dev qrels give dev nDCG@10")
+    g.add_argument("--dev-split", default="dev", help="qrels split used for evaluation (never pyfaq)")
+    g.add_argument("--dev-queries", type=int, default=20, help="queries evaluated (the first N by id)")
+    g.add_argument("--dev-top-k", type=int, default=20, help="BM25 candidates reranked per query")
+    g.add_argument("--eval-every", type=int, default=0, help="dev nDCG@10 every N steps and at the end (0 = never)")
+    g.add_argument("--sample-every", type=int, default=25, help="print prompt tail -> greedy completion every N steps")
+    g = ap.add_argument_group("checkpoints")
+    g.add_argument("--out", default="runs/sft", help="output directory")
+    g.add_argument("--save-every", type=int, default=100, help="write step-N/ and last/ every N steps (0 = never)")
+    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last")
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def read_records(path: str) -> list[dict]:
+    """JSONL of {"query", "doc", "score", "instruction"?, "reasoning"?}; bad input names file, line, field."""
+    if not os.path.exists(path):
+        raise RecordError(f"{path}: no such file (make one with: python data/make_sft.py --out {path})")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(r, dict):
+                raise RecordError(f"{path}: line {n}: expected an object with query, doc, score")
+            for field in ("query", "doc"):
+                if not isinstance(r.get(field), str) or not r[field].strip():
+                    raise RecordError(f"{path}: line {n}: field '{field}' is missing or not a non-empty string")
+            s = r.get("score")
+            if isinstance(s, float) and s.is_integer():
+                s = int(s)
+            if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= 10:
+                raise RecordError(f"{path}: line {n}: field 'score' must be an integer 0..10, got {r.get('score')!r}")
+            for field in ("instruction", "reasoning"):
+                if r.get(field) is not None and not isinstance(r[field], str):
+                    raise RecordError(f"{path}: line {n}: field '{field}' must be a string when present")
+            out.append({"query": r["query"], "doc": r["doc"], "score": s,
+                        "instruction": r.get("instruction"), "reasoning": r.get("reasoning")})
+    if not out:
+        raise RecordError(f"{path}: no records")
+    return out
+
+
+def encode_record(tok, r: dict, max_doc_tokens: int, max_query_tokens: int = 256):
+    """-> (prompt ids, completion ids). The two parts are tokenized separately, as at inference
+    (the model is given the prompt's tokens and writes the completion's)."""
+    doc, _ = truncate(tok, r["doc"], max_doc_tokens)
+    query, _ = truncate(tok, r["query"], max_query_tokens)
+    thinking = r.get("reasoning") is not None
+    prompt = build_prompt(tok, query, doc, r.get("instruction"), thinking=thinking)
+    return tok.encode(prompt), tok.encode(completion_text(r["score"], r.get("reasoning"))) + [tok.im_end]
+
+
+# ----------------------------------------------------------------------------- log-probs (shared with rl.py)
+
+
+def completion_logprobs(model, prompts, completions, temperature: float = 1.0):
+    """(B, N) fp32 log p(completion token j | prompt + completion[:j]) and the (B, N) bool mask of
+    real completion tokens (column j < len(completion); the end token is one of them).
+
+    prompt+completion rows are left-padded, so every completion ends at the last column; logits
+    are computed only at the positions that predict a completion token (the column before it),
+    never at the full (B, T, V). The mask comes from the lengths, not from the token ids."""
+    assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+    device = next(model.parameters()).device
+    seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
+    ids, attn = M._left_pad(seqs, 0, device)  # (B, T)
+    B, T = ids.shape
+    lengths = torch.tensor([len(c) for c in completions], device=device)  # (B,)
+    col = torch.arange(T, device=device)
+    target = col[None, :] >= T - lengths[:, None]  # (B, T): completion tokens
+    at = torch.zeros_like(target)
+    at[:, :-1] = target[:, 1:]  # (B, T): the positions that predict them
+    logits = model(ids, attn, logits_at=at)  # (sum(lengths), V), row-major like ids[target]
+    lp = M.token_logprobs(logits, ids[target], temperature)  # (sum(lengths),) fp32
+    N = int(lengths.max()) if B else 0
+    mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
+    out = torch.zeros(B, N, device=device, dtype=lp.dtype)
+    out[mask] = lp  # row-major order again: row i's completion tokens 0..len-1
+    return out, mask
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+class LoRALinear(nn.Linear):
+    """y = x W^T + b + (x A^T B^T) * alpha / r. Keeps the base layer's `weight` / `bias` tensors
+    (shared, frozen), so state-dict names stay HF's; B starts at zero, so the model is unchanged
+    until trained. A gets nn.Linear's default (Kaiming-uniform) init, as in the LoRA paper."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **kw))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **kw))  # (out, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+
+    def delta(self):
+        return (self.lora_B @ self.lora_A) * self.scale  # (out, in)
+
+
+def add_lora(model, rank: int, alpha: float, targets=LORA_TARGETS) -> list:
+    """Freeze every parameter, then swap each target nn.Linear for a LoRALinear sharing its
+    weight. Returns the new trainable parameters (A, B of each layer, in module order)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if name in targets and type(child) is nn.Linear]
+    params = []
+    for parent, name, child in swaps:
+        lora = LoRALinear(child, rank, alpha)
+        setattr(parent, name, lora)
+        params += [lora.lora_A, lora.lora_B]
+    return params
+
+
+def merged_state_dict(model) -> dict:
+    """HF-named weights with each LoRA update folded in (W + scale * B @ A); no lora_ keys.
+    The model itself is left as it is."""
+    deltas = {name + ".weight": m.delta() for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    out = {}
+    for k, v in model.state_dict().items():
+        if ".lora_" in k:
+            continue
+        v = v.detach()
+        out[k] = (v + deltas[k].to(v.dtype)) if k in deltas else v.clone()
+    return out
+
+
+def adapter_state_dict(model) -> dict:
+    """{module + ".lora_A": A, module + ".lora_B": B * scale}: apply as W + B @ A."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            out[name + ".lora_A"] = m.lora_A.detach().clone()
+            out[name + ".lora_B"] = (m.lora_B.detach() * m.scale).contiguous()
+    return out
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
+    """Learning rate for 0-based `step`: linear warmup to peak over warmup_steps, then cosine to 0
+    at total_steps."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: int = 16) -> list[list[int]]:
+    """The global batches of one epoch, as record indices. Length grouping: a seeded shuffle is cut
+    into chunks of `group` batches, each chunk sorted by length (less padding) and cut into
+    batches, then the batch order is shuffled. The tail that does not fill a batch is dropped.
+    The same on every process, and independent of the micro-batch size and process count."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    n = len(lengths) - len(lengths) % batch_size
+    perm = torch.randperm(len(lengths), generator=g).tolist()[:n]
+    batches = []
+    for s in range(0, n, batch_size * group):
+        chunk = sorted(perm[s:s + batch_size * group], key=lambda i: lengths[i])
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict):
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(path: str, model, tok, args: dict, train_state: dict | None):
+    """One atomic directory: the HF-layout model (LoRA merged in) + args.json, adapter.safetensors
+    when LoRA is on, and train_state.pt (skipped when train_state is None)."""
+    from safetensors.torch import save_file
+
+    staging = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}-staging{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    info = {k: train_state[k] for k in ("step", "total_steps") if train_state and k in train_state}
+    M.save(model, tok, staging, state=merged_state_dict(model), extra={"args.json": args, "train_info.json": info})
+    adapter = adapter_state_dict(model)
+    if adapter:
+        save_file({k: v.cpu().contiguous() for k, v in adapter.items()}, os.path.join(staging, "adapter.safetensors"),
+                  metadata={"format": "pt", "rank": str(args.get("lora_rank")), "alpha": str(args.get("lora_alpha"))})
+    if train_state is not None:
+        torch.save(train_state, os.path.join(staging, "train_state.pt"))
+    M.commit_dir(staging, path)
+
+
+def load_train_state(path: str) -> dict:
+    f = os.path.join(path, "train_state.pt")
+    if not os.path.exists(f):
+        raise FileNotFoundError(f"{f}: missing; --resume needs a checkpoint written during training (<out>/last)")
+    return torch.load(f, map_location="cpu", weights_only=False)
+
+
+def copy_checkpoint(src: str, dst: str):
+    tmp = M.atomic_dir(dst)
+    shutil.copytree(src, tmp, dirs_exist_ok=True)
+    M.commit_dir(tmp, dst)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def dev_ndcg(model, tok, args, cache: dict) -> float:
+    """Mean nDCG@10 of fast-mode reranking of BM25's top --dev-top-k for the first --dev-queries
+    dev queries (sorted by id). `cache` (a dict owned by the caller) keeps the candidates between calls."""
+    from data.beir import load_corpus, load_qrels, load_queries
+    from data.bm25 import BM25
+    from eval import ndcg_at_k
+    from rerank import Reranker
+
+    key = (args.dev_data, args.dev_split, args.dev_queries, args.dev_top_k)
+    if key not in cache:
+        if "pyfaq" in os.path.basename(os.path.normpath(args.dev_data)):
+            raise ValueError(f"--dev-data {args.dev_data}: pyfaq is the held-out test set; never tune on it")
+        corpus, queries = load_corpus(args.dev_data), load_queries(args.dev_data)
+        qrels = load_qrels(args.dev_data, args.dev_split)
+        bm25 = BM25.from_dir(args.dev_data)
+        qids = sorted(q for q in qrels if q in queries)[:args.dev_queries]
+        items = []
+        for q in qids:
+            docs = [{"id": d, "title": corpus[d].get("title", ""), "text": corpus[d]["text"]}
+                    for d, _ in bm25.search(queries[q], args.dev_top_k)]
+            items.append((queries[q], docs, qrels[q]))
+        cache[key] = items
+    was_training = model.training
+    model.eval()
+    rr = Reranker((model, tok), thinking=False, max_doc_tokens=args.max_doc_tokens,
+                  max_query_tokens=args.max_query_tokens, batch_tokens=8192, verbose=False)
+    scores = [ndcg_at_k([r["id"] for r in rr.rerank(q, docs)], rel) if docs else 0.0
+              for q, docs, rel in cache[key]]
+    model.train(was_training)
+    return sum(scores) / max(1, len(scores))
+
+
+@torch.no_grad()
+def sample_line(model, tok, prompt_ids, target_ids, max_new_tokens) -> str:
+    was_training = model.training
+    model.eval()
+    out = M.generate(model, [prompt_ids], max_new_tokens, stop_ids=[tok.im_end], pad_id=tok.pad_id)
+    model.train(was_training)
+    text = tok.decode(out.tokens[0][out.mask[0]].tolist())
+    prompt_text = tok.decode(prompt_ids)
+    # fast-mode prompts end with "<answer>": parse it together with the completion
+    full = ("<answer>" if prompt_text.endswith("<answer>") else "") + text
+    tail = prompt_text[-60:].replace("\n", "\\n")
+    return f"sample | ...{tail} -> {text!r} -> score {parse_answer(full)} (target {tok.decode(target_ids)!r})"
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # processes: torchrun sets WORLD_SIZE / RANK / LOCAL_RANK
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    ddp = world > 1
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if ddp:
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            args.device = f"cuda:{local}"
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    if args.batch_size % world:
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {world}")
+
+    # device and dtype: master weights in fp32 everywhere; bf16 autocast on CUDA
+    device, dtype = M.pick_device(args.device, args.dtype, verbose=master)
+    amp = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if amp else contextlib.nullcontext
+
+    if args.model is None:
+        from data.convert_smollm2 import ensure_base_model
+        args.model = ensure_base_model()
+    resolved = vars(args).copy()
+    resolved.update(world_size=world, device=str(device), autocast=str(dtype) if amp else "none (fp32)")
+    log("args " + json.dumps(resolved, sort_keys=True))
+
+    # load
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    model, tok = M.load(args.model, device=device, dtype=torch.float32)
+    if args.lora_rank > 0:
+        trainable = add_lora(model, args.lora_rank, args.lora_alpha)
+    else:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+    model.gradient_checkpointing = args.gradient_checkpointing
+    model.train()
+    n_train = sum(p.numel() for p in trainable)
+    log(f"trainable parameters {n_train:,} of {sum(p.numel() for p in model.parameters()):,} "
+        f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full fine-tuning'})")
+    net = model
+    if ddp:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+
+    # data
+    records = read_records(args.data)
+    if args.max_records:
+        records = records[:args.max_records]
+    encoded = [encode_record(tok, r, args.max_doc_tokens, args.max_query_tokens) for r in records]
+    lengths = [len(p) + len(c) for p, c in encoded]
+    if len(records) < args.batch_size:
+        raise SystemExit(f"{args.data}: {len(records)} records, fewer than --batch-size {args.batch_size}")
+    steps_per_epoch = len(records) // args.batch_size
+    total = args.steps or max(1, int(args.epochs * steps_per_epoch))
+    warmup = int(args.warmup * total)
+    log(f"data {args.data}: {len(records)} records, {sum(lengths):,} tokens (mean {sum(lengths) / len(lengths):.0f}, "
+        f"max {max(lengths)}), {steps_per_epoch} steps per epoch; schedule {total} steps, warmup {warmup}")
+
+    # optimizer and (maybe) resume
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    names = {id(p): n for n, p in model.named_parameters()}
+    step = 0
+    last_dir, log_path = os.path.join(args.out, "last"), os.path.join(args.out, "log.jsonl")
+    if args.resume:
+        st = load_train_state(last_dir)
+        saved = st["args"]
+        for k in ("model", "data", "lora_rank", "lora_alpha", "batch_size", "seed", "lr", "max_doc_tokens"):
+            if saved.get(k) != resolved.get(k):
+                log(f"warning: --{k.replace('_', '-')} was {saved.get(k)!r} in {last_dir}, now {resolved.get(k)!r}")
+        if st["total_steps"] != total:
+            raise SystemExit(f"{last_dir}: schedule was {st['total_steps']} steps, now {total}; resume with the same "
+                             "--data/--batch-size/--epochs/--steps")
+        with torch.no_grad():
+            for p in trainable:
+                p.copy_(st["trainable"][names[id(p)]].to(p.device))
+        opt.load_state_dict(st["optimizer"])
+        set_rng_state(st["rng"])
+        step = st["step"]
+        log(f"resumed from {last_dir} at step {step}")
+        if master and os.path.exists(log_path):  # drop log lines of steps after the checkpoint
+            keep = [line for line in open(log_path) if line.strip() and json.loads(line)["step"] <= step]
+            write_atomic(log_path, "".join(keep))
+    elif master and os.path.exists(log_path):
+        os.remove(log_path)
+    if master:
+        os.makedirs(args.out, exist_ok=True)
+
+    def train_state(step):
+        return {"step": step, "total_steps": total, "args": resolved,
+                "trainable": {names[id(p)]: p.detach().cpu() for p in trainable},
+                "optimizer": opt.state_dict(), "rng": rng_state(),
+                "data": {"epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch}}
+
+    # loop
+    schedule, dev_cache = {}, {}
+    stop = min(total, args.max_steps) if args.max_steps else total
+    while step < stop:
+        t0 = time.perf_counter()
+        epoch, k = divmod(step, steps_per_epoch)
+        if epoch not in schedule:
+            schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch)}
+        batch = schedule[epoch][k]  # global batch, sorted by length
+        n_target = sum(len(encoded[i][1]) for i in batch)  # completion tokens in the whole global batch
+        share = len(batch) // world
+        mine = batch[rank * share:(rank + 1) * share]
+        micro = [mine[j:j + args.micro_batch_size] for j in range(0, len(mine), args.micro_batch_size)]
+        lr = cosine_lr(step, total, warmup, args.lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        tokens = 0
+        for j, mb in enumerate(micro):
+            sync = contextlib.nullcontext() if (not ddp or j == len(micro) - 1) else net.no_sync()
+            with sync:
+                with autocast():
+                    logps, mask = completion_logprobs(net, [encoded[i][0] for i in mb], [encoded[i][1] for i in mb])
+                nll = -(logps * mask).sum()
+                # DDP averages gradients over processes: scale by world so they sum instead
+                (nll * world / n_target).backward()
+            loss_sum += nll.detach()
+            tokens += sum(lengths[i] for i in mb)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64)
+        if ddp:
+            dist.all_reduce(stats)
+        step += 1
+        dt = time.perf_counter() - t0
+        row = {"step": step, "loss": float(stats[0]) / n_target, "lr": lr, "grad_norm": grad_norm,
+               "tok_s": float(stats[1]) / dt, "seconds": dt, "tokens": int(stats[1]), "epoch": epoch}
+        if master and args.sample_every and step % args.sample_every == 0:
+            i = batch[0]
+            log(sample_line(model, tok, encoded[i][0], encoded[i][1], max_new_tokens=len(encoded[i][1]) + 4))
+        if master and args.eval_every and (step % args.eval_every == 0 or step == total):
+            with autocast():
+                row["dev_ndcg10"] = dev_ndcg(model, tok, args, dev_cache)
+        if master:
+            extra = f" | dev nDCG@10 {row['dev_ndcg10']:.4f}" if "dev_ndcg10" in row else ""
+            log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f} | lr {lr:.1e} | grad {grad_norm:.3f} | "
+                f"{row['tok_s']:.0f} tok/s | {dt:.1f}s{extra}", flush=True)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        save_now = args.save_every and step % args.save_every == 0
+        if master and (save_now or (step == stop and stop < total)):
+            path = os.path.join(args.out, f"step-{step:05d}")
+            save_checkpoint(path, model, tok, resolved, train_state(step))
+            copy_checkpoint(path, last_dir)
+            log(f"saved {path} and {last_dir}")
+    if master and step == total:
+        save_checkpoint(os.path.join(args.out, "final"), model, tok, resolved, None)
+        log(f"saved {os.path.join(args.out, 'final')}")
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return model
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RecordError as e:
+        sys.exit(f"error: {e}")

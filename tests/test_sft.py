@@ -1,0 +1,346 @@
+"""sft.py, data/label.py: masking, LoRA, records, schedule, resume, two processes, labelling."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import model as M
+import sft
+from data import label as L
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+WORDS = "list directory contents copy files archive search tree remove link shell print".split()
+
+
+def load(name="llama"):
+    return M.load(os.path.join(FIX, name), device="cpu", dtype=torch.float32)
+
+
+def write_records(path, n=8, seed=0, words=6):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"query": " ".join(rng.choice(WORDS) for _ in range(2)),
+                                "doc": " ".join(rng.choice(WORDS) for _ in range(words + i % 4)),
+                                "score": rng.choice([0, 3, 5, 10])}) + "\n")
+    return str(path)
+
+
+def train_args(data, out, *extra):
+    return ["--model", os.path.join(FIX, "llama"), "--data", data, "--out", str(out), "--batch-size", "4",
+            "--micro-batch-size", "2", "--lr", "1e-2", "--sample-every", "0", "--save-every", "0",
+            "--max-doc-tokens", "12", *extra]
+
+
+def final_weights(out):
+    return load_file(os.path.join(out, "final", "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def test_completion_logprobs_match_full_forward_on_padded_batch():
+    model, tok = load()
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (5, 9, 3)]
+    comps = [[rng.randrange(3, 300) for _ in range(n)] + [tok.im_end] for n in (1, 3, 0)]
+    logps, mask = sft.completion_logprobs(model, prompts, comps)
+    assert logps.dtype == torch.float32 and logps.shape == mask.shape == (3, 4)
+    assert mask.tolist() == [[True, True, False, False], [True] * 4, [True, False, False, False]]
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+        logits = model(torch.tensor([p + c]))[0]  # (T, V): one row, no padding
+        ref = torch.log_softmax(logits.float(), -1)
+        want = torch.stack([ref[len(p) + j - 1, t] for j, t in enumerate(c)])
+        torch.testing.assert_close(logps[i, :len(c)], want, atol=1e-5, rtol=1e-5)
+        assert (logps[i, len(c):] == 0).all(), "padding must carry no log-prob"
+
+
+def test_completion_mask_includes_end_token_even_when_it_equals_pad():
+    model, tok = load()
+    pad = tok.pad_id
+    logps, mask = sft.completion_logprobs(model, [[5, 6], [7]], [[pad, pad], [8]])
+    assert mask.tolist() == [[True, True], [True, False]]  # pad-valued targets are still targets
+    assert torch.isfinite(logps).all() and (logps[0] < 0).all()
+
+
+def test_completion_logprobs_apply_temperature():
+    model, _ = load()
+    a, _ = sft.completion_logprobs(model, [[4, 5, 6]], [[7, 8]], temperature=1.0)
+    b, _ = sft.completion_logprobs(model, [[4, 5, 6]], [[7, 8]], temperature=0.5)
+    logits = model(torch.tensor([[4, 5, 6, 7, 8]]))[0, 2:4] / 0.5
+    want = torch.log_softmax(logits, -1)[[0, 1], [7, 8]]
+    torch.testing.assert_close(b[0], want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a, b)
+
+
+def test_target_is_prompt_then_completion_with_end_token():
+    _, tok = load()
+    p, c = sft.encode_record(tok, {"query": "ls", "doc": "list files", "score": 7}, 192)
+    assert tok.decode(p).endswith("<answer>")
+    assert tok.decode(c) == "7</answer><|im_end|>" and c[-1] == tok.im_end
+    p, c = sft.encode_record(tok, {"query": "ls", "doc": "list files", "score": 3, "reasoning": "short"}, 192)
+    assert tok.decode(p).endswith("<|im_start|>assistant\n")
+    assert tok.decode(c) == "<think>short</think><answer>3</answer><|im_end|>"
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def lora_model(seed=0, name="llama"):
+    model, tok = load(name)
+    torch.manual_seed(seed)
+    params = sft.add_lora(model, rank=4, alpha=8)
+    return model, tok, params
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_lora_with_zero_b_matches_base_model(name):
+    base, _ = load(name)
+    model, _, params = lora_model(name=name)
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    torch.testing.assert_close(model(ids), base(ids))
+    n_linear = 7 * model.config.num_hidden_layers
+    assert len(params) == 2 * n_linear
+    assert all(p.requires_grad for p in params)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" not in n)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, sft.LoRALinear)
+    assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()  # HF names kept
+
+
+def randomise_lora(params):
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05)
+
+
+def test_merged_state_dict_gives_the_lora_models_logits(tmp_path):
+    model, tok, params = lora_model()
+    randomise_lora(params)
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    want = model(ids)
+    state = sft.merged_state_dict(model)
+    assert not any(".lora_" in k for k in state)
+    base, _ = load()
+    base.load_state_dict(state)
+    torch.testing.assert_close(base(ids), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(ids), want)  # merging left the model alone
+    sft.save_checkpoint(str(tmp_path / "ck"), model, tok, {"lora_rank": 4}, {"step": 1, "total_steps": 2})
+    reloaded, _ = M.load(str(tmp_path / "ck"))
+    torch.testing.assert_close(reloaded(ids), want, atol=1e-5, rtol=1e-5)
+    assert json.load(open(tmp_path / "ck" / "args.json")) == {"lora_rank": 4}
+    assert sft.load_train_state(str(tmp_path / "ck"))["step"] == 1
+
+
+def test_adapter_applied_to_base_equals_merged():
+    model, _, params = lora_model()
+    randomise_lora(params)
+    adapter = sft.adapter_state_dict(model)
+    merged = sft.merged_state_dict(model)
+    base, _ = load()
+    state = base.state_dict()
+    mods = {k[:-len(".lora_A")] for k in adapter if k.endswith(".lora_A")}
+    assert len(mods) == 7 * model.config.num_hidden_layers
+    for m in mods:
+        w = state[m + ".weight"] + adapter[m + ".lora_B"] @ adapter[m + ".lora_A"]
+        torch.testing.assert_close(w, merged[m + ".weight"])
+
+
+def test_merged_checkpoint_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model, tok, params = lora_model()
+    randomise_lora(params)
+    sft.save_checkpoint(str(tmp_path / "ck"), model, tok, {}, None)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "ck"), dtype=torch.float32)
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- records and schedule
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"doc": "d", "score": 3}', "'query'"),
+    ('{"query": "q", "doc": "", "score": 3}', "'doc'"),
+    ('{"query": "q", "doc": "d", "score": 11}', "'score'"),
+    ('{"query": "q", "doc": "d", "score": "7"}', "'score'"),
+    ('{"query": "q", "doc": "d", "score": 2.5}', "'score'"),
+    ('{"query": "q", "doc": "d", "score": 2, "reasoning": 5}', "'reasoning'"),
+    ('{"query": "q", "doc": "d", "score": 2', "invalid JSON"),
+])
+def test_bad_record_error_names_file_line_and_field(tmp_path, line, field):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"query": "q", "doc": "d", "score": 3}\n\n' + line + "\n")
+    with pytest.raises(sft.RecordError) as e:
+        sft.read_records(str(path))
+    assert str(path) in str(e.value) and "line 3" in str(e.value) and field in str(e.value)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    lrs = [sft.cosine_lr(s, 100, 5, 1e-3) for s in range(100)]
+    assert lrs[0] == pytest.approx(2e-4) and lrs[4] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lrs[-1] < 1e-6 and sft.cosine_lr(100, 100, 5, 1e-3) == pytest.approx(0)
+
+
+def test_length_grouped_batches_are_a_seeded_partition():
+    lengths = [random.Random(i).randrange(10, 500) for i in range(100)]
+    a = sft.epoch_batches(lengths, 8, seed=1, epoch=0, group=4)
+    assert a == sft.epoch_batches(lengths, 8, seed=1, epoch=0, group=4)
+    assert a != sft.epoch_batches(lengths, 8, seed=1, epoch=1, group=4)
+    flat = [i for b in a for i in b]
+    assert len(a) == 12 and all(len(b) == 8 for b in a) and len(set(flat)) == 96
+    assert all([lengths[i] for i in b] == sorted(lengths[i] for i in b) for b in a)
+    pad = sum(max(lengths[i] for i in b) * 8 - sum(lengths[i] for i in b) for b in a)
+    rand = [flat[j:j + 8] for j in range(0, 96, 8)]
+    random.Random(0).shuffle(flat)
+    rand = [flat[j:j + 8] for j in range(0, 96, 8)]
+    assert pad < sum(max(lengths[i] for i in b) * 8 - sum(lengths[i] for i in b) for b in rand)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_a_few_sft_steps_lower_the_loss_on_a_fixed_batch():
+    model, tok = load()
+    params = list(model.parameters())  # full fine-tuning: the tiny random model moves fast
+    recs = [{"query": "ls", "doc": "list directory contents", "score": 10},
+            {"query": "ls", "doc": "remove files", "score": 0}]
+    enc = [sft.encode_record(tok, r, 16) for r in recs]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(6):
+        logps, mask = sft.completion_logprobs(model, [e[0] for e in enc], [e[1] for e in enc])
+        loss = -(logps * mask).sum() / mask.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_resume_after_a_crash_gives_the_same_final_weights(tmp_path, monkeypatch):
+    data = write_records(tmp_path / "r.jsonl", n=12)
+    sft.main(train_args(data, tmp_path / "a", "--epochs", "2"))  # 6 steps, uninterrupted
+    real = sft.cosine_lr
+
+    def crash_at_step_5(step, *a):
+        if step == 4:  # 0-based: the 5th step
+            raise KeyboardInterrupt("simulated kill")
+        return real(step, *a)
+
+    monkeypatch.setattr(sft, "cosine_lr", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        sft.main(train_args(data, tmp_path / "b", "--epochs", "2", "--save-every", "2"))
+    monkeypatch.setattr(sft, "cosine_lr", real)
+    assert sft.load_train_state(str(tmp_path / "b" / "last"))["step"] == 4
+    assert not os.path.exists(tmp_path / "b" / "final")
+    sft.main(train_args(data, tmp_path / "b", "--epochs", "2", "--save-every", "2", "--resume"))
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+    steps = [json.loads(x)["step"] for x in open(tmp_path / "b" / "log.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_max_steps_stops_and_resume_finishes_the_same_schedule(tmp_path):
+    data = write_records(tmp_path / "r.jsonl", n=8)
+    sft.main(train_args(data, tmp_path / "a", "--lora-rank", "0", "--epochs", "2"))
+    sft.main(train_args(data, tmp_path / "b", "--lora-rank", "0", "--epochs", "2", "--max-steps", "3"))
+    assert not os.path.exists(tmp_path / "b" / "final")
+    sft.main(train_args(data, tmp_path / "b", "--lora-rank", "0", "--epochs", "2", "--resume"))
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    data = write_records(tmp_path / "r.jsonl", n=8)
+    args = train_args(data, tmp_path / "two", "--epochs", "1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(29500 + os.getpid() % 1000), "sft.py", *args],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '"world_size": 2' in r.stdout
+    sft.main(train_args(data, tmp_path / "one", "--epochs", "1"))
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0)
+    log1 = [json.loads(x)["loss"] for x in open(tmp_path / "one" / "log.jsonl")]
+    log2 = [json.loads(x)["loss"] for x in open(tmp_path / "two" / "log.jsonl")]
+    assert log1 == pytest.approx(log2, abs=1e-5)
+
+
+def test_log_line_is_greppable(tmp_path, capsys):
+    data = write_records(tmp_path / "r.jsonl", n=4)
+    sft.main(train_args(data, tmp_path / "o", "--max-steps", "1", "--sample-every", "1"))
+    out = capsys.readouterr().out
+    import re
+    assert re.search(r"^step 00001/00001 \| loss \d+\.\d{4} \| lr \d\.\de-\d\d \| grad [\d.]+ \| \d+ tok/s", out, re.M)
+    assert "sample | ..." in out and "-> score" in out
+
+
+# ----------------------------------------------------------------------------- labelling
+
+
+def test_consensus_keeps_the_sample_closest_to_the_mean():
+    assert L.consensus([2, 7, 9]) == 1  # mean 6
+    assert L.consensus([10, 0, 5]) == 2  # mean 5
+    assert L.consensus([4, 6]) == 0  # tie at distance 1: the earliest
+    assert L.consensus([None, 8, None]) == 1
+    assert L.consensus([None, 3, 9, None, 5]) == 4  # mean of the parsed only: 17/3
+    assert L.consensus([None, None]) is None and L.consensus([]) is None
+
+
+def test_reasoning_is_the_think_block():
+    assert L.reasoning_of("<think> a\nb </think><answer>3</answer>") == "a\nb"
+    assert L.reasoning_of("it looks related <answer>7</answer>") == "it looks related"
+
+
+def test_label_end_to_end_on_a_tiny_model_counts_unparseable_outputs(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": "ls", "doc": d}) + "\n" for d in ("list files", "copy files")))
+    out = tmp_path / "labelled.jsonl"
+    stats = L.main(["--model", os.path.join(FIX, "llama"), "--input", str(pairs), "--out", str(out),
+                    "--samples", "3", "--max-new-tokens", "6", "--max-doc-tokens", "8"])
+    assert stats["pairs"] == 2 and stats["samples"] == 6
+    assert stats["kept"] == 0 and stats["dropped_pairs"] == 2  # a random model writes no answer
+    assert stats["too_long"] + stats["unparsed"] == 6
+    assert out.read_text() == ""
+    assert json.load(open(str(out) + ".stats.json"))["stats"] == stats
+
+
+def test_label_keeps_consensus_sample_and_writes_sft_records(tmp_path, monkeypatch):
+    model, tok = load()
+    outputs = ["<think>close</think><answer>5</answer>", "<think>far</think><answer>9</answer>",
+               "<think>low</think><answer>2</answer>"]
+
+    def fake_generate(model, prompts, max_new_tokens, stop_ids, temperature, top_p, seeds, pad_id):
+        rows = [tok.encode(outputs[i % 3]) + [tok.im_end] for i in range(len(prompts))]
+        rows[-1] = rows[-1][:-1]  # last sample of the last pair ran out of tokens
+        N = max(map(len, rows))
+        tokens = torch.full((len(rows), N), pad_id)
+        mask = torch.zeros(len(rows), N, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            tokens[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), True
+        return M.Generation(tokens, mask, torch.zeros(len(rows), N))
+
+    monkeypatch.setattr(L.M, "generate", fake_generate)
+    stats = {}
+    recs = [r for _, r in L.label(model, tok, [{"query": "q", "doc": "d"}, {"query": "q2", "doc": "d2", "x": 1}],
+                                   samples=3, stats=stats)]
+    assert recs[0]["score"] == 5 and recs[0]["reasoning"] == "close" and recs[0]["samples"] == [5, 9, 2]
+    assert recs[1]["samples"] == [5, 9, None] and recs[1]["score"] == 5 and recs[1]["x"] == 1  # mean 7: 5 and 9 tie
+    assert stats["too_long"] == 1 and stats["kept"] == 2
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lab{os.getpid()}.jsonl")
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in recs))
+    assert [r["reasoning"] for r in sft.read_records(path)] == ["close", "close"]
+    os.remove(path)
