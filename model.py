@@ -448,6 +448,24 @@ def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = Non
     commit_dir(tmp, path)
 
 
+def apply_adapter(model: Transformer, path: str):
+    """Add a low-rank delta to the weights in place: W += B @ A for every pair of keys
+    '<module>.lora_A' (r, in) and '<module>.lora_B' (out, r) in an adapter.safetensors file
+    (the LoRA scale is already folded into B). Several adapters concatenated along r add up."""
+    from safetensors.torch import load_file
+
+    delta = load_file(path)
+    modules = dict(model.named_modules())
+    for key in sorted(k for k in delta if k.endswith(".lora_A")):
+        name = key[: -len(".lora_A")]
+        if name not in modules or f"{name}.lora_B" not in delta:
+            raise ValueError(f"{path}: {key} does not match a linear layer of this model (or lora_B is missing)")
+        w = modules[name].weight
+        with torch.no_grad():
+            w += (delta[f"{name}.lora_B"].float() @ delta[key].float()).to(w.device, w.dtype)
+    return model
+
+
 # ----------------------------------------------------------------------------- generation
 
 

@@ -127,11 +127,29 @@ def zscore(xs):
 # ----------------------------------------------------------------------------- model resolution
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+TRAINED_ADAPTER = os.path.join(ROOT, "weights", "erank-135m", "adapter.safetensors")
+
+
 def default_model() -> str:
-    """The project's best built-in reranker: the trained ERank-135M when present, else the base."""
+    """The project's best built-in reranker: the base model plus the committed ERank-135M
+    adapter (merged once into models/ERank-135M), or the base model alone when there is none."""
+    import hashlib
+
     from data.convert_smollm2 import ensure_base_model
 
-    return ensure_base_model()
+    base = ensure_base_model()
+    if not os.path.exists(TRAINED_ADAPTER):
+        return base
+    out = os.path.join(ROOT, "models", "ERank-135M")
+    digest = hashlib.sha256(open(TRAINED_ADAPTER, "rb").read()).hexdigest()
+    stamp = os.path.join(out, "adapter.sha256")
+    if not (os.path.exists(stamp) and json.load(open(stamp)) == digest):
+        print(f"merging {os.path.relpath(TRAINED_ADAPTER, ROOT)} into the base model -> {out}", file=sys.stderr)
+        model, tok = M.load(base, device="cpu", dtype=torch.float32)
+        M.apply_adapter(model, TRAINED_ADAPTER)
+        M.save(model, tok, out, extra={"adapter.sha256": digest})
+    return out
 
 
 def hub_download(repo_id: str, cache: str = CACHE, base_url: str = HUB_URL) -> str:

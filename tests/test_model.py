@@ -215,3 +215,16 @@ def test_transformers_opens_a_saved_checkpoint(tmp_path):
     ids = torch.tensor([PROMPTS[0]])
     with torch.no_grad():
         torch.testing.assert_close(ref(ids).logits, model(ids), atol=2e-5, rtol=1e-4)
+
+
+def test_adapter_adds_its_low_rank_delta(tmp_path):
+    model, _ = load("qwen3_untied")
+    before = model.model.layers[1].mlp.down_proj.weight.clone()
+    A, B = torch.randn(3, 96), torch.randn(64, 3)
+    save_file({"model.layers.1.mlp.down_proj.lora_A": A, "model.layers.1.mlp.down_proj.lora_B": B},
+              str(tmp_path / "adapter.safetensors"))
+    M.apply_adapter(model, str(tmp_path / "adapter.safetensors"))
+    torch.testing.assert_close(model.model.layers[1].mlp.down_proj.weight, before + B @ A)
+    save_file({"model.nope.lora_A": A, "model.nope.lora_B": B}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="model.nope.lora_A does not match"):
+        M.apply_adapter(model, str(tmp_path / "bad.safetensors"))
