@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from data.beir import load_corpus, load_qrels, load_queries, read_beir_qrels, read_trec_qrels, read_trec_run, write_trec_run
+from data.beir import atomic_write_text, load_corpus, load_qrels, load_queries, read_beir_qrels, read_trec_qrels, read_trec_run, write_trec_run
 
 
 # ---------------------------------------------------------------- ranking order
@@ -165,6 +165,7 @@ def parse_args(argv=None):
     g.add_argument("--device", help="cpu, cuda ... (default: CUDA if available)")
     g.add_argument("--dtype", help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
     g.add_argument("--name", help="label of the reranker in the table and run file names")
+    g.add_argument("--json", help="also write the table's numbers to this JSON file")
     args = p.parse_args(argv)
     if args.data is None and (args.qrels is None or args.run is None):
         p.error("give --qrels and --run, or --data DIR")
@@ -278,6 +279,14 @@ def main(args):
         extra = "- | - | -" if st is None else (
             f"{st['unparsed']}/{st['pairs']} | {st['pairs'] / max(st['seconds'], 1e-9):.1f} | {st['seconds']:.0f}")
         print(f"| {label} | {res['ndcg@10']:.4f} | {res['mrr@10']:.4f} | {res[f'recall@{k}']:.4f} | {extra} |")
+    if args.json:
+        import json
+
+        table = [{"system": label, "dataset": name, "split": args.split, "top_k": k, "queries": len(qrels),
+                  "ndcg@10": res["ndcg@10"], "mrr@10": res["mrr@10"], f"recall@{k}": res[f"recall@{k}"],
+                  **({} if st is None else {"unparsed": st["unparsed"], "pairs": st["pairs"],
+                                            "seconds": st["seconds"]})} for label, res, st in rows]
+        atomic_write_text(args.json, json.dumps(table, indent=1) + "\n")
 
 
 if __name__ == "__main__":
