@@ -31,6 +31,12 @@ Output directory (--out):
                          train_state.pt (trainable weights, optimizer, step, RNG states)
     final/               the finished model (no train_state.pt)
 
+Cost on the 2-core CPU (built-in model, fp32, LoRA r16, micro-batch 4): sequences are ~390 tokens
+with --max-doc-tokens 192 (the ERank prompt alone is ~200), about 4.3 GB of activations per
+micro-batch (--gradient-checkpointing: ~2.4 GB, slower); throughput is tens of tokens/s
+(bench/bench_sft.py), so a 30-40 minute run covers a few hundred records, not the 53k that
+data/make_sft.py makes by default: size runs with make_sft --max-queries or --max-records.
+
 Where this deviates from the paper (ERank, arXiv 2509.00520, section 4 of the method notes):
   - base model: the 135M SmolLM2-Instruct (the paper: Qwen3-4B/14B/32B-Base);
   - LoRA rank 16, alpha 32 by default (paper: 32 / 64), on the same "all linear layers";
@@ -77,7 +83,7 @@ def parse_args(argv=None):
     g.add_argument("--data", default="runs/sft/train.jsonl", help="training records (JSONL), see data/make_sft.py")
     g.add_argument("--max-doc-tokens", type=int, default=192, help="documents are truncated to this many tokens")
     g.add_argument("--max-query-tokens", type=int, default=256, help="queries are truncated to this many tokens")
-    g.add_argument("--max-records", type=int, default=0, help="use only the first N records (0 = all)")
+    g.add_argument("--max-records", type=int, default=0, help="use a seeded sample of N records (0 = all)")
     g = ap.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
     g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
@@ -90,7 +96,8 @@ def parse_args(argv=None):
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--warmup", type=float, default=0.05, help="warmup, as a fraction of all steps (paper: 5%%)")
     g.add_argument("--batch-size", type=int, default=32, help="global batch, in sequences, per optimizer step")
-    g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward on one process")
+    g.add_argument("--micro-batch-size", type=int, default=4, help="sequences per forward/backward on one process "
+                   "(4 x ~390 tokens: ~4.3 GB of activations with LoRA on the built-in model)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the data (paper: 1)")
     g.add_argument("--steps", type=int, default=0, help="schedule length in steps (0 = from --epochs)")
@@ -155,6 +162,32 @@ def encode_record(tok, r: dict, max_doc_tokens: int, max_query_tokens: int = 256
     thinking = r.get("reasoning") is not None
     prompt = build_prompt(tok, query, doc, r.get("instruction"), thinking=thinking)
     return tok.encode(prompt), tok.encode(completion_text(r["score"], r.get("reasoning"))) + [tok.im_end]
+
+
+def encode_records(tok, records: list[dict], max_doc_tokens: int, max_query_tokens: int = 256, chunk: int = 2048):
+    """encode_record for many records (the same ids), faster: batch encoding, and long texts are
+    tokenized from a prefix of 8 characters per token budget; when that prefix already gives 16
+    tokens more than the budget, its first `budget` tokens are the full text's (byte-level BPE
+    only re-splits the last word of a cut text); otherwise the whole text is encoded."""
+
+    def cut_all(texts, budget):
+        heads = tok.encode_batch([t[:budget * 8] for t in texts])
+        out = []
+        for t, ids in zip(texts, heads):
+            if len(t) > budget * 8 and len(ids) <= budget + 16:
+                ids = tok.encode(t)
+            out.append(t if len(ids) <= budget else tok.decode(ids[:budget]))
+        return out
+
+    out = []
+    for s in range(0, len(records), chunk):
+        rs = records[s:s + chunk]
+        docs, queries = cut_all([r["doc"] for r in rs], max_doc_tokens), cut_all([r["query"] for r in rs], max_query_tokens)
+        prompts = [build_prompt(tok, q, d, r.get("instruction"), thinking=r.get("reasoning") is not None)
+                   for r, q, d in zip(rs, queries, docs)]
+        comps = tok.encode_batch([completion_text(r["score"], r.get("reasoning")) for r in rs])
+        out += [(p, c + [tok.im_end]) for p, c in zip(tok.encode_batch(prompts), comps)]
+    return out
 
 
 # ----------------------------------------------------------------------------- log-probs (shared with rl.py)
@@ -428,9 +461,9 @@ def main(argv=None):
 
     # data
     records = read_records(args.data)
-    if args.max_records:
-        records = records[:args.max_records]
-    encoded = [encode_record(tok, r, args.max_doc_tokens, args.max_query_tokens) for r in records]
+    if args.max_records and len(records) > args.max_records:  # a seeded sample, kept in file order
+        records = [records[i] for i in sorted(random.Random(args.seed).sample(range(len(records)), args.max_records))]
+    encoded = encode_records(tok, records, args.max_doc_tokens, args.max_query_tokens)
     lengths = [len(p) + len(c) for p, c in encoded]
     if len(records) < args.batch_size:
         raise SystemExit(f"{args.data}: {len(records)} records, fewer than --batch-size {args.batch_size}")
@@ -513,9 +546,6 @@ def main(argv=None):
         dt = time.perf_counter() - t0
         row = {"step": step, "loss": float(stats[0]) / n_target, "lr": lr, "grad_norm": grad_norm,
                "tok_s": float(stats[1]) / dt, "seconds": dt, "tokens": int(stats[1]), "epoch": epoch}
-        if master and args.sample_every and step % args.sample_every == 0:
-            i = batch[0]
-            log(sample_line(model, tok, encoded[i][0], encoded[i][1], max_new_tokens=len(encoded[i][1]) + 4))
         if master and args.eval_every and (step % args.eval_every == 0 or step == total):
             with autocast():
                 row["dev_ndcg10"] = dev_ndcg(model, tok, args, dev_cache)
@@ -525,6 +555,9 @@ def main(argv=None):
                 f"{row['tok_s']:.0f} tok/s | {dt:.1f}s{extra}", flush=True)
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if master and args.sample_every and step % args.sample_every == 0:
+            i = batch[0]
+            log(sample_line(model, tok, encoded[i][0], encoded[i][1], max_new_tokens=len(encoded[i][1]) + 4))
         save_now = args.save_every and step % args.save_every == 0
         if master and (save_now or (step == stop and stop < total)):
             path = os.path.join(args.out, f"step-{step:05d}")

@@ -344,3 +344,39 @@ def test_label_keeps_consensus_sample_and_writes_sft_records(tmp_path, monkeypat
         f.write("".join(json.dumps(r) + "\n" for r in recs))
     assert [r["reasoning"] for r in sft.read_records(path)] == ["close", "close"]
     os.remove(path)
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "data", "beir", "manpages", "qrels", "dev.tsv")),
+                    reason="built datasets not present (python data/build_datasets.py)")
+def test_dev_evaluation_logs_ndcg(tmp_path):
+    data = write_records(tmp_path / "r.jsonl", n=4)
+    sft.main(train_args(data, tmp_path / "o", "--max-steps", "1", "--eval-every", "1", "--dev-queries", "2",
+                        "--dev-top-k", "3"))
+    row = json.loads(open(tmp_path / "o" / "log.jsonl").readline())
+    assert 0.0 <= row["dev_ndcg10"] <= 1.0
+
+
+def test_dev_evaluation_refuses_the_test_set(tmp_path):
+    model, tok = load()
+    args = sft.parse_args(["--dev-data", "data/beir/pyfaq"])
+    with pytest.raises(ValueError, match="held-out"):
+        sft.dev_ndcg(model, tok, args, {})
+
+
+def test_batched_encoding_matches_one_record_at_a_time():
+    _, tok = load()
+    recs = [{"query": "ls " * (i * 40 + 1), "doc": "list files " * (i * 7 + 1) + "x" * (i * 30), "score": i,
+             "reasoning": "why" if i % 2 else None, "instruction": None} for i in range(5)]
+    assert sft.encode_records(tok, recs, 3, 30, chunk=2) == [sft.encode_record(tok, r, 3, 30) for r in recs]
+    assert sft.encode_records(tok, recs, 20, 30, chunk=2) == [sft.encode_record(tok, r, 20, 30) for r in recs]
+
+
+def test_saved_adapter_applied_with_model_apply_adapter_equals_merged(tmp_path):
+    model, tok, params = lora_model()
+    randomise_lora(params)
+    sft.save_checkpoint(str(tmp_path / "ck"), model, tok, {"lora_rank": 4, "lora_alpha": 8}, None)
+    base, _ = load()
+    M.apply_adapter(base, str(tmp_path / "ck" / "adapter.safetensors"))
+    merged = sft.merged_state_dict(model)
+    for k, v in base.state_dict().items():
+        torch.testing.assert_close(v, merged[k], atol=1e-6, rtol=1e-5)
