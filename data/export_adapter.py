@@ -1,0 +1,61 @@
+"""Combine training adapters into the one small file the default reranker ships with.
+
+    python data/export_adapter.py runs/sft/final runs/rl-rr/final --out weights/erank-135m
+
+Each checkpoint written by sft.py / rl.py with LoRA holds `adapter.safetensors`: pairs
+'<module>.lora_A' (r, in) and '<module>.lora_B' (out, r) with the LoRA scale folded into B, a
+delta W += B @ A relative to the model that run started from. SFT starts from the base model and
+RL from the SFT model, so the total delta is B1 @ A1 + B2 @ A2, which is exactly one adapter of
+rank r1 + r2: A = [A1; A2] stacked along r, B = [B1, B2]. Stored in fp16 (half the bytes; the
+rounding is far below what changes a ranking: the README's numbers are measured on this file).
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import atomic_dir, commit_dir  # noqa: E402
+
+
+def combine(paths: list[str]) -> dict:
+    parts = [load_file(os.path.join(p, "adapter.safetensors")) for p in paths]
+    keys = sorted({k for part in parts for k in part})
+    out = {}
+    for k in keys:
+        have = [part[k] for part in parts if k in part]
+        out[k] = torch.cat(have, dim=0 if k.endswith(".lora_A") else 1).to(torch.float16).contiguous()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoints", nargs="+", help="training checkpoints in the order they were trained")
+    ap.add_argument("--out", default="weights/erank-135m", help="directory for adapter.safetensors")
+    args = ap.parse_args()
+    for p in args.checkpoints:
+        if not os.path.exists(os.path.join(p, "adapter.safetensors")):
+            sys.exit(f"{p}: no adapter.safetensors (was it trained with LoRA?)")
+    adapter = combine(args.checkpoints)
+    tmp = atomic_dir(args.out)
+    save_file(adapter, os.path.join(tmp, "adapter.safetensors"))
+    info = {"base": "SmolLM2-135M-Instruct (data/convert_smollm2.py)", "checkpoints": args.checkpoints,
+            "rank": int(next(v for k, v in adapter.items() if k.endswith(".lora_A")).shape[0]),
+            "dtype": "float16",
+            "sha256": hashlib.sha256(open(os.path.join(tmp, "adapter.safetensors"), "rb").read()).hexdigest()}
+    for p in args.checkpoints:  # keep the training arguments next to the shipped weights
+        if os.path.exists(os.path.join(p, "args.json")):
+            info.setdefault("args", {})[p] = json.load(open(os.path.join(p, "args.json")))
+    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    commit_dir(tmp, args.out)
+    size = os.path.getsize(os.path.join(args.out, "adapter.safetensors"))
+    print(f"wrote {args.out}/adapter.safetensors: rank {info['rank']}, {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
