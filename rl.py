@@ -41,6 +41,10 @@ Where this deviates from the paper (ERank, arXiv 2509.00520):
   - r_RR's constants are not published; ours are in RRWeights below, with the reasoning.
   - t (reference score, case 3 of r_RR) is the SFT model's expected score sum_s s P(s) in fast
     mode, computed once per (query, document) and cached; the paper only says "reference score".
+  - where the paper is silent: a negative tied with the worst-ranked positive rollout counts as
+    "ranked above a positive" (penalised); unparseable rollouts are left out of the pooled
+    ranking; with one update per rollout batch (the default) logp_old is the policy's own logp,
+    detached, which is exact (rho = 1) and saves a forward pass.
 """
 import argparse
 import contextlib
@@ -50,7 +54,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -641,7 +644,7 @@ def main(argv=None):
         for group in opt.param_groups:
             group["lr"] = lr
         by_slot = {g.query * N + g.doc: g for g in kept}
-        tot = {"objective": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
+        tot = {"kl": 0.0, "clipped": 0.0, "tokens": 0.0}
         losses = []
         for epoch in range(args.ppo_epochs):
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1_009 + epoch)
@@ -650,7 +653,8 @@ def main(argv=None):
             for m in range(args.mini_batches):
                 mine = [by_slot[s] for s in sorted(perm[m * size:(m + 1) * size]) if s in by_slot]
                 rows = [(g, i) for g in mine for i in range(G)]
-                n_tok = torch.tensor([float(sum(len(g.completions[i]) for g, i in rows))], dtype=torch.float64)
+                n_tok = torch.tensor([float(sum(len(g.completions[i]) for g, i in rows))], dtype=torch.float64,
+                                     device=device)  # on the device: NCCL reduces CUDA tensors only
                 if ddp:
                     dist.all_reduce(n_tok)
                 if n_tok.item() == 0:
@@ -687,7 +691,7 @@ def main(argv=None):
         stats = torch.tensor([rsum[0], rsum[1], rsum[2], len(groups), len(groups) - len(kept), sum(losses),
                               tot["kl"], tot["clipped"], tot["tokens"],
                               sum(len(c) for g in groups for c in g.completions)]
-                             + [case_counts.get(c, 0) for c in cases], dtype=torch.float64)
+                             + [case_counts.get(c, 0) for c in cases], dtype=torch.float64, device=device)
         if ddp:
             dist.all_reduce(stats)
         step += 1

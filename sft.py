@@ -199,8 +199,12 @@ def completion_logprobs(model, prompts, completions, temperature: float = 1.0):
 
     prompt+completion rows are left-padded, so every completion ends at the last column; logits
     are computed only at the positions that predict a completion token (the column before it),
-    never at the full (B, T, V). The mask comes from the lengths, not from the token ids."""
+    never at the full (B, T, V). The mask comes from the lengths, not from the token ids.
+    Rows that repeat a prompt (RL's G samples of one prompt) take the shared path below."""
     assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+    core = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if len(set(map(tuple, prompts))) < len(prompts) and not core.gradient_checkpointing:
+        return shared_prompt_logprobs(model, prompts, completions, temperature)
     device = next(model.parameters()).device
     seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
     ids, attn = M._left_pad(seqs, 0, device)  # (B, T)
@@ -216,6 +220,35 @@ def completion_logprobs(model, prompts, completions, temperature: float = 1.0):
     mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
     out = torch.zeros(B, N, device=device, dtype=lp.dtype)
     out[mask] = lp  # row-major order again: row i's completion tokens 0..len-1
+    return out, mask
+
+
+def shared_prompt_logprobs(model, prompts, completions, temperature: float = 1.0):
+    """completion_logprobs when prompts repeat: each distinct prompt (minus its last token) runs
+    through the model once, with gradients, into a KV cache; the cache rows are repeated for its
+    completions, which then run as short sequences ([last prompt token] + completion[:-1]) on top.
+    Same values and gradients as the plain path, without recomputing a prompt G times."""
+    core = getattr(model, "module", model)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    unique = sorted(set(map(tuple, prompts)))
+    row_of = {p: i for i, p in enumerate(unique)}
+    heads = [list(p[:-1]) for p in unique]
+    tails = [([p[-1]] + list(c))[:len(c)] for p, c in zip(prompts, completions)]  # predict c
+    Th, Tt = max(map(len, heads)), max(map(len, tails))
+    cache = M.KVCache(core.config, len(unique), Th + Tt, device, dtype)
+    if Th:
+        ids, attn = M._left_pad(heads, 0, device)
+        model(ids, attn, cache=cache, logits_at="hidden")  # fills the cache; output unused
+    cache.select(torch.tensor([row_of[tuple(p)] for p in prompts], device=device))
+    ids, attn = M._left_pad(tails, 0, device)  # (B, Tt); row i holds len(c_i) real tokens
+    logits = model(ids, attn, cache=cache, logits_at=attn)  # (sum(lengths), V), row-major
+    targets = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=device)
+    lp = M.token_logprobs(logits, targets, temperature)
+    lengths = torch.tensor([len(c) for c in completions], device=device)
+    N = int(lengths.max()) if len(completions) else 0
+    mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
+    out = torch.zeros(len(prompts), N, device=device, dtype=lp.dtype)
+    out[mask] = lp
     return out, mask
 
 

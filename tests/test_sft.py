@@ -380,3 +380,31 @@ def test_saved_adapter_applied_with_model_apply_adapter_equals_merged(tmp_path):
     merged = sft.merged_state_dict(model)
     for k, v in base.state_dict().items():
         torch.testing.assert_close(v, merged[k], atol=1e-6, rtol=1e-5)
+
+
+def test_repeated_prompts_share_their_prefix_with_same_values_and_gradients():
+    import model as M
+    import sft
+
+    model, _ = M.load(os.path.join(os.path.dirname(__file__), "fixtures", "qwen3_untied"), device="cpu",
+                      dtype=torch.float32)
+    sft.add_lora(model, 4, 8)
+    torch.manual_seed(0)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    prompts = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [11, 12], [5, 6, 7, 8, 9], [11, 12], [40]]
+    comps = [[1, 2, 3], [4], [7, 7], [], [9, 8, 7, 6], [3]]
+    shared, mask = sft.completion_logprobs(model, prompts, comps)  # repeats: the shared path
+    (shared * mask).sum().backward()
+    g_shared = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    total = 0
+    for i, (p, c) in enumerate(zip(prompts, comps)):  # one row at a time: the plain path
+        if c:
+            lp, m = sft.completion_logprobs(model, [p], [c])
+            torch.testing.assert_close(shared[i][mask[i]], lp[0][m[0]], atol=1e-5, rtol=1e-5)
+            total = total + (lp * m).sum()
+    total.backward()
+    for a, b in zip(g_shared, [p.grad for p in model.parameters() if p.requires_grad]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
