@@ -173,10 +173,10 @@ class Attention(nn.Module):
             cache.k[layer][:, :, L:L + T] = k
             cache.v[layer][:, :, L:L + T] = v
             k, v = cache.k[layer][:, :, :L + T], cache.v[layer][:, :, :L + T]
-        groups = cfg.num_attention_heads // cfg.num_key_value_heads
-        if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+        # grouped-query attention: each kv head serves H / Hkv query heads; enable_gqa does that
+        # inside the kernel instead of copying k and v (a copy of the whole cache every step)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           enable_gqa=cfg.num_key_value_heads != cfg.num_attention_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
