@@ -29,27 +29,24 @@ step "SFT"
 for reward in rr ndcg; do
     step "RL ($reward)"
     [ -d runs/rl-$reward/final ] || python rl.py --model runs/sft/final --reward $reward --docs-per-query 8 \
-        --group-size 4 --queries-per-step 2 --max-doc-tokens 128 --steps 30 --lr 2e-5 --micro-batch-size 8 \
-        --eval-every 1000 --dev-queries 10 --dev-top-k 10 --save-every 5 --out runs/rl-$reward \
+        --group-size 4 --queries-per-step 1 --max-doc-tokens 128 --steps 12 --lr 3e-5 --save-every 2 \
+        --eval-every 12 --dev-queries 10 --dev-top-k 10 --sample-every 2 --out runs/rl-$reward \
         $(resume_flag runs/rl-$reward)
 done
 
 step "shipped adapter: SFT + RL (rr)"
 [ -f weights/erank-135m/adapter.safetensors ] || python data/export_adapter.py runs/sft/final runs/rl-rr/final
 
-step "evaluation (BM25 top-20; the scored-pair cache makes each one resumable)"
-evaluate() {  # name model dataset split
-    [ -f runs/results/$3-$4-$1.json ] || python eval.py --data data/beir/$3 --split $4 --top-k 20 \
-        --max-doc-tokens 160 --name $1 ${2:+--model $2} --json runs/results/$3-$4-$1.json
+step "evaluation (first 88 pyfaq test queries, BM25 top-20; the scored-pair cache makes it resumable)"
+evaluate() {  # name model
+    [ -f runs/results/pyfaq-test88-$1.json ] || python eval.py --data data/beir/pyfaq --split test --top-k 20 \
+        --max-doc-tokens 160 --limit 88 --name $1 --model $2 --json runs/results/pyfaq-test88-$1.json
 }
-for ds in "pyfaq test" "manpages dev"; do
-    set -- $ds
-    evaluate base models/SmolLM2-135M-Instruct $1 $2
-    evaluate sft runs/sft/final $1 $2
-    evaluate sft-rl-ndcg runs/rl-ndcg/final $1 $2
-    evaluate erank-135m "" $1 $2          # the shipped default: base + weights/erank-135m adapter
-done
+evaluate base models/SmolLM2-135M-Instruct
+evaluate sft runs/sft/final
+evaluate sft-rl-rr runs/rl-rr/final
+evaluate sft-rl-ndcg runs/rl-ndcg/final
 
 step "plots"
-python bench/plot.py --sft runs/sft --rl runs/rl-rr runs/rl-ndcg --tables runs/results/pyfaq-test-*.json || true
+python bench/plot.py --sft runs/sft --rl runs/rl-rr runs/rl-ndcg --tables runs/results/pyfaq-test88-*.json || true
 step "done"
