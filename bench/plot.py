@@ -20,6 +20,30 @@ def smooth(xs, k=5):
     return [sum(xs[max(0, i - k + 1):i + 1]) / len(xs[max(0, i - k + 1):i + 1]) for i in range(len(xs))]
 
 
+def prior_loss(records_path, checkpoint):
+    """Token-mean SFT loss of the best model that ignores the inputs: it answers with the label
+    frequencies, so each record costs the entropy of the score distribution, while the rest of the
+    completion ("</answer>", the end token, the "0" of "10") is free. None if the files are missing."""
+    if not (os.path.exists(records_path) and os.path.isdir(checkpoint)):
+        return None
+    import math
+    import sys
+    from collections import Counter
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from model import Tokenizer
+    from rerank import completion_text
+
+    records = [json.loads(line) for line in open(records_path) if line.strip()]
+    if any(r.get("reasoning") for r in records):
+        return None  # reasoning tokens are not free: no simple floor
+    counts = Counter(r["score"] for r in records)
+    n, tok = sum(counts.values()), Tokenizer(checkpoint)
+    entropy = -sum(c * math.log(c / n) for c in counts.values())  # summed over records
+    tokens = sum(c * (len(tok.encode(completion_text(s))) + 1) for s, c in counts.items())  # +1: end token
+    return entropy / tokens
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sft", default="runs/sft", help="sft.py output directory")
@@ -38,6 +62,9 @@ def main():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], alpha=0.4, label="per step")
         ax.plot([r["step"] for r in rows], smooth([r["loss"] for r in rows]), label="mean of 5")
+        floor = prior_loss(os.path.join(args.sft, "train.jsonl"), os.path.join(args.sft, "final"))
+        if floor is not None:  # what a model that ignores the query and document can reach
+            ax.axhline(floor, color="k", ls="--", lw=1, label=f"label prior ({floor:.3f})")
         ax.set(xlabel="step", ylabel="loss (token mean)", title="SFT loss")
         ax.legend()
         fig.tight_layout()
@@ -54,18 +81,23 @@ def main():
         ax.legend()
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "rl_reward.png"), dpi=120)
-    tables = [json.load(open(t)) for t in args.tables]
-    if tables:
+    # eval.py writes one table (BM25 + one system) per run: merge those of one dataset/split
+    groups = {}
+    for t in args.tables:
+        for row in json.load(open(t)):
+            key = f"{row['dataset']} {row['split']} ({row['queries']} q, top-{row['top_k']})"
+            groups.setdefault(key, {}).setdefault(row["system"], row["ndcg@10"])
+    if groups:
+        systems = list(dict.fromkeys(name for g in groups.values() for name in g))
         fig, ax = plt.subplots(figsize=(7, 3.8))
-        width = 0.8 / max(len(t) for t in tables)
-        for j, table in enumerate(tables):
-            for i, row in enumerate(table):
-                bar = ax.bar(j + i * width, row["ndcg@10"], width, label=row["system"] if j == 0 else None,
-                             color=f"C{i}")
-                ax.bar_label(bar, fmt="%.3f", fontsize=7)
-        ax.set_xticks([j + width * (len(t) - 1) / 2 for j, t in enumerate(tables)],
-                      [f"{t[0]['dataset']} {t[0]['split']}" for t in tables])
-        ax.set(ylabel="nDCG@10", title="BM25 top-20 reranked")
+        width = 0.8 / len(systems)
+        for j, (key, g) in enumerate(groups.items()):
+            for i, name in enumerate(systems):
+                if name in g:
+                    bar = ax.bar(j + i * width, g[name], width, color=f"C{i}", label=name if j == 0 else None)
+                    ax.bar_label(bar, fmt="%.3f", fontsize=7)
+        ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(groups))], list(groups))
+        ax.set(ylabel="nDCG@10", title="BM25 candidates reranked")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "results.png"), dpi=120)
