@@ -36,12 +36,13 @@ for reward in rr ndcg; do
 done
 
 step "evaluation (first 88 pyfaq test queries, BM25 top-20; the scored-pair cache makes it resumable)"
-evaluate() {  # name model
+evaluate() {  # name model [more eval.py flags]
     [ -f runs/results/pyfaq-test88-$1.json ] || python eval.py --data data/beir/pyfaq --split test --top-k 20 \
-        --max-doc-tokens 160 --limit 88 --name $1 --model $2 --json runs/results/pyfaq-test88-$1.json
+        --max-doc-tokens 160 --limit 88 --name $1 --model $2 --json runs/results/pyfaq-test88-$1.json "${@:3}"
 }
 evaluate base models/SmolLM2-135M-Instruct
 evaluate sft runs/sft/final
+evaluate sft-expected runs/sft/final --score expected   # the expected score instead of s x P(s)
 evaluate sft-rl-rr runs/rl-rr/final
 evaluate sft-rl-ndcg runs/rl-ndcg/final
 
