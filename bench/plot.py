@@ -89,13 +89,15 @@ def main():
             groups.setdefault(key, {}).setdefault(row["system"], row["ndcg@10"])
     if groups:
         systems = list(dict.fromkeys(name for g in groups.values() for name in g))
-        fig, ax = plt.subplots(figsize=(7, 3.8))
-        width = 0.8 / len(systems)
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width, labelled = 0.8 / len(systems), set()
         for j, (key, g) in enumerate(groups.items()):
             for i, name in enumerate(systems):
                 if name in g:
-                    bar = ax.bar(j + i * width, g[name], width, color=f"C{i}", label=name if j == 0 else None)
-                    ax.bar_label(bar, fmt="%.3f", fontsize=7)
+                    bar = ax.bar(j + i * width, g[name], width, color=f"C{i}",
+                                 label=None if name in labelled else name)
+                    ax.bar_label(bar, fmt="%.2f", fontsize=6)
+                    labelled.add(name)
         ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(groups))], list(groups))
         ax.set(ylabel="nDCG@10", title="BM25 candidates reranked")
         ax.legend(fontsize=8)
