@@ -188,7 +188,24 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+        return self.down_proj(SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+class SwiGLU(torch.autograd.Function):
+    """silu(g) * u. Autograd would store g, silu(g) and u for backward; this stores g and u and
+    recomputes silu(g) there: one (B, T, intermediate) tensor less per layer in training."""
+
+    @staticmethod
+    def forward(ctx, g, u):
+        ctx.save_for_backward(g, u)
+        return F.silu(g) * u
+
+    @staticmethod
+    def backward(ctx, dy):
+        g, u = ctx.saved_tensors
+        s = torch.sigmoid(g)
+        dsilu = s * (1 + g * (1 - s))  # d/dg of g * sigmoid(g)
+        return dy * u * dsilu, dy * g * s
 
 
 class Block(nn.Module):
@@ -199,9 +216,14 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, checkpoint=False):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        if checkpoint:  # keep only x; recompute the MLP half (most of a layer's activations) in backward
+            return x + torch.utils.checkpoint.checkpoint(self.mlp_half, x, use_reentrant=False)
+        return x + self.mlp_half(x)
+
+    def mlp_half(self, x):
+        return self.mlp(self.post_attention_layernorm(x))
 
 
 class Decoder(nn.Module):
@@ -221,7 +243,9 @@ class Transformer(nn.Module):
         self.model = Decoder(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
-        self.gradient_checkpointing = False  # recompute each block in backward to save memory
+        # training memory: the MLP half of the first N blocks is recomputed in backward (True = all).
+        # The attention half is stored, so a KV cache (shared prompt prefixes) works with it.
+        self.gradient_checkpointing = 0
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:  # one tensor, two names; saved once (as embed_tokens)
@@ -255,11 +279,10 @@ class Transformer(nn.Module):
         mask = (kj <= qi)[None] & key_mask[:, None, :]  # (B, T, S)
         mask = (mask | (kj == qi)[None])[:, None]  # (B, 1, T, S)
         x = self.model.embed_tokens(input_ids)
+        n_ckpt = len(self.model.layers) if self.gradient_checkpointing is True else int(self.gradient_checkpointing)
+        n_ckpt = n_ckpt if self.training and torch.is_grad_enabled() else 0
         for i, block in enumerate(self.model.layers):
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, mask, cache, i)
+            x = block(x, cos, sin, mask, cache, i, checkpoint=i < n_ckpt)
         if cache is not None:
             cache.length = S
         x = self.model.norm(x)
@@ -495,6 +518,14 @@ def _left_pad(seqs, pad_id, device):
     return ids.to(device), mask.to(device)
 
 
+def common_prefix_length(prompts) -> int:
+    """Length of the longest prefix shared by all prompts, leaving each at least one token."""
+    P, shortest = 0, min(len(p) for p in prompts)
+    while P < shortest - 1 and all(p[P] == prompts[0][P] for p in prompts):
+        P += 1
+    return P
+
+
 @torch.no_grad()
 def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
     """Run the prompts through the model once -> (cache, last-token logits (B, V)).
@@ -506,10 +537,7 @@ def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
     unique = sorted(set(map(tuple, prompts)))
     row_of = {p: i for i, p in enumerate(unique)}
     assert all(len(p) > 0 for p in unique), "empty prompt"
-    P = 0  # common prefix length, leaving every prompt at least one token of its own
-    shortest = min(len(p) for p in unique)
-    while P < shortest - 1 and all(p[P] == unique[0][P] for p in unique):
-        P += 1
+    P = common_prefix_length(unique)
     if len(unique) == 1:
         P = len(unique[0]) - 1
     suffixes = [list(p[P:]) for p in unique]

@@ -105,7 +105,9 @@ def parse_args(argv=None):
     g.add_argument("--dtype", default=None, help="autocast dtype on CUDA (default bf16); CPU trains in fp32")
     g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full parameters")
     g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward")
+    g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
+                   help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
+                   "less memory, slower")
     g = ap.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (paper: 1e-6, full parameters)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
@@ -518,7 +520,7 @@ def main(argv=None):
         ref_model, _ = M.load(args.model, device=device, dtype=torch.float32)
         ref_model.requires_grad_(False)
         reference = lambda: contextlib.nullcontext(ref_model)
-    policy.gradient_checkpointing = args.gradient_checkpointing
+    policy.gradient_checkpointing = True if args.gradient_checkpointing < 0 else args.gradient_checkpointing
     limits = {"max_doc_tokens": args.max_doc_tokens, "max_query_tokens": args.max_query_tokens, "verbose": False}
     rollout_rr = Reranker((policy, tok), thinking=args.thinking, **limits)  # builds the rollout prompts
     # t of r_RR: the reference's expected score in fast mode (adapters switched off while it runs)

@@ -32,10 +32,10 @@ Output directory (--out):
     final/               the finished model (no train_state.pt)
 
 Cost on the 2-core CPU (built-in model, fp32, LoRA r16, micro-batch 4): sequences are ~390 tokens
-with --max-doc-tokens 192 (the ERank prompt alone is ~200), about 4.3 GB of activations per
-micro-batch (--gradient-checkpointing: ~2.4 GB, slower); throughput is tens of tokens/s
-(bench/bench_sft.py), so a 30-40 minute run covers a few hundred records, not the 53k that
-data/make_sft.py makes by default: size runs with make_sft --max-queries or --max-records.
+with --max-doc-tokens 192 (the ERank prompt alone is ~200), about 2.8 GB added per micro-batch
+(--gradient-checkpointing: ~2.5 GB, slower); throughput is ~280 tokens/s (bench/bench_sft.py), so
+an hour covers a few thousand records, not the 53k that data/make_sft.py makes by default: size
+runs with make_sft --max-queries or --max-records.
 
 Where this deviates from the paper (ERank, arXiv 2509.00520, section 4 of the method notes):
   - base model: the 135M SmolLM2-Instruct (the paper: Qwen3-4B/14B/32B-Base);
@@ -90,7 +90,9 @@ def parse_args(argv=None):
     g.add_argument("--dtype", default=None, help="autocast dtype on CUDA (default bf16); CPU trains in fp32")
     g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full fine-tuning")
     g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward (less memory, slower)")
+    g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
+                   help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
+                   "less memory, slower")
     g = ap.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (paper: 1e-4 with LoRA)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
@@ -197,58 +199,52 @@ def completion_logprobs(model, prompts, completions, temperature: float = 1.0):
     """(B, N) fp32 log p(completion token j | prompt + completion[:j]) and the (B, N) bool mask of
     real completion tokens (column j < len(completion); the end token is one of them).
 
-    prompt+completion rows are left-padded, so every completion ends at the last column; logits
-    are computed only at the positions that predict a completion token (the column before it),
-    never at the full (B, T, V). The mask comes from the lengths, not from the token ids.
-    Rows that repeat a prompt (RL's G samples of one prompt) take the shared path below."""
+    Work shared between rows is done once, with gradients, through a KV cache: the longest
+    common prefix of all prompts (ERank's system turn and task header, ~70 tokens) runs with batch
+    size 1, and a prompt repeated in several rows (RL's G samples of one prompt) runs once. Same
+    values and gradients as running every row in full (tested), less compute and memory.
+    The rest of each row (prompt remainder + completion) is left-padded, so every completion ends
+    at the last column; logits are computed only at the positions that predict a completion
+    token (the column before it), never at the full (B, T, V). The mask comes from the lengths,
+    not from the token ids."""
     assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    if len(set(map(tuple, prompts))) < len(prompts) and not core.gradient_checkpointing:
-        return shared_prompt_logprobs(model, prompts, completions, temperature)
-    device = next(model.parameters()).device
-    seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
-    ids, attn = M._left_pad(seqs, 0, device)  # (B, T)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    unique = sorted(set(map(tuple, prompts)))
+    P = M.common_prefix_length(unique)
+    repeats = len(unique) < len(prompts)
+    # rows: what runs on top of the shared prefix. A repeated prompt's remainder (all but its last
+    # token) runs once per distinct prompt ("heads"); its rows then hold [last prompt token] + completion
+    if repeats:
+        heads = [list(p[P:-1]) for p in unique]
+        rows = [[p[-1]] + list(c) for p, c in zip(prompts, completions)]
+    else:
+        heads = []
+        rows = [list(p[P:]) + list(c) for p, c in zip(prompts, completions)]
+    Th = max(map(len, heads), default=0)
+    cache = None
+    if P or Th:
+        cache = M.KVCache(core.config, 1, P + Th + max(map(len, rows)), device, dtype)
+        if P:
+            model(torch.tensor([unique[0][:P]], device=device), cache=cache, logits_at="hidden")
+        cache.select(torch.zeros(len(heads) if Th else len(prompts), dtype=torch.long, device=device))
+        if Th:
+            ids, attn = M._left_pad(heads, 0, device)
+            model(ids, attn, cache=cache, logits_at="hidden")  # fills the cache; output unused
+            row_of = {p: i for i, p in enumerate(unique)}
+            cache.select(torch.tensor([row_of[tuple(p)] for p in prompts], device=device))
+    ids, attn = M._left_pad(rows, 0, device)  # (B, T)
     B, T = ids.shape
     lengths = torch.tensor([len(c) for c in completions], device=device)  # (B,)
-    col = torch.arange(T, device=device)
-    target = col[None, :] >= T - lengths[:, None]  # (B, T): completion tokens
+    target = torch.arange(T, device=device)[None, :] >= T - lengths[:, None]  # (B, T): completion tokens
     at = torch.zeros_like(target)
     at[:, :-1] = target[:, 1:]  # (B, T): the positions that predict them
-    logits = model(ids, attn, logits_at=at)  # (sum(lengths), V), row-major like ids[target]
+    logits = model(ids, attn, cache=cache, logits_at=at)  # (sum(lengths), V), row-major like ids[target]
     lp = M.token_logprobs(logits, ids[target], temperature)  # (sum(lengths),) fp32
     N = int(lengths.max()) if B else 0
     mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
     out = torch.zeros(B, N, device=device, dtype=lp.dtype)
     out[mask] = lp  # row-major order again: row i's completion tokens 0..len-1
-    return out, mask
-
-
-def shared_prompt_logprobs(model, prompts, completions, temperature: float = 1.0):
-    """completion_logprobs when prompts repeat: each distinct prompt (minus its last token) runs
-    through the model once, with gradients, into a KV cache; the cache rows are repeated for its
-    completions, which then run as short sequences ([last prompt token] + completion[:-1]) on top.
-    Same values and gradients as the plain path, without recomputing a prompt G times."""
-    core = getattr(model, "module", model)
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    unique = sorted(set(map(tuple, prompts)))
-    row_of = {p: i for i, p in enumerate(unique)}
-    heads = [list(p[:-1]) for p in unique]
-    tails = [([p[-1]] + list(c))[:len(c)] for p, c in zip(prompts, completions)]  # predict c
-    Th, Tt = max(map(len, heads)), max(map(len, tails))
-    cache = M.KVCache(core.config, len(unique), Th + Tt, device, dtype)
-    if Th:
-        ids, attn = M._left_pad(heads, 0, device)
-        model(ids, attn, cache=cache, logits_at="hidden")  # fills the cache; output unused
-    cache.select(torch.tensor([row_of[tuple(p)] for p in prompts], device=device))
-    ids, attn = M._left_pad(tails, 0, device)  # (B, Tt); row i holds len(c_i) real tokens
-    logits = model(ids, attn, cache=cache, logits_at=attn)  # (sum(lengths), V), row-major
-    targets = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=device)
-    lp = M.token_logprobs(logits, targets, temperature)
-    lengths = torch.tensor([len(c) for c in completions], device=device)
-    N = int(lengths.max()) if len(completions) else 0
-    mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
-    out = torch.zeros(len(prompts), N, device=device, dtype=lp.dtype)
-    out[mask] = lp
     return out, mask
 
 
@@ -271,7 +267,8 @@ class LoRALinear(nn.Linear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+        y = F.linear(x, self.weight, self.bias)  # in place below: the linear's backward does not need y
+        return y.add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
 
     def delta(self):
         return (self.lora_B @ self.lora_A) * self.scale  # (out, in)
@@ -483,7 +480,7 @@ def main(argv=None):
         trainable = add_lora(model, args.lora_rank, args.lora_alpha)
     else:
         trainable = [p for p in model.parameters() if p.requires_grad]
-    model.gradient_checkpointing = args.gradient_checkpointing
+    model.gradient_checkpointing = True if args.gradient_checkpointing < 0 else args.gradient_checkpointing
     model.train()
     n_train = sum(p.numel() for p in trainable)
     log(f"trainable parameters {n_train:,} of {sum(p.numel() for p in model.parameters()):,} "

@@ -67,7 +67,8 @@ def child(args):
 
         model, tok = M.load(args.model, device="cpu", dtype=torch.float32)
         params = sft.add_lora(model, 16, 32) if args.child.startswith("sft-lora") else list(model.parameters())
-        model.gradient_checkpointing = args.child.endswith("-gc")
+        if args.child.endswith("-gc"):  # the MLP half of the first N blocks recomputed in backward
+            model.gradient_checkpointing = args.checkpoint_layers or True
 
         def step():
             logps, mask = sft.completion_logprobs(model, prompts, comps)
@@ -124,6 +125,8 @@ def main():
     ap.add_argument("--max-doc-tokens", type=int, default=192, help="document truncation, as sft.py")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--checkpoint-layers", type=int, default=0, help="-gc variants: blocks whose MLP half is "
+                    "recomputed in backward (0 = all)")
     ap.add_argument("--rounds", type=int, default=2, help="run every variant this many times, keep the best")
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT), choices=VARIANTS, help="what to run")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -154,7 +157,8 @@ def main():
     try:
         for v in [v for _ in range(args.rounds) for v in args.variants]:
             cmd = [sys.executable, os.path.abspath(__file__), "--child", v, "--batch-file", f.name, "--model",
-                   args.model, "--steps", str(args.steps), "--threads", str(args.threads)]
+                   args.model, "--steps", str(args.steps), "--threads", str(args.threads),
+                   "--checkpoint-layers", str(args.checkpoint_layers)]
             r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if r.returncode != 0:
                 print(f"{v}: failed\n{r.stderr[-2000:]}")

@@ -382,7 +382,16 @@ def test_saved_adapter_applied_with_model_apply_adapter_equals_merged(tmp_path):
         torch.testing.assert_close(v, merged[k], atol=1e-6, rtol=1e-5)
 
 
-def test_repeated_prompts_share_their_prefix_with_same_values_and_gradients():
+def full_forward_logprobs(model, prompt, completion):
+    """Reference: one unpadded row through the whole model, log-probs read off the full logits."""
+    logits = model(torch.tensor([list(prompt) + list(completion)]))[0]  # (T, V)
+    ref = torch.log_softmax(logits.float(), -1)
+    return torch.stack([ref[len(prompt) + j - 1, t] for j, t in enumerate(completion)])
+
+
+def check_shared_work_matches_full_rows(prompts, comps):
+    """completion_logprobs (shared prefix / repeated prompts through a KV cache) gives the values
+    and LoRA gradients of running every row in full, one at a time."""
     import model as M
     import sft
 
@@ -393,18 +402,67 @@ def test_repeated_prompts_share_their_prefix_with_same_values_and_gradients():
     for p in model.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
-    prompts = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [11, 12], [5, 6, 7, 8, 9], [11, 12], [40]]
-    comps = [[1, 2, 3], [4], [7, 7], [], [9, 8, 7, 6], [3]]
-    shared, mask = sft.completion_logprobs(model, prompts, comps)  # repeats: the shared path
+    shared, mask = sft.completion_logprobs(model, prompts, comps)
     (shared * mask).sum().backward()
     g_shared = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     model.zero_grad()
     total = 0
-    for i, (p, c) in enumerate(zip(prompts, comps)):  # one row at a time: the plain path
+    for i, (p, c) in enumerate(zip(prompts, comps)):
         if c:
-            lp, m = sft.completion_logprobs(model, [p], [c])
-            torch.testing.assert_close(shared[i][mask[i]], lp[0][m[0]], atol=1e-5, rtol=1e-5)
-            total = total + (lp * m).sum()
+            want = full_forward_logprobs(model, p, c)
+            torch.testing.assert_close(shared[i][mask[i]], want, atol=1e-5, rtol=1e-5)
+            total = total + want.sum()
     total.backward()
     for a, b in zip(g_shared, [p.grad for p in model.parameters() if p.requires_grad]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_repeated_prompts_share_their_prefix_with_same_values_and_gradients():
+    prompts = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [5, 6, 2], [5, 6, 7, 8, 9], [5, 6, 2], [5, 40]]
+    comps = [[1, 2, 3], [4], [7, 7], [], [9, 8, 7, 6], [3]]
+    check_shared_work_matches_full_rows(prompts, comps)
+    # no common prefix (first tokens differ), repeats only
+    check_shared_work_matches_full_rows([[5, 6, 7], [11, 12], [5, 6, 7], [40]], [[1, 2], [3], [4], [5, 6]])
+
+
+def test_common_prompt_prefix_runs_once_with_same_values_and_gradients():
+    # SFT's case: distinct prompts sharing a long head (ERank's system turn and task header)
+    head = [3, 14, 15, 9, 26, 5, 35]
+    prompts = [head + [8, 9, 7, 9], head + [3], head + [2, 3, 8, 4, 6, 2, 6], head[:4]]
+    comps = [[1, 2], [4, 4, 4], [7], [9, 9]]
+    check_shared_work_matches_full_rows(prompts, comps)
+    check_shared_work_matches_full_rows(prompts[:3], comps[:3])  # prefix of 7: the whole head
+
+
+def test_gradient_checkpointing_gives_same_values_and_gradients():
+    import model as M
+
+    model, _ = M.load(os.path.join(os.path.dirname(__file__), "fixtures", "llama"), device="cpu", dtype=torch.float32)
+    sft.add_lora(model, 4, 8)
+    torch.manual_seed(0)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    model.train()
+    head = [3, 14, 15, 9, 26, 5]
+    prompts, comps = [head + [8, 9, 7], head + [2, 3, 8, 4], head + [6]], [[1, 2], [4, 4, 4], [7]]
+    results = []
+    for n in (0, 1, True):  # none, the first block's MLP half, every block's
+        model.gradient_checkpointing = n
+        lp, mask = sft.completion_logprobs(model, prompts, comps)
+        (lp * mask).sum().backward()
+        results.append((lp.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        model.zero_grad()
+    for lp, grads in results[1:]:
+        torch.testing.assert_close(lp, results[0][0], atol=1e-6, rtol=1e-6)
+        for a, b in zip(grads, results[0][1]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_swiglu_backward_matches_autograd():
+    import model as M
+
+    g = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(M.SwiGLU.apply, (g, u))
+    torch.testing.assert_close(M.SwiGLU.apply(g, u), torch.nn.functional.silu(g) * u)
