@@ -99,7 +99,7 @@ def parse_args(argv=None):
     g.add_argument("--warmup", type=float, default=0.05, help="warmup, as a fraction of all steps (paper: 5%%)")
     g.add_argument("--batch-size", type=int, default=32, help="global batch, in sequences, per optimizer step")
     g.add_argument("--micro-batch-size", type=int, default=4, help="sequences per forward/backward on one process "
-                   "(4 x ~390 tokens: ~4.3 GB of activations with LoRA on the built-in model)")
+                   "(4 x ~390 tokens: ~2.8 GB with LoRA on the built-in model)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the data (paper: 1)")
     g.add_argument("--steps", type=int, default=0, help="schedule length in steps (0 = from --epochs)")
