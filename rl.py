@@ -63,7 +63,7 @@ import torch.distributed as dist
 import model as M
 from eval import ndcg_at_k
 from rerank import Reranker, parse_answer, write_atomic
-from sft import LoRALinear, add_lora, cosine_lr, load_train_state, save_checkpoint, completion_logprobs
+from sft import LoRALinear, add_lora, cosine_lr, load_train_state, save_checkpoint, completion_logprobs, dev_ndcg
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -442,30 +442,6 @@ def rollout_query(policy, tok, q: Query, j: int, prompts: list, args, step: int,
 
 
 @torch.no_grad()
-def dev_ndcg(model, tok, args, cache: dict) -> float:
-    """Mean nDCG@10 (eval.ndcg_at_k) of fast-mode reranking of BM25's top --dev-top-k for the
-    first --dev-queries dev queries (sorted by id). `cache` keeps the candidates between calls."""
-    from data.beir import load_corpus, load_qrels, load_queries
-    from data.bm25 import BM25, DEFAULT_CACHE
-
-    if "items" not in cache:
-        if "pyfaq" in os.path.basename(os.path.normpath(args.dev_data)) or args.dev_split == "test":
-            raise SystemExit(f"--dev-data {args.dev_data} --dev-split {args.dev_split}: held out; never tune on it")
-        corpus, queries = load_corpus(args.dev_data), load_queries(args.dev_data)
-        qrels = load_qrels(args.dev_data, args.dev_split)
-        bm25 = BM25.from_dir(args.dev_data, cache_dir=args.bm25_cache or DEFAULT_CACHE)
-        cache["items"] = [(queries[q], [{"id": d, "title": corpus[d].get("title", ""), "text": corpus[d]["text"]}
-                                        for d, _ in bm25.search(queries[q], args.dev_top_k)], qrels[q])
-                          for q in sorted(q for q in qrels if q in queries)[:args.dev_queries]]
-    was_training = model.training
-    model.eval()
-    rr = Reranker((model, tok), thinking=False, max_doc_tokens=args.max_doc_tokens,
-                  max_query_tokens=args.max_query_tokens, batch_tokens=8192, verbose=False)
-    scores = [ndcg_at_k([r["id"] for r in rr.rerank(q, docs)], rel) if docs else 0.0 for q, docs, rel in cache["items"]]
-    model.train(was_training)
-    return sum(scores) / max(1, len(scores))
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -581,9 +557,10 @@ def main(argv=None):
     if args.eval_every and step == 0 and master:
         t0 = time.perf_counter()
         with autocast():
-            nd = dev_ndcg(policy, tok, args, dev_cache)
-        log(f"eval  {0:05d}/{total:05d} | dev nDCG@10 {nd:.4f} | {time.perf_counter() - t0:.1f}s", flush=True)
-        write_log({"step": 0, "dev_ndcg10": nd})
+            nd, nd_expected = dev_ndcg(policy, tok, args, dev_cache)
+        log(f"eval  {0:05d}/{total:05d} | dev nDCG@10 {nd:.4f} (expected score {nd_expected:.4f}) | "
+            f"{time.perf_counter() - t0:.1f}s", flush=True)
+        write_log({"step": 0, "dev_ndcg10": nd, "dev_ndcg10_expected": nd_expected})
 
     # loop
     stop = min(total, args.max_steps) if args.max_steps else total
@@ -712,9 +689,10 @@ def main(argv=None):
             log(f"sample | ...{tail} -> {g.texts[0]!r} -> score {g.scores[0]} (grade {g.grade}) -> reward {g.rewards[0]:.3f}")
         if master and args.eval_every and (step % args.eval_every == 0 or step == total):
             with autocast():
-                row["dev_ndcg10"] = dev_ndcg(policy, tok, args, dev_cache)
+                row["dev_ndcg10"], row["dev_ndcg10_expected"] = dev_ndcg(policy, tok, args, dev_cache)
         if master:
-            extra = f" | dev nDCG@10 {row['dev_ndcg10']:.4f}" if "dev_ndcg10" in row else ""
+            extra = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
+                     if "dev_ndcg10" in row else "")
             counts = " ".join(f"{c} {v}" for c, v in row["cases"].items())
             log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f} | reward {mean:.3f}±{row['reward_std']:.3f} | "
                 f"{counts} | zero-var {row['zero_var']}/{row['groups']} | kl {row['kl']:.2e} | "

@@ -83,6 +83,10 @@ def parse_args(argv=None):
     g.add_argument("--data", default="runs/sft/train.jsonl", help="training records (JSONL), see data/make_sft.py")
     g.add_argument("--max-doc-tokens", type=int, default=192, help="documents are truncated to this many tokens")
     g.add_argument("--max-query-tokens", type=int, default=256, help="queries are truncated to this many tokens")
+    g.add_argument("--group-by-query", action="store_true", help="batches hold whole queries' records (a "
+                   "query's positive and negatives side by side, sharing the query's prompt prefix) instead of "
+                   "length-grouped random records; use a batch and micro-batch that are multiples of the "
+                   "records per query")
     g.add_argument("--max-records", type=int, default=0, help="use a seeded sample of N records (0 = all)")
     g = ap.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
@@ -324,13 +328,24 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float) ->
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: int = 16) -> list[list[int]]:
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: int = 16,
+                  queries: list | None = None) -> list[list[int]]:
     """The global batches of one epoch, as record indices. Length grouping: a seeded shuffle is cut
     into chunks of `group` batches, each chunk sorted by length (less padding) and cut into
-    batches, then the batch order is shuffled. The tail that does not fill a batch is dropped.
+    batches, then the batch order is shuffled. With `queries` (a key per record), the distinct
+    queries are shuffled instead and their records laid side by side before cutting, so a query's
+    positive and negatives share a batch. The tail that does not fill a batch is dropped.
     The same on every process, and independent of the micro-batch size and process count."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     n = len(lengths) - len(lengths) % batch_size
+    if queries is not None:
+        keys = list(dict.fromkeys(queries))  # distinct, in first-seen order
+        of = {k: [] for k in keys}
+        for i, k in enumerate(queries):
+            of[k].append(i)
+        order = [i for j in torch.randperm(len(keys), generator=g).tolist() for i in of[keys[j]]][:n]
+        batches = [order[j:j + batch_size] for j in range(0, n, batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     perm = torch.randperm(len(lengths), generator=g).tolist()[:n]
     batches = []
     for s in range(0, n, batch_size * group):
@@ -392,21 +407,25 @@ def copy_checkpoint(src: str, dst: str):
 
 
 @torch.no_grad()
-def dev_ndcg(model, tok, args, cache: dict) -> float:
+def dev_ndcg(model, tok, args, cache: dict) -> tuple[float, float]:
     """Mean nDCG@10 of fast-mode reranking of BM25's top --dev-top-k for the first --dev-queries
-    dev queries (sorted by id). `cache` (a dict owned by the caller) keeps the candidates between calls."""
+    dev queries (sorted by id): ranked by ERank's s * P(s), and by the expected score sum_s s * P(s)
+    (same forward passes). The second moves as soon as the model's answer distribution carries any
+    signal, even while every greedy answer is still the same integer. `cache` (a dict owned by the
+    caller) keeps the candidates between calls. sft.py and rl.py both use it."""
     from data.beir import load_corpus, load_qrels, load_queries
-    from data.bm25 import BM25
+    from data.bm25 import BM25, DEFAULT_CACHE
     from eval import ndcg_at_k
     from rerank import Reranker
 
     key = (args.dev_data, args.dev_split, args.dev_queries, args.dev_top_k)
     if key not in cache:
-        if "pyfaq" in os.path.basename(os.path.normpath(args.dev_data)):
-            raise ValueError(f"--dev-data {args.dev_data}: pyfaq is the held-out test set; never tune on it")
+        if "pyfaq" in os.path.basename(os.path.normpath(args.dev_data)) or args.dev_split == "test":
+            raise ValueError(f"--dev-data {args.dev_data} --dev-split {args.dev_split}: the held-out test set; "
+                             "never tune on it")
         corpus, queries = load_corpus(args.dev_data), load_queries(args.dev_data)
         qrels = load_qrels(args.dev_data, args.dev_split)
-        bm25 = BM25.from_dir(args.dev_data)
+        bm25 = BM25.from_dir(args.dev_data, cache_dir=getattr(args, "bm25_cache", None) or DEFAULT_CACHE)
         qids = sorted(q for q in qrels if q in queries)[:args.dev_queries]
         items = []
         for q in qids:
@@ -416,12 +435,17 @@ def dev_ndcg(model, tok, args, cache: dict) -> float:
         cache[key] = items
     was_training = model.training
     model.eval()
-    rr = Reranker((model, tok), thinking=False, max_doc_tokens=args.max_doc_tokens,
+    rr = Reranker((model, tok), thinking=False, score="expected", max_doc_tokens=args.max_doc_tokens,
                   max_query_tokens=args.max_query_tokens, batch_tokens=8192, verbose=False)
-    scores = [ndcg_at_k([r["id"] for r in rr.rerank(q, docs)], rel) if docs else 0.0
-              for q, docs, rel in cache[key]]
+    by_answer, by_expected = [], []
+    for q, docs, rel in cache[key]:
+        recs = rr.rerank(q, docs) if docs else []  # sorted by the expected score
+        by_expected.append(ndcg_at_k([r["id"] for r in recs], rel) if docs else 0.0)
+        recs.sort(key=lambda r: (-round(r["answer"] * r["prob"], 6), r["position"]))  # rerank.py's order
+        by_answer.append(ndcg_at_k([r["id"] for r in recs], rel) if docs else 0.0)
     model.train(was_training)
-    return sum(scores) / max(1, len(scores))
+    n = max(1, len(by_answer))
+    return sum(by_answer) / n, sum(by_expected) / n
 
 
 @torch.no_grad()
@@ -545,7 +569,8 @@ def main(argv=None):
         t0 = time.perf_counter()
         epoch, k = divmod(step, steps_per_epoch)
         if epoch not in schedule:
-            schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch)}
+            schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch,
+                                             queries=[r["query"] for r in records] if args.group_by_query else None)}
         batch = schedule[epoch][k]  # global batch, sorted by length
         n_target = sum(len(encoded[i][1]) for i in batch)  # completion tokens in the whole global batch
         share = len(batch) // world
@@ -578,9 +603,10 @@ def main(argv=None):
                "tok_s": float(stats[1]) / dt, "seconds": dt, "tokens": int(stats[1]), "epoch": epoch}
         if master and args.eval_every and (step % args.eval_every == 0 or step == total):
             with autocast():
-                row["dev_ndcg10"] = dev_ndcg(model, tok, args, dev_cache)
+                row["dev_ndcg10"], row["dev_ndcg10_expected"] = dev_ndcg(model, tok, args, dev_cache)
         if master:
-            extra = f" | dev nDCG@10 {row['dev_ndcg10']:.4f}" if "dev_ndcg10" in row else ""
+            extra = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
+                     if "dev_ndcg10" in row else "")
             log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f} | lr {lr:.1e} | grad {grad_norm:.3f} | "
                 f"{row['tok_s']:.0f} tok/s | {dt:.1f}s{extra}", flush=True)
             with open(log_path, "a") as f:

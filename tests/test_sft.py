@@ -353,7 +353,7 @@ def test_dev_evaluation_logs_ndcg(tmp_path):
     sft.main(train_args(data, tmp_path / "o", "--max-steps", "1", "--eval-every", "1", "--dev-queries", "2",
                         "--dev-top-k", "3"))
     row = json.loads(open(tmp_path / "o" / "log.jsonl").readline())
-    assert 0.0 <= row["dev_ndcg10"] <= 1.0
+    assert 0.0 <= row["dev_ndcg10"] <= 1.0 and 0.0 <= row["dev_ndcg10_expected"] <= 1.0
 
 
 def test_dev_evaluation_refuses_the_test_set(tmp_path):
@@ -466,3 +466,15 @@ def test_swiglu_backward_matches_autograd():
     u = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(M.SwiGLU.apply, (g, u))
     torch.testing.assert_close(M.SwiGLU.apply(g, u), torch.nn.functional.silu(g) * u)
+
+
+def test_batches_grouped_by_query_hold_whole_queries():
+    queries = [f"q{i // 3}" for i in range(30)]  # 10 queries x 3 records, stored side by side
+    queries = queries[::2] + queries[1::2]  # ... and interleaved, as a file may hold them
+    batches = sft.epoch_batches([10] * 30, 6, seed=0, epoch=0, queries=queries)
+    assert len(batches) == 5 and sorted(i for b in batches for i in b) == list(range(30))
+    for b in batches:
+        keys = [queries[i] for i in b]
+        assert all(keys.count(k) == 3 for k in keys), keys  # every query of the batch with all 3 records
+    assert batches == sft.epoch_batches([10] * 30, 6, seed=0, epoch=0, queries=queries)
+    assert batches != sft.epoch_batches([10] * 30, 6, seed=0, epoch=1, queries=queries)
