@@ -574,7 +574,7 @@ def sample(logits, temperature, top_p, generators):
 def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids=(), temperature=0.0,
              top_p=1.0, seeds=None, pad_id=0) -> Generation:
     """Batched generation: prefill (shared prefix once), then one decode step per new token with a
-    preallocated KV cache. Row i samples with torch.Generator seeded seeds[i] (default: i).
+    preallocated KV cache; rows that stop leave the batch. Row i samples with torch.Generator seeded seeds[i] (default: i).
     Log-probs are taken under the temperature-scaled distribution (plain softmax when greedy),
     before top-p truncation: the distribution RL's importance ratio needs."""
     B, dev = len(prompts), next(model.parameters()).device
@@ -589,17 +589,25 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids=(), 
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)
     logps = torch.zeros(B, max_new_tokens, device=dev)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    rows = torch.arange(B, device=dev)  # the output row of each row still in the batch
+    live = torch.ones(B, dtype=torch.bool, device=dev)  # batch rows that have not stopped
     for t in range(max_new_tokens):
         nxt = sample(logits, temperature, top_p, gens)
-        live = ~done
-        tokens[:, t] = torch.where(live, nxt, pad_id)
-        mask[:, t] = live
-        logps[:, t] = torch.where(live, token_logprobs(logits, nxt, temperature), 0.0)
-        done |= torch.isin(nxt, stop)
-        if done.all() or t == max_new_tokens - 1:
+        out = rows[live]
+        tokens[out, t] = nxt[live]
+        mask[out, t] = True
+        logps[out, t] = token_logprobs(logits[live], nxt[live], temperature)
+        live &= ~torch.isin(nxt, stop)
+        if not live.any() or t == max_new_tokens - 1:
             break
-        logits = model(tokens[:, t:t + 1], live[:, None], cache=cache, logits_at="last")
+        # stopped rows leave the batch once they are a quarter of it, so later steps only compute
+        # rows still generating; waiting for a quarter keeps the cache copies (select) to a few
+        if live.sum() <= 0.75 * len(live):
+            keep = live.nonzero()[:, 0]
+            cache.select(keep)
+            rows, nxt, live = rows[keep], nxt[keep], live[keep]
+            gens = [gens[i] for i in keep.tolist()]
+        logits = model(nxt[:, None], live[:, None], cache=cache, logits_at="last")
     return Generation(tokens[:, :t + 1], mask[:, :t + 1], logps[:, :t + 1])
 
 

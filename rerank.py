@@ -251,16 +251,20 @@ class Reranker:
         assert len(self.ten_ids) == 1 or self.ten_ids == [self.digit_ids[1], self.digit_ids[0]], self.ten_ids
         self.stop_ids = sorted({i for i in (self.tok.im_end, self.model.config.eos_token_id) if isinstance(i, int)})
 
-    # -- batching: sort by length, then fill batches up to a token budget (bounded memory)
+    # -- batching: sort by length, then fill a batch until the next prompt would take it over the
+    # token budget (bounded memory) or make padding more than a tenth of it (wasted work)
     def batches(self, prompts):
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         extra = self.max_new_tokens if self.thinking else 2
-        batch = []
+        batch, real = [], 0
         for i in order:
-            if batch and (len(batch) + 1) * (len(prompts[i]) + extra) > self.batch_tokens:
+            n = len(prompts[i]) + extra
+            padded = (len(batch) + 1) * n  # every row padded to this, the longest so far
+            if batch and (padded > self.batch_tokens or padded > 1.1 * (real + n)):
                 yield batch
-                batch = []
+                batch, real = [], 0
             batch.append(i)
+            real += n
         if batch:
             yield batch
 

@@ -4,12 +4,17 @@
     python bench/bench_rerank.py --model DIR --device cuda --dtype bfloat16
 
 Both sides score the same (query, document) pairs with the same checkpoint, dtype and prompt:
-  - fast mode: ours = Reranker.score_fast (shared query prefix computed once, length-sorted
-    token-budget batches, logits only at the last position); reference = AutoModelForCausalLM on
-    each query's left-padded batch of full prompts, logits[:, -1] -> the same s*P(s).
-  - thinking mode: ours = Reranker.score_thinking (model.generate); reference = transformers'
-    batched greedy `generate` with the same max_new_tokens, and no stop token on either side,
-    so both decode exactly the same number of tokens.
+  - fast mode: ours = Reranker.score_prompts (length-sorted batches with little padding, the
+    query prefix computed once per batch, logits only at the last position); reference =
+    AutoModelForCausalLM on each query's left-padded batch of full prompts, logits[:, -1] -> the
+    same s*P(s).
+  - thinking mode, two ways; ours = model.generate, reference = transformers' batched greedy
+    `generate` on each query's documents:
+      fixed length: no stop token on either side, both decode exactly --max-new-tokens tokens
+        (the per-token cost of the two engines);
+      to the end of turn: both stop a row at <|im_end|> (as rerank.py --thinking does) with a
+        limit of --stop-limit tokens; transformers keeps finished rows in the batch until all
+        are done, ours drops them.
 It prints pairs/s for each, the ratio, the largest score difference, and the achieved FLOP/s
 (useful work: 2 * matmul parameters * prompt tokens per pair) against this machine's measured
 fp32 matmul peak. Pairs: BM25 top-20 of the first pyfaq test queries, documents cut to ~200 words.
@@ -76,7 +81,8 @@ def main():
     ap.add_argument("--queries", type=int, default=10, help="queries (20 documents each) in fast mode")
     ap.add_argument("--docs", type=int, default=20, help="documents per query")
     ap.add_argument("--thinking-queries", type=int, default=1, help="queries in thinking mode (0: skip)")
-    ap.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per pair in thinking mode")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per pair, fixed-length run")
+    ap.add_argument("--stop-limit", type=int, default=256, help="token limit of the end-of-turn run (0: skip)")
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
@@ -97,12 +103,12 @@ def main():
           f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}")
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")
 
-    def ours_fast():
-        return [s for p in prompts for s in rr.score_fast(p)]
+    def ours_fast(queries=prompts):
+        return [s for p in queries for s in rr.score_prompts(p)]
 
-    def ref_fast():
+    def ref_fast(queries=prompts):
         scores = []
-        for p in prompts:  # one query's documents per batch, left-padded, full logits
+        for p in queries:  # one query's documents per batch, left-padded, full logits
             ids, mask = M._left_pad(p, tok.pad_id, args.device)
             pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding needs explicit positions
             out = ref(input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=True)
@@ -121,8 +127,8 @@ def main():
         return scores
 
     rows = []
-    ref_fast()  # warm-up (first-call allocations) on both sides
-    ours_fast()
+    ref_fast(prompts[:1])  # warm-up (first-call allocations) on both sides
+    ours_fast(prompts[:1])
     a, t_ours = timed(ours_fast, args.device)
     b, t_ref = timed(ref_fast, args.device)
     diff = max(abs(x.answer * x.prob - s * p) for x, (s, p) in zip(a, b))
@@ -145,7 +151,34 @@ def main():
         a, t_ours_t = timed(ours_think, args.device)
         b, t_ref_t = timed(ref_think, args.device)
         same = sum(x.tolist() == y.tolist() for x, y in zip(a, b))
-        rows.append((f"thinking ({n} new tokens)", len(tp), t_ours_t, t_ref_t, f"identical outputs {same}/{len(tp)}"))
+        rows.append((f"thinking, fixed length ({n} new tokens)", len(tp), t_ours_t, t_ref_t,
+                     f"identical outputs {same}/{len(tp)}"))
+
+    if args.thinking_queries and args.stop_limit:
+        n, stops = args.stop_limit, rr.stop_ids
+
+        def upto_stop(row):  # a completion through its first stop token
+            row = row.tolist()
+            return row[:next((i + 1 for i, t in enumerate(row) if t in stops), len(row))]
+
+        def ours_stop():
+            out = M.generate(model, tp, n, stop_ids=stops, pad_id=tok.pad_id)
+            return [upto_stop(r[m]) for r, m in zip(out.tokens, out.mask)]
+
+        def ref_stop():
+            ids, mask = M._left_pad(tp, tok.pad_id, args.device)
+            out = ref.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=n, do_sample=False,
+                               eos_token_id=stops, pad_token_id=tok.pad_id)
+            return [upto_stop(r) for r in out[:, ids.shape[1]:]]
+
+        a, t_ours_s = timed(ours_stop, args.device)
+        b, t_ref_s = timed(ref_stop, args.device)
+        same = sum(x == y for x, y in zip(a, b))
+        lens = sorted(len(x) for x in a)
+        rows.append((f"thinking, to the end of turn (limit {n})", len(tp), t_ours_s, t_ref_s,
+                     f"identical outputs {same}/{len(tp)}; tokens per pair (ours) min {lens[0]}, "
+                     f"median {lens[len(lens) // 2]}, max {lens[-1]}; total ours {sum(lens)}, "
+                     f"transformers {sum(len(y) for y in b)}"))
 
     print(f"\n| mode | pairs | rerank.py pairs/s | transformers pairs/s | speed-up | achieved GFLOP/s (ours / ref) | check |")
     print("|---|---|---|---|---|---|---|")

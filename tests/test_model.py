@@ -122,6 +122,30 @@ def test_generation_stops_and_masks_through_stop_token():
     assert (out.logprobs[0][~out.mask[0]] == 0).all()
 
 
+def test_rows_leaving_the_batch_do_not_change_the_others(monkeypatch):
+    # a row that stops leaves the batch (its cache rows are dropped); the rows still generating
+    # must continue exactly as they would alone, greedy and sampled (per-row generators)
+    model, _ = load("qwen3_untied")
+    sizes = []
+    select = M.KVCache.select
+    monkeypatch.setattr(M.KVCache, "select", lambda self, rows: sizes.append(len(rows)) or select(self, rows))
+    for temperature in (0.0, 1.0):
+        kw = dict(max_new_tokens=10, temperature=temperature)
+        free = M.generate(model, PROMPTS, seeds=range(10, 14), **kw).tokens.tolist()
+        k = next(k for k in range(1, 10) if free[0][k] not in free[0][:k] + free[1])
+        sizes.clear()
+        out = M.generate(model, PROMPTS, stop_ids=[free[0][k]], seeds=range(10, 14), **kw)
+        lengths = out.mask.sum(1).tolist()
+        assert lengths[0] == k + 1 and lengths[1] == 10, lengths  # row 0 stops early, row 1 never
+        assert sizes[-1] < len(PROMPTS), "no row left the batch"
+        for i, p in enumerate(PROMPTS):
+            alone = M.generate(model, [p], stop_ids=[free[0][k]], seeds=[10 + i], **kw)
+            n = alone.mask[0].sum().item()
+            assert lengths[i] == n
+            assert out.tokens[i, :n].tolist() == alone.tokens[0, :n].tolist()
+            torch.testing.assert_close(out.logprobs[i, :n], alone.logprobs[0, :n], atol=1e-5, rtol=1e-5)
+
+
 def test_greedy_logprobs_equal_softmax_of_forward():
     model, _ = load("qwen3_tied")
     p = PROMPTS[0]

@@ -130,6 +130,22 @@ def test_expected_score_is_the_renormalised_mean():
     assert got["score"] == pytest.approx(want, rel=1e-4)
 
 
+def test_batches_bound_tokens_and_padding():
+    model, tok = digits_only("llama")
+    rng = random.Random(0)
+    prompts = [[1] * rng.randint(20, 200) for _ in range(60)]
+    rr = R.Reranker((model, tok), batch_tokens=2000, verbose=False)
+    batches = list(rr.batches(prompts))
+    assert sorted(i for b in batches for i in b) == list(range(60))
+    longest = lambda b: max(len(prompts[i]) + 2 for i in b)  # +2: fast mode's reserved slots
+    for b in batches:
+        padded, real = len(b) * longest(b), sum(len(prompts[i]) + 2 for i in b)
+        assert len(b) == 1 or (padded <= 2000 and padded <= 1.1 * real), (len(b), padded, real)
+    assert len(batches) < 30  # batches are filled, not one prompt each
+    # equal lengths: no padding, so only the token budget cuts
+    assert [len(b) for b in rr.batches([[1] * 98] * 45)] == [20, 20, 5]
+
+
 def test_ranking_does_not_depend_on_batch_size_or_order():
     model, tok = digits_only("llama")
     d = [{"id": f"d{i}", "text": t} for i, t in enumerate(docs(15, seed=3))]
