@@ -2,6 +2,7 @@
 
     python bench/bench_rerank.py                         # built-in model, CPU fp32
     python bench/bench_rerank.py --model DIR --device cuda --dtype bfloat16
+    python bench/bench_rerank.py --random qwen3-0.6b --device cuda --dtype bfloat16
 
 Both sides score the same (query, document) pairs with the same checkpoint, dtype and prompt:
   - fast mode: ours = Reranker.score_prompts (length-sorted batches with little padding, the
@@ -15,13 +16,15 @@ Both sides score the same (query, document) pairs with the same checkpoint, dtyp
       to the end of turn: both stop a row at <|im_end|> (as rerank.py --thinking does) with a
         limit of --stop-limit tokens; transformers keeps finished rows in the batch until all
         are done, ours drops them.
-It prints pairs/s for each, the ratio, the largest score difference, and the achieved FLOP/s
+Each query is timed on both sides back to back, alternating which side goes first, so a drift in
+the machine's speed falls on both alike. It prints pairs/s for each, the ratio, the largest score difference, and the achieved FLOP/s
 (useful work: 2 * matmul parameters * prompt tokens per pair) against this machine's measured
 fp32 matmul peak. Pairs: BM25 top-20 of the first pyfaq test queries, documents cut to ~200 words.
 """
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -45,6 +48,23 @@ def pairs_from_pyfaq(n_queries, n_docs, words=200):
     for q in qids:
         docs = [" ".join(corpus[i]["text"].split()[:words]) for i, _ in bm25.search(queries[q], n_docs)]
         out.append((queries[q], docs))
+    return out
+
+
+# a real model's shapes, for timing with random weights where the checkpoint itself is not at hand
+SHAPES = {"qwen3-0.6b": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                             num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                             rope_theta=1e6, tie_word_embeddings=True, qk_norm=True)}
+
+
+def random_checkpoint(shape, dtype, tokenizer, out):
+    """Write a randomly initialised model with SHAPES[shape] and the tokenizer of directory
+    `tokenizer` (its ids must fit the vocabulary)."""
+    torch.manual_seed(0)
+    model = M.Transformer(M.Config(**SHAPES[shape]))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0, 0.02)
+    M.save(model.to(dtype), M.Tokenizer(tokenizer), out)
     return out
 
 
@@ -76,18 +96,24 @@ def timed(fn, device):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="checkpoint directory (default: the built-in base model)")
+    ap.add_argument("--random", choices=sorted(SHAPES), help="random weights with these shapes instead")
+    ap.add_argument("--tokenizer", help="directory with tokenizer.json for --random (default: the built-in model's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--queries", type=int, default=10, help="queries (20 documents each) in fast mode")
     ap.add_argument("--docs", type=int, default=20, help="documents per query")
     ap.add_argument("--thinking-queries", type=int, default=1, help="queries in thinking mode (0: skip)")
-    ap.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per pair, fixed-length run")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per pair, fixed-length run (0: skip)")
     ap.add_argument("--stop-limit", type=int, default=256, help="token limit of the end-of-turn run (0: skip)")
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
-    path = args.model or R.default_model()
     dtype = getattr(torch, args.dtype)
+    tmp = tempfile.TemporaryDirectory()
+    if args.random:
+        path = random_checkpoint(args.random, dtype, args.tokenizer or R.default_model(), tmp.name)
+    else:
+        path = args.model or R.default_model()
     model, tok = M.load(path, device=args.device, dtype=dtype)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
     torch.set_grad_enabled(False)
@@ -99,84 +125,78 @@ def main():
     params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
     flops = 2 * params * n_tokens  # useful work: every prompt token through every matmul once
     peak = matmul_peak(args.device, dtype)
-    print(f"{path}: {n_pairs} pairs, {n_tokens / n_pairs:.0f} prompt tokens per pair, "
+    print(f"{args.random or path}: {n_pairs} pairs, {n_tokens / n_pairs:.0f} prompt tokens per pair, "
           f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}")
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")
 
-    def ours_fast(queries=prompts):
-        return [s for p in queries for s in rr.score_prompts(p)]
+    def paired(ours, ref, queries):
+        """Time ours(p) and ref(p) back to back for each query's prompts p, alternating which goes
+        first, so that a drift in the machine's speed (a shared host) falls on both sides alike."""
+        out, secs = ([], []), [0.0, 0.0]
+        for i, p in enumerate(queries):
+            for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+                got, dt = timed(lambda: (ours, ref)[side](p), args.device)
+                out[side].extend(got)
+                secs[side] += dt
+        return out[0], out[1], secs[0], secs[1]
 
-    def ref_fast(queries=prompts):
-        scores = []
-        for p in queries:  # one query's documents per batch, left-padded, full logits
-            ids, mask = M._left_pad(p, tok.pad_id, args.device)
-            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding needs explicit positions
-            out = ref(input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=True)
-            probs = torch.softmax(out.logits[:, -1].float(), -1)
-            pd = probs[:, rr.digit_ids]
-            first = pd.argmax(-1)
-            # "10" is two tokens: one cached decode step with "1" appended gives P("0" | "1")
-            one = torch.full_like(ids[:, :1], rr.digit_ids[1])
-            m1 = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            step = ref(input_ids=one, attention_mask=m1.long(), position_ids=pos[:, -1:] + 1,
-                       past_key_values=out.past_key_values)
-            q = torch.softmax(step.logits[:, -1].float(), -1)
-            ten = (first == 1) & (q.argmax(-1) == rr.digit_ids[0])
-            prob = torch.where(ten, pd[:, 1] * q[:, rr.digit_ids[0]], pd.gather(1, first[:, None])[:, 0])
-            scores += [(int(10 if t else f), float(pr)) for t, f, pr in zip(ten, first, prob)]
-        return scores
+    def ref_fast(p):  # one query's documents in one batch, left-padded, full logits
+        ids, mask = M._left_pad(p, tok.pad_id, args.device)
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding needs explicit positions
+        out = ref(input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=True)
+        probs = torch.softmax(out.logits[:, -1].float(), -1)
+        pd = probs[:, rr.digit_ids]
+        first = pd.argmax(-1)
+        # "10" is two tokens: one cached decode step with "1" appended gives P("0" | "1")
+        one = torch.full_like(ids[:, :1], rr.digit_ids[1])
+        m1 = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        step = ref(input_ids=one, attention_mask=m1.long(), position_ids=pos[:, -1:] + 1,
+                   past_key_values=out.past_key_values)
+        q = torch.softmax(step.logits[:, -1].float(), -1)
+        ten = (first == 1) & (q.argmax(-1) == rr.digit_ids[0])
+        prob = torch.where(ten, pd[:, 1] * q[:, rr.digit_ids[0]], pd.gather(1, first[:, None])[:, 0])
+        return [(int(10 if t else f), float(pr)) for t, f, pr in zip(ten, first, prob)]
 
     rows = []
-    ref_fast(prompts[:1])  # warm-up (first-call allocations) on both sides
-    ours_fast(prompts[:1])
-    a, t_ours = timed(ours_fast, args.device)
-    b, t_ref = timed(ref_fast, args.device)
+    ref_fast(prompts[0])  # warm-up (first-call allocations) on both sides
+    rr.score_prompts(prompts[0])
+    a, b, t_ours, t_ref = paired(rr.score_prompts, ref_fast, prompts)
     diff = max(abs(x.answer * x.prob - s * p) for x, (s, p) in zip(a, b))
     agree = sum(x.answer == s for x, (s, _) in zip(a, b))
     rows.append(("fast", n_pairs, t_ours, t_ref, f"max |score diff| {diff:.1e}, same answer {agree}/{n_pairs}"))
 
-    if args.thinking_queries:
-        tp = [x for p in prompts[:args.thinking_queries] for x in p]
+    tq = prompts[:args.thinking_queries]
+    n_think = sum(len(p) for p in tq)
+    stops = rr.stop_ids
+
+    def upto_stop(row):  # a completion through its first stop token
+        row = row.tolist()
+        return row[:next((i + 1 for i, t in enumerate(row) if t in stops), len(row))]
+
+    def ours_think(p, n, stop_ids):
+        out = M.generate(model, p, n, stop_ids=stop_ids, pad_id=tok.pad_id)
+        return [upto_stop(r[m]) if stop_ids else r.tolist() for r, m in zip(out.tokens, out.mask)]
+
+    def ref_think(p, n, stop_ids):
+        ids, mask = M._left_pad(p, tok.pad_id, args.device)
+        kw = dict(eos_token_id=stop_ids) if stop_ids else dict(min_new_tokens=n)
+        out = ref.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=n, do_sample=False,
+                           pad_token_id=tok.pad_id, **kw)[:, ids.shape[1]:]
+        return [upto_stop(r) if stop_ids else r.tolist() for r in out]
+
+    if tq and args.max_new_tokens:
         n = args.max_new_tokens
+        a, b, to, tr = paired(lambda p: ours_think(p, n, ()), lambda p: ref_think(p, n, None), tq)
+        same = sum(x == y for x, y in zip(a, b))
+        rows.append((f"thinking, fixed length ({n} new tokens)", n_think, to, tr, f"identical outputs {same}/{n_think}"))
 
-        def ours_think():
-            return M.generate(model, tp, n, stop_ids=(), pad_id=tok.pad_id).tokens
-
-        def ref_think():
-            ids, mask = M._left_pad(tp, tok.pad_id, args.device)
-            out = ref.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=n, min_new_tokens=n,
-                               do_sample=False, pad_token_id=tok.pad_id)
-            return out[:, ids.shape[1]:]
-
-        a, t_ours_t = timed(ours_think, args.device)
-        b, t_ref_t = timed(ref_think, args.device)
-        same = sum(x.tolist() == y.tolist() for x, y in zip(a, b))
-        rows.append((f"thinking, fixed length ({n} new tokens)", len(tp), t_ours_t, t_ref_t,
-                     f"identical outputs {same}/{len(tp)}"))
-
-    if args.thinking_queries and args.stop_limit:
-        n, stops = args.stop_limit, rr.stop_ids
-
-        def upto_stop(row):  # a completion through its first stop token
-            row = row.tolist()
-            return row[:next((i + 1 for i, t in enumerate(row) if t in stops), len(row))]
-
-        def ours_stop():
-            out = M.generate(model, tp, n, stop_ids=stops, pad_id=tok.pad_id)
-            return [upto_stop(r[m]) for r, m in zip(out.tokens, out.mask)]
-
-        def ref_stop():
-            ids, mask = M._left_pad(tp, tok.pad_id, args.device)
-            out = ref.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=n, do_sample=False,
-                               eos_token_id=stops, pad_token_id=tok.pad_id)
-            return [upto_stop(r) for r in out[:, ids.shape[1]:]]
-
-        a, t_ours_s = timed(ours_stop, args.device)
-        b, t_ref_s = timed(ref_stop, args.device)
+    if tq and args.stop_limit:
+        n = args.stop_limit
+        a, b, to, tr = paired(lambda p: ours_think(p, n, stops), lambda p: ref_think(p, n, stops), tq)
         same = sum(x == y for x, y in zip(a, b))
         lens = sorted(len(x) for x in a)
-        rows.append((f"thinking, to the end of turn (limit {n})", len(tp), t_ours_s, t_ref_s,
-                     f"identical outputs {same}/{len(tp)}; tokens per pair (ours) min {lens[0]}, "
+        rows.append((f"thinking, to the end of turn (limit {n})", n_think, to, tr,
+                     f"identical outputs {same}/{n_think}; tokens per pair (ours) min {lens[0]}, "
                      f"median {lens[len(lens) // 2]}, max {lens[-1]}; total ours {sum(lens)}, "
                      f"transformers {sum(len(y) for y in b)}"))
 
