@@ -463,12 +463,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="convert again and replace an existing output directory")
+    parser.add_argument("--gguf", type=Path, help=f"a copy of {GGUF_FILENAME} (default: the one in the installed package)")
     args = parser.parse_args()
     if is_checkpoint(args.out) and not args.force:
         print(f"{args.out} already holds a converted checkpoint; pass --force to convert again.")
         return
     try:
-        convert(args.out, force=args.force)
+        convert(args.out, force=args.force, gguf_path=args.gguf)
     except (RuntimeError, ValueError, FileExistsError) as e:
         sys.exit(f"error: {e}")
 
