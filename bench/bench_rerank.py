@@ -169,7 +169,7 @@ def main():
     a, b, t_ours, t_ref = paired(rr.score_prompts, ref_fast, prompts)
     diff = max(abs(x.answer * x.prob - s * p) for x, (s, p) in zip(a, b))
     agree = sum(x.answer == s for x, (s, _) in zip(a, b))
-    rows.append(("fast", n_pairs, t_ours, t_ref, f"max |score diff| {diff:.1e}, same answer {agree}/{n_pairs}"))
+    rows.append(("fast", n_pairs, t_ours, t_ref, f"max score diff {diff:.1e}, same answer {agree}/{n_pairs}"))
 
     tq = prompts[:args.thinking_queries]
     n_think = sum(len(p) for p in tq)
