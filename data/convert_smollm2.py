@@ -420,6 +420,8 @@ def convert(out_dir=None, force: bool = False, gguf_path=None) -> Path:
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir} already exists; pass --force to convert again and replace it")
     gguf_path = Path(gguf_path) if gguf_path else find_gguf()
+    if not gguf_path.is_file():
+        raise RuntimeError(f"{gguf_path}: no such GGUF file")
     print(f"Converting SmolLM2-135M-Instruct (Q4_1 GGUF from the {GGUF_PACKAGE.split('==')[0]} package) "
           f"into an HF checkpoint at {out_dir}")
     print(f"  source: {gguf_path}")

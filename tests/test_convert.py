@@ -219,6 +219,19 @@ def test_convert_writes_an_hf_checkpoint_atomically(tmp_path):
         conv.convert(out, gguf_path=tmp_path / "tiny.gguf")
 
 
+def test_command_line_gguf_path(tmp_path, monkeypatch, capsys):
+    tiny_llama_gguf(tmp_path / "tiny.gguf", np.random.default_rng(0))
+    monkeypatch.setattr(sys, "argv", ["convert_smollm2.py", "--gguf", str(tmp_path / "tiny.gguf"),
+                                      "--out", str(tmp_path / "m")])
+    conv.main()
+    assert conv.is_checkpoint(tmp_path / "m")
+    monkeypatch.setattr(sys, "argv", ["convert_smollm2.py", "--gguf", str(tmp_path / "nope.gguf"),
+                                      "--out", str(tmp_path / "m2")])
+    with pytest.raises(SystemExit, match="nope.gguf: no such GGUF file"):
+        conv.main()
+    assert not (tmp_path / "m2").exists()
+
+
 def test_ensure_base_model_does_not_convert_twice(tmp_path, monkeypatch):
     tiny_llama_gguf(tmp_path / "tiny.gguf", np.random.default_rng(1))
     monkeypatch.setattr(conv, "find_gguf", lambda install=True: tmp_path / "tiny.gguf")
