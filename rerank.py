@@ -237,6 +237,7 @@ class Reranker:
             if not os.path.isdir(path):
                 raise InputError(f"--model {path}: no such directory")
             self.model, self.tok = M.load(path, device=device, dtype=dtype, verbose=verbose)
+            M.cpu_inference_layout(self.model)  # faster decoding on CPU; see model.py
         else:  # an already loaded (model, tokenizer) pair
             self.model, self.tok = model
         self.path = path

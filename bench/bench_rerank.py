@@ -116,6 +116,7 @@ def main():
     else:
         path = args.model or R.default_model()
     model, tok = M.load(path, device=args.device, dtype=dtype)
+    M.cpu_inference_layout(model)  # as rerank.py does with a model it loads
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
     torch.set_grad_enabled(False)
     data = pairs_from_pyfaq(args.queries, args.docs)

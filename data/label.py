@@ -152,6 +152,7 @@ def main(argv=None):
         from data.convert_smollm2 import ensure_base_model
         args.model = ensure_base_model()
     model, tok = M.load(args.model, device=args.device, dtype=args.dtype, verbose=True)
+    M.cpu_inference_layout(model)
     print("args " + json.dumps(vars(args), sort_keys=True), file=sys.stderr)
 
     stats_path = args.out + ".stats.json"

@@ -252,3 +252,36 @@ def test_adapter_adds_its_low_rank_delta(tmp_path):
     save_file({"model.nope.lora_A": A, "model.nope.lora_B": B}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match="model.nope.lora_A does not match"):
         M.apply_adapter(model, str(tmp_path / "bad.safetensors"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_inference_layout_moves_storage_not_values(name, tmp_path):
+    model, tok = load(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    golden = load_file(os.path.join(FIX, name, "golden.safetensors"))
+    M.cpu_inference_layout(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.weight.t().is_contiguous() and not m.weight.is_contiguous() for m in linears)
+    if model.config.tie_word_embeddings:
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    for i, p in enumerate(PROMPTS):
+        with torch.no_grad():
+            torch.testing.assert_close(model(torch.tensor([p]))[0], golden[f"logits_{i}"], atol=2e-5, rtol=1e-4)
+        assert M.generate(model, [p], max_new_tokens=8).tokens[0].tolist() == golden[f"greedy_{i}"].tolist()
+    M.save(model, tok, str(tmp_path / "saved"))  # written in the usual layout, same values
+    again, _ = M.load(str(tmp_path / "saved"), device="cpu", dtype=torch.float32)
+    assert all(torch.equal(v, before[k]) for k, v in again.state_dict().items())
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4)])
+def test_decode_attention_equals_the_fused_kernel(heads, kv_heads):
+    torch.manual_seed(0)
+    B, S, D = 3, 9, 8
+    q, k, v = torch.randn(B, heads, 1, D), torch.randn(B, kv_heads, S, D), torch.randn(B, kv_heads, S, D)
+    mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+    mask[1, ..., :4] = False  # a left-padded row
+    mask[2, ..., 2:5] = False  # padding in the middle (a row that generated past its stop)
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                             enable_gqa=heads != kv_heads)
+    torch.testing.assert_close(M.decode_attention(q, k, v, mask), fused, atol=1e-6, rtol=1e-5)
