@@ -285,3 +285,16 @@ def test_decode_attention_equals_the_fused_kernel(heads, kv_heads):
     fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                              enable_gqa=heads != kv_heads)
     torch.testing.assert_close(M.decode_attention(q, k, v, mask), fused, atol=1e-6, rtol=1e-5)
+
+
+def test_mlp_in_slices_equals_the_whole_batch():
+    model, _ = load("qwen3_untied")
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(2, 7, model.config.hidden_size)
+    whole = mlp(x)  # gradients enabled: the whole-batch path
+    row_bytes = 4 * mlp.gate_proj.out_features
+    with torch.no_grad():
+        for rows in (1, 3, 14, 100):  # 14 slices of 1 token, ..., one slice for all 14 tokens
+            torch.testing.assert_close(mlp.forward_in_slices(x, slice_bytes=rows * row_bytes), whole,
+                                       atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(mlp(x), whole, atol=1e-6, rtol=1e-5)  # what no_grad on CPU runs
