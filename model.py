@@ -462,8 +462,8 @@ def load(path: str, device=None, dtype=None, verbose=False):
 def cpu_inference_layout(model: Transformer) -> Transformer:
     """For inference on CPU: store every linear weight transposed in memory, (in, out), while
     PyTorch still sees the same (out, in) tensor, so F.linear and state_dict are unchanged.
-    MKL multiplies a few rows (decoding: 8-48 rows per step) by weights laid out this way 2-5x
-    faster, and large batches at the same speed (`python bench/bench_layout.py`). Training keeps
+    MKL multiplies a few rows (decoding: 8-48 rows per step) by weights laid out this way 1.4-9x
+    faster (by shape), and large batches at about the same speed (`python bench/bench_layout.py`). Training keeps
     the usual layout: its backward products are not faster this way. No-op off CPU."""
     if next(model.parameters()).device.type == "cpu":
         for m in model.modules():
