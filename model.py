@@ -146,14 +146,15 @@ class KVCache:
 
 
 def decode_attention(q, k, v, mask):
-    """Attention for one new token per row, q (B, H, 1, D), k and v (B, Hkv, S, D), mask (B, 1, 1, S).
-    The H query heads are viewed as Hkv groups of H/Hkv rows, so two small matrix products read
-    each cached key and value once per group; CPU's fused kernel reads them once per query head,
-    and a decoding step is mostly reading the cache (`python bench/bench_layout.py`)."""
+    """Attention for one new token per row, q (B, H, 1, D), k and v (B, Hkv, S, D), mask (B, 1, 1, S)
+    additive (0 = visible, -inf = hidden). The H query heads are viewed as Hkv groups of H/Hkv rows,
+    so two small matrix products read each cached key and value once per group; CPU's fused kernel
+    reads them once per query head, and a decoding step is mostly reading the cache
+    (`python bench/bench_layout.py`)."""
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     scores = (q.view(B, Hkv, H // Hkv, D) @ k.transpose(-1, -2)).float() * D ** -0.5  # (B, Hkv, G, S)
-    p = scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype)
+    p = (scores + mask).softmax(-1).to(v.dtype)
     return (p @ v).view(B, H, 1, D)
 
 
@@ -170,29 +171,33 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(D, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, last_only=False):
+        """last_only: keys and values for every position (later ones attend to them), the output
+        for the last position only (B, 1, C)."""
         cfg = self.cfg
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, cfg.num_attention_heads, cfg.head_dim)  # (B, T, H, D)
+        Tq = 1 if last_only else T
+        q = self.q_proj(x[:, T - Tq:]).view(B, Tq, cfg.num_attention_heads, cfg.head_dim)  # (B, Tq, H, D)
         k = self.k_proj(x).view(B, T, cfg.num_key_value_heads, cfg.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(B, T, cfg.num_key_value_heads, cfg.head_dim)
         if cfg.qk_norm:  # Qwen3: normalise each head *before* RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos[:, T - Tq:], sin[:, T - Tq:]), apply_rope(k, cos, sin)
+        mask = mask[:, :, T - Tq:]
         if cache is not None:  # write this step's keys after the filled slots, attend to all of them
             L = cache.length
             cache.k[layer][:, :, L:L + T] = k
             cache.v[layer][:, :, L:L + T] = v
             k, v = cache.k[layer][:, :, :L + T], cache.v[layer][:, :, :L + T]
-        if T == 1 and x.device.type == "cpu":  # a decoding step on CPU
+        if Tq == 1 and x.device.type == "cpu":  # one query per row on CPU (a decoding step)
             y = decode_attention(q, k, v, mask)
         else:
             # grouped-query attention: each kv head serves H / Hkv query heads; enable_gqa does that
             # inside the kernel instead of copying k and v (a copy of the whole cache every step)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                enable_gqa=cfg.num_key_value_heads != cfg.num_attention_heads)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
 
 
 class MLP(nn.Module):
@@ -247,8 +252,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0, checkpoint=False):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, checkpoint=False, last_only=False):
+        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, last_only)
+        x = (x[:, -1:] if last_only else x) + h
         if checkpoint:  # keep only x; recompute the MLP half (most of a layer's activations) in backward
             return x + torch.utils.checkpoint.checkpoint(self.mlp_half, x, use_reentrant=False)
         return x + self.mlp_half(x)
@@ -307,19 +313,25 @@ class Transformer(nn.Module):
         S = L + T
         qi = torch.arange(L, S, device=dev)[:, None]
         kj = torch.arange(S, device=dev)[None, :]
-        mask = (kj <= qi)[None] & key_mask[:, None, :]  # (B, T, S)
-        mask = (mask | (kj == qi)[None])[:, None]  # (B, 1, T, S)
+        visible = (kj <= qi)[None] & key_mask[:, None, :]  # (B, T, S)
+        visible = (visible | (kj == qi)[None])[:, None]  # (B, 1, T, S)
+        # additive form, built once here (the attention kernel would convert a bool mask per layer)
         x = self.model.embed_tokens(input_ids)
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=dev).masked_fill_(~visible, float("-inf"))
         n_ckpt = len(self.model.layers) if self.gradient_checkpointing is True else int(self.gradient_checkpointing)
         n_ckpt = n_ckpt if self.training and torch.is_grad_enabled() else 0
+        last = isinstance(logits_at, str) and logits_at == "last"
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, mask, cache, i, checkpoint=i < n_ckpt)
+            # only the last position's logits are wanted: the final block's queries, attention
+            # output and MLP are needed there alone (its keys and values still go into the cache)
+            x = block(x, cos, sin, mask, cache, i, checkpoint=i < n_ckpt,
+                      last_only=last and i == len(self.model.layers) - 1)
         if cache is not None:
             cache.length = S
         x = self.model.norm(x)
         if isinstance(logits_at, str) and logits_at == "hidden":
             return x
-        if isinstance(logits_at, str) and logits_at == "last":
+        if last:
             x = x[:, -1]
         elif logits_at is not None:
             x = x[logits_at]
@@ -586,10 +598,13 @@ def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
         P = len(unique[0]) - 1
     suffixes = [list(p[P:]) for p in unique]
     T = max(len(s) for s in suffixes)
-    cache = KVCache(model.config, 1, P + T + extra, device, dtype)
-    if P:
-        model(torch.tensor([unique[0][:P]], device=device), cache=cache, logits_at="hidden")
-    cache.select(torch.zeros(len(unique), dtype=torch.long, device=device))
+    cache = KVCache(model.config, len(unique), P + T + extra, device, dtype)
+    if P:  # the prefix once, with batch size 1, then its keys and values copied into every row
+        head = KVCache(model.config, 1, P, device, dtype)
+        model(torch.tensor([unique[0][:P]], device=device), cache=head, logits_at="hidden")
+        for i in range(len(cache.k)):
+            cache.k[i][:, :, :P], cache.v[i][:, :, :P] = head.k[i], head.v[i]
+        cache.mask[:, :P], cache.length = True, P
     ids, mask = _left_pad(suffixes, pad_id, device)
     logits = model(ids, mask, cache=cache, logits_at="last")
     rows = torch.tensor([row_of[tuple(p)] for p in prompts], device=device)
