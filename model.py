@@ -292,7 +292,7 @@ class Transformer(nn.Module):
         """input_ids (B, T). attention_mask (B, T): 1 = real token, 0 = padding (left or anywhere).
         cache: a KVCache; the T tokens go into slots cache.length .. cache.length+T-1.
         logits_at: None -> (B, T, V); "last" -> (B, V) at column T-1 (the last real token when
-        left-padded); a bool (B, T) tensor -> (N, V) at its True positions, in row-major order;
+        left-padded; the final block computes that position only); a bool (B, T) tensor -> (N, V) at its True positions, in row-major order;
         "hidden" -> the final normed hidden states (B, T, C), no lm_head."""
         B, T = input_ids.shape
         dev = input_ids.device
