@@ -156,7 +156,23 @@ def build_postings(corpus):
 BUCKETS = {"hard": (1, 10), "medium": (11, 100), "easy": (101, 1000)}  # BM25 rank ranges (ERank §4)
 
 
-def mine_candidates(bm25, queries, qrels, n_hard=10, n_medium=5, n_easy=4, seed=0, progress=True):
+def shingles(text, n=5):
+    """The set of word n-grams of a text (lowercased alphanumeric words; stopwords kept)."""
+    toks = _TOKEN.findall(text.lower())
+    return {tuple(toks[i:i + n]) for i in range(max(len(toks) - n + 1, 1))}
+
+
+def near_duplicate(a, b, threshold=0.5):
+    """Identical texts, or Jaccard similarity of their word 5-gram sets >= threshold (two man pages
+    sharing one text, a FAQ answer repeated under two questions)."""
+    if a == b:
+        return True
+    sa, sb = (shingles(a), shingles(b)) if isinstance(a, str) else (a, b)
+    return len(sa & sb) / max(len(sa | sb), 1) >= threshold
+
+
+def mine_candidates(bm25, queries, qrels, n_hard=10, n_medium=5, n_easy=4, seed=0, progress=True,
+                    texts=None, near_dup=0.5):
     """ERank-style SFT/RL candidates: per query its positives and sampled BM25 negatives.
 
     queries: {qid: text}; qrels: {qid: {docid: grade}}. Positives are all documents with
@@ -165,7 +181,13 @@ def mine_candidates(bm25, queries, qrels, n_hard=10, n_medium=5, n_easy=4, seed=
     and 101-1000 ("easy"), n_* per bucket (fewer when the bucket has fewer). Defaults give
     1 positive + 19 negatives, the paper's 20 documents. Sampling uses random.Random seeded with
     "{seed}:{qid}", so a query's candidates do not depend on the other queries.
-    Returns [{"qid", "query", "pos": [(docid, grade)], "neg": [(docid, bucket)]}] sorted by qid.
+
+    Clean labels: with texts ({docid: text}) given, a sampled negative that is a near-duplicate of
+    one of the query's positives (near_duplicate(): identical text or word 5-gram Jaccard >=
+    near_dup) is a mislabelled positive; it is dropped, counted in "dropped", and replaced by
+    another document from the same bucket when one is left.
+    Returns [{"qid", "query", "pos": [(docid, grade)], "neg": [(docid, bucket)],
+    "dropped": {bucket: count}}] sorted by qid.
     """
     from tqdm import tqdm
     want = {"hard": n_hard, "medium": n_medium, "easy": n_easy}
@@ -177,9 +199,24 @@ def mine_candidates(bm25, queries, qrels, n_hard=10, n_medium=5, n_easy=4, seed=
             continue
         ranked = [d for d, _ in bm25.search(queries[qid], k=BUCKETS["easy"][1])]
         rng = random.Random(f"{seed}:{qid}")
-        neg = []
+        pos_shingles = [shingles(texts[d]) for d, _ in pos] if texts is not None else []
+
+        def is_dup(d):
+            if not pos_shingles:
+                return False
+            sd = shingles(texts[d])
+            return any(near_duplicate(sd, sp, near_dup) for sp in pos_shingles)
+
+        neg, dropped = [], {b: 0 for b in BUCKETS}
         for bucket, (lo, hi) in BUCKETS.items():
             pool = [d for d in ranked[lo - 1:hi] if rels.get(d, 0) < 1]
-            neg += [(d, bucket) for d in rng.sample(pool, min(want[bucket], len(pool)))]
-        out.append({"qid": qid, "query": queries[qid], "pos": pos, "neg": neg})
+            picks = rng.sample(pool, min(want[bucket], len(pool)))
+            spare = [d for d in pool if d not in picks]
+            for d in picks:
+                while d is not None and is_dup(d):
+                    dropped[bucket] += 1
+                    d = spare.pop(rng.randrange(len(spare))) if spare else None
+                if d is not None:
+                    neg.append((d, bucket))
+        out.append({"qid": qid, "query": queries[qid], "pos": pos, "neg": neg, "dropped": dropped})
     return out

@@ -1,8 +1,8 @@
-"""Build three small BEIR-format retrieval datasets from documentation in Debian packages.
+"""Build four small BEIR-format retrieval datasets from documentation in Debian packages.
 
 Run:
-    python data/build_datasets.py                  # all three datasets
-    python data/build_datasets.py --only pyfaq     # one of: manpages, foldoc, pyfaq
+    python data/build_datasets.py                  # all four datasets
+    python data/build_datasets.py --only faqs      # one of: manpages, foldoc, pyfaq, faqs
 
 Output, under data/beir/<name>/: corpus.jsonl, queries.jsonl, qrels/{train,dev,test}.tsv and
 SOURCES.txt (the Debian packages, versions and sha256 used, with their licences).
@@ -18,6 +18,13 @@ SOURCES.txt (the Debian packages, versions and sha256 used, with their licences)
               sections of the library reference, tutorial and HOWTOs. All titles are empty so
               headings do not leak the question. Held-out test set: every judgement is in
               qrels/test.tsv; nothing is trained or tuned on it.
+    faqs      training data in pyfaq's form from other projects' FAQs: query = a FAQ question (its
+              heading, without numbering such as "3.14" or "Q:"); relevant = its answer (grade 2).
+              Sources: perlfaq1-9, perlunifaq and three module FAQs (perl-doc), the R FAQ
+              (r-doc-html), the zsh, git (gitfaq(7)), SQLite, fetchmail, screen, procmail, lftp and
+              curl FAQs. Distractors: a fixed subsample of sections of the same packages' manuals
+              (perl pods, R manuals, SQLite pages). Titles empty, as in pyfaq. Python's and the
+              Debian project's own documents are never used: they are kept for evaluation.
 
 Determinism: a fixed list of packages pinned to exact versions is fetched with `apt-get download`
 into data/cache/debs and unpacked with `dpkg-deb -x` into data/cache/extract (nothing is
@@ -29,6 +36,7 @@ and renamed into place. Documents are truncated to 300 words.
 import argparse
 import gzip
 import hashlib
+import html
 import os
 import re
 import shutil
@@ -68,6 +76,9 @@ LICENCES = {
     "manpages": "man pages: various free licences per package (see usr/share/doc/<package>/copyright in each .deb)",
     "foldoc": "FOLDOC, Copyright 1985 Denis Howe: GNU Free Documentation License 1.1 or later",
     "pyfaq": "Python documentation: PSF License Agreement (Python Software Foundation License)",
+    "faqs": "per package (see usr/share/doc/<package>/copyright in each .deb): perl-doc GPL-1+ or Artistic; "
+            "r-doc-html GPL-2; zsh-common Zsh licence; git-man GPL-2; sqlite3-doc public domain; "
+            "fetchmail GPL-2+; screen GPL-3+; procmail GPL-2+ or Artistic; lftp GPL-3+; libcurl4-doc curl licence",
 }
 
 
@@ -710,13 +721,293 @@ def build_pyfaq(cache_dir, allow_other_versions=False, n_distractors=4000):
     write_dataset("pyfaq", corpus, queries, {"test": qrels}, sources_txt("pyfaq", debs))
 
 
+# ================================================================ FAQs from other projects (POD, roff, HTML, text)
+
+# Never Python's documentation (pyfaq is built from it) nor the Debian project's own documents
+# (debian-faq, debian-reference, ...): both are kept for held-out evaluation.
+FAQ_PACKAGES = [
+    ("perl-doc", "5.36.0-7+deb12u4"), ("r-doc-html", "4.2.2.20221110-2"), ("zsh-common", "5.9-4"),
+    ("git-man", "1:2.39.5-0+deb12u3"), ("sqlite3-doc", "3.40.1-2+deb12u2"), ("fetchmail", "6.4.37-1"),
+    ("screen", "4.9.0-4"), ("procmail", "3.22-27"), ("lftp", "4.9.2-2+b1"), ("libcurl4-doc", "7.88.1-10+deb12u15"),
+]
+PERL_FAQS = [f"perlfaq{i}" for i in range(1, 10)] + ["perlunifaq"]
+PERL_MODULE_FAQS = ["Net::libnetFAQ", "IO::Compress::FAQ", "ExtUtils::MakeMaker::FAQ"]  # pod2man output only
+PERL_MANUALS = ["perlfunc", "perlop", "perlsyn", "perlvar", "perlre", "perlretut", "perlrun", "perldata",
+                "perlsub", "perlref", "perlreftut", "perlootut", "perlobj", "perlipc", "perlport", "perldebug",
+                "perlintro", "perlrequick", "perlsec", "perlunicode", "perlunitut", "perlopentut",
+                "perlpacktut", "perlstyle", "perltrap", "perlmod", "perlform", "perlperf", "perlfork",
+                "perlthrtut", "perllocale"]
+SQLITE_SKIP = {"faq.html", "changes.html", "releaselog.html", "news.html", "chronology.html"}  # FAQ, release notes
+R_MANUALS = ["R-intro", "R-data", "R-admin", "R-lang", "R-exts", "R-ints"]
+
+
+def slug(text, n=60):
+    """'How do I sort a hash?' -> 'How-do-I-sort-a-hash': a readable, tab- and space-free id part."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:n].rstrip("-") or "x"
+
+
+def clean_question(text):
+    """Drop leading numbering ('3.14', '3.1:', '(3)', 'F1.', 'Q:') and collapse whitespace."""
+    text = " ".join(text.split())
+    return re.sub(r"^(?:Q:|\(\d+\)|[A-Z]?\d+(?:\.\d+)*[.:]?)\s+", "", text)
+
+
+# ---------------------------------------------------------------- POD (perl-doc)
+
+_POD_ESCAPES = {"lt": "<", "gt": ">", "sol": "/", "verbar": "|", "quot": '"', "amp": "&", "apos": "'"}
+
+
+def pod_code(m):
+    letter, body = m.group(1), m.group(2)
+    if letter in "XZ":      # index entries, zero-width marks
+        return ""
+    if letter == "E":       # E<lt>, E<gt>, E<0x263A>, E<233>
+        if body.isdigit():
+            return chr(int(body))
+        return chr(int(body, 16)) if body.startswith("0x") else _POD_ESCAPES.get(body, "")
+    if letter == "L":       # L<text|target>, L<perlfunc/open>, L</"section">
+        return body.split("|")[0] if "|" in body else body.replace('"', "").strip("/")
+    return body             # C<code>, B<bold>, I<italic>, F<file>, S<no break>
+
+
+def pod_text(s):
+    """POD formatting codes -> plain text: C<x> -> x, C<< $a <=> $b >> -> $a <=> $b, E<lt> -> <."""
+    s = re.sub(r"[XZ]<<+\s.*?\s>>+", "", s, flags=re.S)
+    s = re.sub(r"[A-Z]<<+\s+(.*?)\s+>>+", r"\1", s, flags=re.S)
+    while True:  # innermost codes first, so B<C<x>> works
+        new = re.sub(r"([A-Z])<([^<>]*)>", pod_code, s)
+        if new == s:
+            return s
+        s = new
+
+
+def pod_sections(src, commands):
+    """POD source -> [(command, heading, text)], a new section at each '=command' in commands.
+    Other headings and =item labels stay in the text; =begin/=end and =for blocks are dropped."""
+    sections, skipping = [["", "", []]], False
+    for para in re.split(r"\n[ \t]*\n", src.replace("\r\n", "\n")):
+        m = re.match(r"=(\w+)\s*(.*)", para, re.S)
+        if m:
+            cmd, rest = m.group(1), " ".join(m.group(2).split())
+            if cmd in ("begin", "end"):
+                skipping = cmd == "begin"
+            elif cmd in commands:
+                sections.append([cmd, pod_text(rest), []])
+            elif cmd == "item" or cmd.startswith("head"):
+                sections[-1][2].append(pod_text(rest))
+            continue
+        if not skipping:
+            sections[-1][2].append(para if para[:1] in " \t" else pod_text(para))  # verbatim code stays
+    return [(cmd, head, " ".join(" ".join(text).split())) for cmd, head, text in sections]
+
+
+def perl_faq(src):
+    """perlfaq*.pod: every =head2 is a question, its text the answer; =head1 are categories."""
+    return [(head, text) for cmd, head, text in pod_sections(src, ("head1", "head2")) if cmd == "head2"]
+
+
+# ---------------------------------------------------------------- roff (gitfaq, pod2man module FAQs)
+
+def roff_faq(src, question_re):
+    """Roff source -> [(question, answer)]: a question starts at each match of question_re (group 1
+    is its text); its answer runs to the next question or .SH heading."""
+    marks = [(m.start(), m.end(), m.group(1)) for m in re.finditer(question_re, src, re.M)]
+    marks = sorted(marks + [(m.start(), m.end(), None) for m in re.finditer(r"^\.SH.*$", src, re.M)])
+    out = []
+    for i, (_, end, question) in enumerate(marks):
+        if question is None:
+            continue  # a .SH section heading: a category, never a question
+        stop = marks[i + 1][0] if i + 1 < len(marks) else len(src)
+        answer = dict(parse_roff(".SH ANSWER\n" + src[end:stop])[2]).get("ANSWER", "")
+        out.append((roff_unescape(question).strip(), answer))
+    return out
+
+
+GITFAQ_QUESTION = r"^\.PP\n([^.\n].*)\n\.RS 4$"          # .PP / question line / .RS 4 / answer / .RE
+POD2MAN_QUESTION = r'^\.(?:SS|IP) "(.*)"(?: 4)?$'         # =head2 -> .SS, =item -> .IP "..." 4
+
+
+# ---------------------------------------------------------------- HTML (texinfo, sqlite, fetchmail)
+
+_BLOCK_TAG = re.compile(r"</?(?:p|div|br|li|ul|ol|dl|dt|dd|pre|tr|td|th|table|h\d|blockquote|hr)\b[^>]*>", re.I)
+
+
+def html_text(fragment):
+    """An HTML fragment -> whitespace-collapsed text (block tags become spaces, inline tags vanish)."""
+    fragment = re.sub(r"(?is)<(script|style|head)\b.*?</\1>", " ", fragment)
+    fragment = re.sub(r"<[^>]*>", "", _BLOCK_TAG.sub(" ", fragment))
+    return " ".join(html.unescape(fragment).split())
+
+
+def html_heading_sections(page):
+    """HTML page -> [(level, heading, text)] split at <h1>..<h6>; text before the first heading
+    (menus) is dropped, as are comments and texinfo's navigation bars and table of contents."""
+    page = re.sub(r"(?s)<!--.*?-->", " ", page)
+    page = re.sub(r'(?s)<div class="(?:header|nav-panel|contents)">.*?</div>', " ", page)
+    parts = re.split(r"(?is)<h([1-6])\b[^>]*>(.*?)</h\1>", page)
+    return [(int(parts[i]), html_text(parts[i + 1]), html_text(parts[i + 2])) for i in range(1, len(parts), 3)]
+
+
+def texinfo_faq(page):
+    """R-FAQ.html: numbered section headings ("7.31 Why ...?") are questions; chapters ("7 R
+    Miscellanea") are categories. -> [(number, question, answer)]"""
+    out = []
+    for level, head, text in html_heading_sections(page):
+        m = re.match(r"(\d+(?:\.\d+)+)\s+(.*)", head)
+        if m:
+            out.append((m.group(1), m.group(2), text))
+    return out
+
+
+def fetchmail_faq(page):
+    """fetchmail-FAQ.html: <h2> "F1. Why ...?" headings are questions; deeper headings belong to
+    the answer. -> [(label, question, answer)]"""
+    out = []
+    for level, head, text in html_heading_sections(page):
+        m = re.match(r"([A-Z]\d+)\.\s+(.*)", head)
+        if level == 2 and m:
+            out.append([m.group(1), m.group(2), text])
+        elif level > 2 and out and out[-1] is not None:
+            out[-1][2] += " " + head + " " + text
+        else:
+            out.append(None)  # a category or other section ends the current answer
+    return [tuple(x) for x in out if x is not None]
+
+
+def sqlite_faq(page):
+    """sqlite faq.html: <p><b>(N) question</b></p><blockquote>answer</blockquote>."""
+    items = re.findall(r'(?s)<a name="q(\d+)"></a>\s*<p><b>(.*?)</b></p>(.*?)(?=<a name="q\d+"></a>|</ol>)', page)
+    return [(n, html_text(q), html_text(a)) for n, q, a in items]
+
+
+# ---------------------------------------------------------------- plain text (zsh, curl, procmail, screen, lftp)
+
+def text_faq(text, question_re, stop_re=None):
+    """Plain-text FAQ -> [(label, question, answer)]. A question starts at a line matching
+    question_re (group 'label' optional) and runs to the first blank line or 'A:' line; its answer
+    runs to the next question or a line matching stop_re (a chapter heading)."""
+    items, current = [], None
+    for line in text.split("\n"):
+        m = re.match(question_re, line)
+        if m:
+            label = m.groupdict().get("label") or str(len(items) + 1)
+            current = [label, [line], [], True]   # label, question lines, answer lines, in question
+            items.append(current)
+        elif stop_re and re.match(stop_re, line):
+            current = None
+        elif current is not None:
+            if current[3] and (not line.strip() or line.startswith("A:")):
+                current[3] = False
+            (current[1] if current[3] else current[2]).append(line)
+    return [(label, " ".join(" ".join(q).split()), re.sub(r"^A:\s*", "", " ".join(" ".join(a).split())))
+            for label, q, a, _ in items]
+
+
+ZSH_QUESTION = r"(?P<label>\d+\.\d+): \S"                   # "3.1: Why does ..." (the contents use "3.1.")
+CURL_QUESTION = r"  (?P<label>\d+\.\d+(?:\.\d+)?) \S"        # "  4.5.1 Why ...", the contents repeat it
+PROCMAIL_QUESTION = r"(?P<label>\d+)\. \S"                  # "19. How can I make procmail ..."
+QA_QUESTION = r"Q:"                                         # screen, lftp: "Q: ..." then "A: ..."
+
+
+def read_text_file(path):
+    if not path.is_file():
+        sys.exit(f"{path}: not found in the unpacked package (a different package version?)")
+    data = path.read_bytes()
+    return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8", errors="replace")
+
+
+def faq_sources(roots):
+    """-> {source: [(doc_id, question, answer)]} in file order, questions not yet cleaned."""
+    perl = roots["perl-doc"]
+    pods = perl / "usr/share/perl/5.36.0/pod"
+    src = {"perl": [], "R": [], "zsh": [], "git": [], "sqlite": [], "fetchmail": [], "screen": [],
+           "procmail": [], "lftp": [], "curl": []}
+    for name in PERL_FAQS:
+        src["perl"] += [(f"{name}#{slug(q)}", q, a) for q, a in perl_faq(read_text_file(pods / f"{name}.pod"))]
+    for name in PERL_MODULE_FAQS:
+        page = read_text_file(perl / f"usr/share/man/man3/{name}.3perl.gz")
+        src["perl"] += [(f"{name}#{slug(q)}", q, a) for q, a in roff_faq(page, POD2MAN_QUESTION)]
+    r_faq = read_text_file(roots["r-doc-html"] / "usr/share/doc/r-doc-html/manual/R-FAQ.html")
+    src["R"] = [(f"R-FAQ#{n}", q, a) for n, q, a in texinfo_faq(r_faq)]
+    zsh = read_text_file(roots["zsh-common"] / "usr/share/doc/zsh-common/FAQ.gz")
+    src["zsh"] = [(f"zsh#{n}", q, a) for n, q, a in text_faq(zsh, ZSH_QUESTION, r"Chapter \d+:")]
+    git = read_text_file(roots["git-man"] / "usr/share/man/man7/gitfaq.7.gz")
+    src["git"] = [(f"gitfaq#{slug(q)}", q, a) for q, a in roff_faq(git, GITFAQ_QUESTION)]
+    sqlite = read_text_file(roots["sqlite3-doc"] / "usr/share/doc/sqlite3/faq.html")
+    src["sqlite"] = [(f"sqlite-faq#q{n}", q, a) for n, q, a in sqlite_faq(sqlite)]
+    fm = read_text_file(roots["fetchmail"] / "usr/share/doc/fetchmail/fetchmail-FAQ.html")
+    src["fetchmail"] = [(f"fetchmail#{n}", q, a) for n, q, a in fetchmail_faq(fm)]
+    screen = read_text_file(roots["screen"] / "usr/share/doc/screen/FAQ.gz")
+    src["screen"] = [(f"screen#q{n}", q, a) for n, q, a in text_faq(screen, QA_QUESTION)]
+    procmail = read_text_file(roots["procmail"] / "usr/share/doc/procmail/FAQ")
+    src["procmail"] = [(f"procmail#{n}", q, a) for n, q, a in text_faq(procmail, PROCMAIL_QUESTION)]
+    lftp = read_text_file(roots["lftp"] / "usr/share/doc/lftp/FAQ")
+    src["lftp"] = [(f"lftp#q{n}", q, a) for n, q, a in text_faq(lftp, QA_QUESTION)]
+    curl = read_text_file(roots["libcurl4-doc"] / "usr/share/doc/libcurl4/FAQ.gz")
+    src["curl"] = [(f"curl#{n}", q, a) for n, q, a in text_faq(curl, CURL_QUESTION, r"\d+\. \S")]
+    return src
+
+
+def faq_distractors(roots):
+    """Manual sections of the same packages that are not FAQ answers: {doc_id: text}."""
+    out = {}
+
+    def add(doc_id, text):
+        base, k = doc_id, 1
+        while doc_id in out:  # the same heading twice in one manual: keep both
+            k += 1
+            doc_id = f"{base}-{k}"
+        out[doc_id] = text
+
+    pods = roots["perl-doc"] / "usr/share/perl/5.36.0/pod"
+    for name in PERL_MANUALS:
+        for _, head, text in pod_sections(read_text_file(pods / f"{name}.pod"), ("head1", "head2", "head3", "item")):
+            add(f"{name}#{slug(head)}", text)
+    manual = roots["r-doc-html"] / "usr/share/doc/r-doc-html/manual"
+    for name in R_MANUALS:
+        for _, head, text in html_heading_sections(read_text_file(manual / f"{name}.html")):
+            add(f"{name}#{slug(head)}", text)
+    for path in sorted((roots["sqlite3-doc"] / "usr/share/doc/sqlite3").glob("*.html")):
+        if path.name not in SQLITE_SKIP and not path.is_symlink():
+            for _, head, text in html_heading_sections(read_text_file(path)):
+                add(f"sqlite-{path.stem}#{slug(head)}", text)
+    return {d: t for d, t in out.items() if len(t.split()) >= 20}
+
+
+def build_faqs(cache_dir, allow_other_versions=False, n_distractors=6000):
+    debs = fetch(FAQ_PACKAGES, cache_dir, allow_other_versions)
+    roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
+    corpus, queries, qrels, counts = {}, {}, {}, {}
+    for source, items in faq_sources(roots).items():
+        counts[source] = 0
+        for doc_id, question, answer in items:
+            question = clean_question(question)
+            # category headings and empty contents entries have no answer of their own
+            if len(answer.split()) < 5 or len(question.split()) < 2:
+                continue
+            qid = query_id("faq", question)
+            if qid in queries:
+                continue  # the same question twice: keep the first
+            while doc_id in corpus:
+                doc_id += "~"
+            corpus[doc_id] = {"title": "", "text": words(answer)}
+            queries[qid], qrels[qid] = question, {doc_id: 2}
+            counts[source] += 1
+    print("faqs: questions per source: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    distractors = faq_distractors(roots)
+    # a fixed, hash-ordered subsample keeps the corpus at a few thousand documents
+    for doc_id in sorted((d for d in distractors if d not in corpus), key=sha1)[:n_distractors]:
+        corpus[doc_id] = {"title": "", "text": words(distractors[doc_id])}
+    write_dataset("faqs", corpus, queries, split_qrels(qrels, queries), sources_txt("faqs", debs))
+
+
 # ================================================================ CLI
 
-BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq}
+BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq, "faqs": build_faqs}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--only", choices=sorted(BUILDERS), help="build just this dataset")
     p.add_argument("--cache-dir", default=str(CACHE), help="downloaded .debs and unpacked trees (default: data/cache)")
     p.add_argument("--allow-other-versions", action="store_true",

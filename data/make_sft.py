@@ -2,9 +2,10 @@
 
     python data/make_sft.py                                   # -> runs/sft/train.jsonl
     python data/make_sft.py --mapping graded --max-queries 500 --out runs/sft/small.jsonl
+    python data/make_sft.py --datasets faqs manpages:300 foldoc:300     # a mix with stated proportions
 
-For every TRAIN query of the chosen datasets (manpages and foldoc; pyfaq is the held-out test set
-and is refused), candidates are mined as in ERank (data/bm25.mine_candidates): every judged
+For every TRAIN query of the chosen datasets (manpages, foldoc, faqs; pyfaq is the held-out test
+set and is refused), candidates are mined as in ERank (data/bm25.mine_candidates): every judged
 positive plus negatives sampled from BM25 ranks 1-10 ("hard"), 11-100 ("medium") and 101-1000
 ("easy"). Grades become integer scores through --mapping:
 
@@ -21,6 +22,14 @@ Where this deviates from the paper (ERank, arXiv 2509.00520): the paper uses 1 p
 negatives per query labelled by a teacher LLM (QwQ-32B reasoning + score, see data/label.py);
 here the labels come from the datasets' graded judgements, without reasoning, and the mix keeps
 more positives because the 135M model and the CPU budget only allow a few thousand records.
+
+--datasets takes `name` or `name:N`: N caps the train queries sampled from that dataset (the
+default cap is --max-queries, 0 = all), so a mix states its proportions.
+
+Clean labels: a sampled negative whose text is a near-duplicate of one of the query's positives
+(identical, or word 5-gram Jaccard >= --near-dup; e.g. two man pages sharing one text) is really a
+positive; it is dropped and replaced from the same BM25 bucket (data/bm25.mine_candidates). The
+counts are printed per dataset and bucket.
 
 Deterministic: queries are sampled (--max-queries) and negatives drawn with seeded generators.
 Output: JSONL records {"query", "doc", "score", "dataset", "qid", "docid", "label"} written
@@ -58,8 +67,19 @@ def doc_text(d: dict) -> str:
     return (d["title"] + "\n" + d["text"]) if d.get("title") else d["text"]
 
 
+def parse_dataset_spec(spec: str, default_cap: int) -> tuple[str, int]:
+    """'faqs' -> ('faqs', default_cap); 'manpages:300' -> ('manpages', 300)."""
+    name, sep, cap = spec.partition(":")
+    if not sep:
+        return name, default_cap
+    if not name or not cap.isdigit():
+        raise SystemExit(f"--datasets {spec!r}: expected NAME or NAME:N with N a whole number of queries")
+    return name, int(cap)
+
+
 def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_positives=0,
-                 n_hard=2, n_medium=1, n_easy=0, seed=0, progress=True) -> list[dict]:
+                 n_hard=2, n_medium=1, n_easy=0, seed=0, progress=True, near_dup=0.5, max_negatives=0):
+    """-> (records, dropped): dropped counts the near-duplicate negatives removed, per bucket."""
     name = Path(data_dir).resolve().name
     if name == "pyfaq":
         raise SystemExit(f"{data_dir}: pyfaq is the held-out test set; never train on it")
@@ -68,33 +88,53 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
     if max_queries and len(qids) > max_queries:
         qids = sorted(random.Random(f"{seed}:{name}").sample(qids, max_queries))
     qrels = {q: qrels[q] for q in qids}
+    texts = {d: doc_text(corpus[d]) for d in corpus} if near_dup > 0 else None
     mined = mine_candidates(BM25.from_dir(data_dir), queries, qrels, n_hard=n_hard, n_medium=n_medium,
-                            n_easy=n_easy, seed=seed, progress=progress)
+                            n_easy=n_easy, seed=seed, progress=progress, texts=texts, near_dup=near_dup)
+    dropped = {}
+    for m in mined:
+        for bucket, n in m["dropped"].items():
+            dropped[bucket] = dropped.get(bucket, 0) + n
     out = []
     for m in mined:
         pos = m["pos"][:max_positives] if max_positives else m["pos"]
         for d, grade in pos:
             out.append({"query": m["query"], "doc": doc_text(corpus[d]), "score": score_for(mapping, grade=grade),
                         "dataset": name, "qid": m["qid"], "docid": d, "label": f"grade{grade}"})
-        for d, bucket in m["neg"]:
+        negs = m["neg"]
+        if max_negatives and len(negs) > max_negatives:  # a seeded choice among the mined buckets
+            negs = sorted(random.Random(f"{seed}:{m['qid']}").sample(negs, max_negatives), key=negs.index)
+        for d, bucket in negs:
             out.append({"query": m["query"], "doc": doc_text(corpus[d]), "score": score_for(mapping, bucket=bucket),
                         "dataset": name, "qid": m["qid"], "docid": d, "label": bucket})
-    return out
+    return out, dropped
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Build ERank SFT records from the built-in BEIR datasets.")
+    ap = argparse.ArgumentParser(description="Build ERank SFT records from the built-in BEIR datasets.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = ap.add_argument_group("input")
-    g.add_argument("--datasets", nargs="+", default=["manpages", "foldoc"], help="dataset names under --root")
+    g.add_argument("--datasets", nargs="+", default=["manpages", "foldoc"],
+                   help="dataset names under --root, each NAME or NAME:N (N caps its train queries)")
     g.add_argument("--root", default="data/beir", help="directory holding the BEIR datasets")
     g.add_argument("--split", default="train", help="qrels split to use (train; dev/test are for evaluation)")
-    g.add_argument("--max-queries", type=int, default=0, help="queries per dataset, seeded sample (0 = all)")
+    g.add_argument("--max-queries", type=int, default=0,
+                   help="queries per dataset without a :N cap, seeded sample (0 = all)")
     g = ap.add_argument_group("labels and mix")
-    g.add_argument("--mapping", default="graded", choices=sorted(MAPPINGS), help="grade -> score rule (see above)")
+    g.add_argument("--mapping", default="graded", choices=sorted(MAPPINGS), help="grade -> score rule: binary (positive 10, negative 0), graded (grade 2 -> 10, grade 1 -> 5, "
+                   "negative 0), soft (10 / 6, hard negative 1, others 0)")
     g.add_argument("--max-positives", type=int, default=0, help="positives per query, highest grade first (0 = all)")
     g.add_argument("--n-hard", type=int, default=2, help="negatives per query from BM25 ranks 1-10")
     g.add_argument("--n-medium", type=int, default=1, help="negatives per query from BM25 ranks 11-100")
     g.add_argument("--n-easy", type=int, default=0, help="negatives per query from BM25 ranks 101-1000")
+    g.add_argument("--max-negatives", type=int, default=0, help="keep a seeded sample of N of each query's mined "
+                   "negatives (0 = all): with --n-hard 1 --n-easy 1 --max-negatives 1, each query gets one "
+                   "negative, hard or easy")
+    g.add_argument("--near-dup", type=float, default=0.5,
+                   help="drop negatives this similar to a positive (word 5-gram Jaccard; 0 = keep all)")
+    g.add_argument("--thinking-share", type=float, default=0.0,
+                   help="this share of records (seeded) in the thinking format: the thinking-mode prompt, then "
+                   "an empty <think></think> block and the answer, so --thinking works without a teacher")
     g.add_argument("--seed", type=int, default=0, help="seeds the query sample and negative sampling")
     g = ap.add_argument_group("output")
     g.add_argument("--out", default="runs/sft/train.jsonl", help="JSONL file to write")
@@ -102,15 +142,24 @@ def main(argv=None):
     if args.split != "train":
         print(f"warning: building training records from the {args.split!r} split", file=sys.stderr)
     records = []
-    for name in args.datasets:
-        recs = make_records(os.path.join(args.root, name), args.split, args.mapping, args.max_queries,
-                            args.max_positives, args.n_hard, args.n_medium, args.n_easy, args.seed)
+    for name, cap in [parse_dataset_spec(s, args.max_queries) for s in args.datasets]:
+        recs, dropped = make_records(os.path.join(args.root, name), args.split, args.mapping, cap,
+                                     args.max_positives, args.n_hard, args.n_medium, args.n_easy, args.seed,
+                                     near_dup=args.near_dup, max_negatives=args.max_negatives)
         counts = {}
         for r in recs:
             counts[r["score"]] = counts.get(r["score"], 0) + 1
         print(f"{name}: {len({r['qid'] for r in recs})} queries, {len(recs)} records, scores "
-              + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items())), file=sys.stderr)
+              + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items()))
+              + " | near-duplicate negatives dropped: " + ", ".join(f"{b} {n}" for b, n in dropped.items()),
+              file=sys.stderr)
         records += recs
+    if args.thinking_share > 0:  # sft.py reads "reasoning" (here empty) as: thinking-format record
+        rng = random.Random(f"{args.seed}:thinking")
+        for r in records:
+            if rng.random() < args.thinking_share:
+                r["reasoning"] = ""
+        print(f"thinking format: {sum('reasoning' in r for r in records)} records", file=sys.stderr)
     atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     print(f"wrote {len(records)} records to {args.out}", file=sys.stderr)
 

@@ -1,5 +1,6 @@
-"""Dataset building blocks on tiny inline fixtures: roff and HTML parsing, the BEIR loader's
-error messages, BM25 against a hand computation, candidate mining and stable splits."""
+"""Dataset building blocks on tiny inline fixtures: roff and HTML parsing, the FAQ parsers (POD,
+roff, HTML, plain text), the BEIR loader's error messages, BM25 against a hand computation,
+candidate mining with its near-duplicate filter, the SFT dataset mix and stable splits."""
 import json
 import math
 import sys
@@ -188,3 +189,158 @@ def test_mine_candidates_injects_positive_and_respects_buckets():
         assert lo <= rank[d] <= hi and d not in ("gold", ranked[3]), (d, rank[d], bucket)
     again = mine_candidates(bm, {"q": "apple"}, qrels, n_hard=4, n_medium=3, n_easy=2, seed=7, progress=False)
     assert again == out  # same seed, same candidates
+
+
+def test_near_duplicate_negative_is_dropped_counted_and_replaced():
+    # two hard-bucket candidates: "copy" repeats the positive's text, "other" does not
+    text = "use the rsync command to copy files between two hosts over ssh quickly"
+    corpus = {"gold": {"title": "", "text": text}, "copy": {"title": "", "text": text + " apple"},
+              "other": {"title": "", "text": "apple pie recipes with cinnamon and brown sugar for the autumn"}}
+    bm = BM25.from_corpus(corpus)
+    texts = {d: corpus[d]["text"] for d in corpus}
+    qrels = {"q": {"gold": 2}}
+    both = mine_candidates(bm, {"q": "apple"}, qrels, n_hard=2, n_medium=0, n_easy=0, seed=0, progress=False,
+                           texts=texts)
+    assert both[0]["neg"] == [("other", "hard")] and both[0]["dropped"]["hard"] == 1, both[0]
+    unfiltered = mine_candidates(bm, {"q": "apple"}, qrels, n_hard=2, n_medium=0, n_easy=0, seed=0, progress=False)
+    assert sorted(d for d, _ in unfiltered[0]["neg"]) == ["copy", "other"]
+
+
+def test_near_duplicate_uses_word_5gram_jaccard():
+    from data.bm25 import near_duplicate
+    a = "one two three four five six seven eight nine ten"
+    assert near_duplicate(a, a) and near_duplicate(a, a + " eleven")       # 6 of 7 shingles shared
+    assert not near_duplicate(a, "ten nine eight seven six five four three two one")
+
+
+# ---------------------------------------------------------------- FAQ parsers (faqs dataset)
+
+PERL_POD = """=head1 NAME
+
+perlfaqX - a sample
+
+=head1 Data: Strings
+
+=head2 How do I reverse a string?
+
+Use C<reverse()> in scalar context, see L<perlfunc/reverse> and
+L<the docs|perlop>: E<lt>stringE<gt> becomes C<< $a <=> $b >>.
+
+    my $r = reverse $s;
+
+=head2 How do I expand tabs in a string?
+
+You can use L<Text::Tabs>X<tabs>.
+"""
+
+
+def test_perl_faq_questions_and_clean_pod_answers():
+    items = bd.perl_faq(PERL_POD)
+    assert [q for q, _ in items] == ["How do I reverse a string?", "How do I expand tabs in a string?"]
+    assert items[0][1] == ("Use reverse() in scalar context, see perlfunc/reverse and the docs: <string> "
+                           "becomes $a <=> $b. my $r = reverse $s;"), items[0][1]
+    assert items[1][1] == "You can use Text::Tabs."
+
+
+def test_roff_faq_gitfaq_items_and_pod2man_headings():
+    git = ('.SH "CONFIGURATION"\n.PP\nWhat should I put in \\fBuser\\&.name\\fR?\n.RS 4\n'
+           'You should put your personal name\\&.\n.sp\nSee \\fBgit-config\\fR(1)\\&.\n.RE\n'
+           '.SH "SEE ALSO"\ngit(1)\n')
+    assert bd.roff_faq(git, bd.GITFAQ_QUESTION) == [
+        ("What should I put in user.name?", "You should put your personal name. See git-config(1).")]
+    pod2man = ('.SH "Using Net::FTP"\n.SS "How do I get a listing from an \\s-1FTP\\s0 server ?"\n'
+               'Use the \\f(CW\\*(C`ls\\*(C\'\\fR method.\n.SS "Categories"\n.IP "Why not make?" 4\n'
+               '.IX Item "Why not make?"\nBecause it is old.\n.IP "\\(bu" 8\nbullet\n.SH "AUTHOR"\nme\n')
+    items = bd.roff_faq(pod2man, bd.POD2MAN_QUESTION)
+    assert items == [("How do I get a listing from an FTP server ?", 'Use the "ls" method.'),
+                     ("Categories", ""), ("Why not make?", "Because it is old. \u2022 bullet")], items
+
+
+def test_html_faqs_texinfo_fetchmail_and_sqlite():
+    texinfo = ('<div class="header"><p>Next: <a href="#x">Intro</a></p></div>'
+               '<h2 class="chapter">7 R Miscellanea</h2><p>Chapter intro.</p>'
+               '<h3 class="section">7.31 Why does <code>plot</code> &amp; co fail?</h3><p>Because <em>x</em>.</p>')
+    assert bd.texinfo_faq(texinfo) == [("7.31", "Why does plot & co fail?", "Because x.")]
+    fetchmail = ('<!-- <h1> in a comment --><h2 id="C_G">General problems</h2><p>toc</p>'
+                 '<h2><a id="F1" name="F1">F1. Why does my old\nfile fail?</a></h2><p>It changed.</p>'
+                 '<h3>If your file predates 6.4.0</h3><p>Edit it.</p><h1>Other</h1><p>not an answer</p>')
+    assert bd.fetchmail_faq(fetchmail) == [("F1", "Why does my old file fail?",
+                                            "It changed. If your file predates 6.4.0 Edit it.")]
+    sqlite = ('<ol><li><a href="#q1">toc</a></li></ol><a name="q1"></a>\n<p><b>(1) How do I create an '
+              'AUTOINCREMENT field?</b></p>\n<blockquote><p>Use <a href="x">INTEGER PRIMARY KEY</a>.</p>'
+              '</blockquote></li>\n</ol><p>footer</p>')
+    assert bd.sqlite_faq(sqlite) == [("1", "(1) How do I create an AUTOINCREMENT field?", "Use INTEGER PRIMARY KEY.")]
+
+
+def test_text_faqs_numbered_chapters_and_q_a_blocks():
+    zsh = ("Chapter 3:  How to get things to work\n3.1. Why does it fail?\n\nChapter 3:  How to\n\n"
+           "3.1: Why does `$var' not split?\n\n  Because zsh does not split\n  words.\n\n"
+           "3.2: In which startup file do I put...?\n\n  In .zshrc.\n")
+    assert bd.text_faq(zsh, bd.ZSH_QUESTION, r"Chapter \d+:") == [
+        ("3.1", "3.1: Why does `$var' not split?", "Because zsh does not split words."),
+        ("3.2", "3.2: In which startup file do I put...?", "In .zshrc.")]
+    screen = "  header\n\nQ:   Why is it  impossible\n     to download?\n \nA:   Screen always\n     interprets it.\n"
+    assert bd.text_faq(screen, bd.QA_QUESTION) == [("1", "Q: Why is it impossible to download?",
+                                                    "Screen always interprets it.")]
+    procmail = "----\n1. How do I set up a list?\n   Or an archive?\n\n\tLook in SmartList.\n"
+    assert bd.text_faq(procmail, bd.PROCMAIL_QUESTION) == [("1", "1. How do I set up a list? Or an archive?",
+                                                            "Look in SmartList.")]
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("3.14: Why does `foo' fail?", "Why does `foo' fail?"), ("Q:   Why is it  slow?", "Why is it slow?"),
+    ("(12) What is SQLite?", "What is SQLite?"), ("F1. Why?  ", "Why?"), ("7.31 Why?", "Why?"),
+    ("1.5 What is 3.14 here?", "What is 3.14 here?"), ("How do I sort?", "How do I sort?"),
+])
+def test_clean_question_drops_numbering(raw, clean):
+    assert bd.clean_question(raw) == clean
+
+
+# ---------------------------------------------------------------- SFT mix
+
+def test_dataset_spec_name_or_name_colon_cap():
+    from data.make_sft import parse_dataset_spec
+    assert parse_dataset_spec("faqs", 50) == ("faqs", 50)
+    assert parse_dataset_spec("manpages:300", 50) == ("manpages", 300)
+    with pytest.raises(SystemExit, match="NAME:N"):
+        parse_dataset_spec("foldoc:many", 0)
+
+
+def write_tiny_sets(tmp_path, sizes=(("alpha", 6), ("beta", 4))):
+    for name, n in sizes:
+        docs = [json.dumps({"_id": f"{name}{i}", "title": "", "text": f"topic{i} words about {name}"}) for i in range(n)]
+        write(tmp_path / name / "corpus.jsonl", "\n".join(docs) + "\n")
+        qs = [json.dumps({"_id": f"q{i}", "text": f"topic{i}"}) for i in range(n)]
+        write(tmp_path / name / "queries.jsonl", "\n".join(qs) + "\n")
+        write(tmp_path / name / "qrels" / "train.tsv",
+              "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{name}{i}\t2\n" for i in range(n)))
+
+
+def test_mix_caps_train_queries_per_dataset(tmp_path, monkeypatch):
+    from data import make_sft
+    write_tiny_sets(tmp_path)
+    monkeypatch.setattr(make_sft.BM25, "from_dir", lambda d: BM25.from_corpus(load_corpus(d)))
+    out = tmp_path / "sft.jsonl"
+    make_sft.main(["--root", str(tmp_path), "--datasets", "alpha:2", "beta", "--max-queries", "3",
+                   "--n-hard", "1", "--n-medium", "0", "--out", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    queries = {(r["dataset"], r["qid"]) for r in recs}
+    assert sum(d == "alpha" for d, _ in queries) == 2 and sum(d == "beta" for d, _ in queries) == 3, queries
+
+
+def test_max_negatives_and_thinking_share(tmp_path, monkeypatch):
+    from data import make_sft
+    write_tiny_sets(tmp_path, (("alpha", 12),))
+    qs = [json.dumps({"_id": f"q{i}", "text": f"topic{i} words about alpha"}) for i in range(12)]  # all docs match
+    write(tmp_path / "alpha" / "queries.jsonl", "\n".join(qs) + "\n")
+    monkeypatch.setattr(make_sft.BM25, "from_dir", lambda d: BM25.from_corpus(load_corpus(d)))
+    out = tmp_path / "sft.jsonl"
+    make_sft.main(["--root", str(tmp_path), "--datasets", "alpha", "--n-hard", "2", "--n-medium", "0",
+                   "--max-negatives", "1", "--thinking-share", "0.5", "--out", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    per_query = {}
+    for r in recs:
+        per_query.setdefault(r["qid"], []).append(r["score"])
+    assert all(sorted(v) == [0, 10] for v in per_query.values()), per_query  # the positive and one of two negatives
+    thinking = [r for r in recs if "reasoning" in r]
+    assert 0 < len(thinking) < len(recs) and all(r["reasoning"] == "" for r in thinking)
