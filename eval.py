@@ -4,6 +4,7 @@ Run:
     python eval.py --qrels data/beir/pyfaq/qrels/test.tsv --run runs/pyfaq-test-bm25.trec
     python eval.py --qrels qrels.txt --run run.trec --complete
     python eval.py --data data/beir/pyfaq --split test --bm25-only
+    python eval.py --data data/beir/pyfaq --top-k 20 --limit 88 --model runs/sft/final [--fusion 0.2]
 
 The metric functions are the single implementation used everywhere (the RL reward imports
 `ndcg_at_k`), and they match trec_eval 9 (checked against pytrec_eval in tests/test_metrics.py):
@@ -21,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from data.beir import atomic_write_text, load_corpus, load_qrels, load_queries, read_beir_qrels, read_trec_qrels, read_trec_run, write_trec_run
+from data.beir import (DataFormatError, atomic_write_text, load_corpus, load_qrels, load_queries, read_beir_qrels,
+                       read_trec_qrels, read_trec_run, write_trec_run)
 
 
 # ---------------------------------------------------------------- ranking order
@@ -132,16 +134,20 @@ def format_table(result, metrics=DEFAULT_METRICS):
 
 def read_qrels_file(path):
     """A BEIR qrels .tsv (with its header) or a TREC qrels file, told apart by the first line."""
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-    return read_beir_qrels(path) if first.startswith("query-id\t") else read_trec_qrels(path)
+    with open(path, "rb") as f:
+        first = f.readline().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is allowed
+    return read_beir_qrels(path) if first.startswith(b"query-id\t") else read_trec_qrels(path)
 
 
 # ---------------------------------------------------------------- CLI
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    import rerank  # the reranker's argument types and help formatter
+
+    class Formatter(rerank.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=Formatter)
     g = p.add_argument_group("score an existing run")
     g.add_argument("--qrels", help="qrels file: TREC (`qid 0 docid grade`) or BEIR .tsv with header")
     g.add_argument("--run", help="TREC run file (`qid Q0 docid rank score tag`)")
@@ -149,22 +155,30 @@ def parse_args(argv=None):
                    help="average over all qrels queries, missing ones count 0 (trec_eval -c)")
     g = p.add_argument_group("end-to-end on a BEIR-format dataset")
     g.add_argument("--data", help="BEIR-format dataset directory, e.g. data/beir/pyfaq")
-    g.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    g.add_argument("--split", default="test", help="qrels split to evaluate (qrels/<split>.tsv)")
     g.add_argument("--bm25-only", action="store_true", help="evaluate the BM25 first stage only")
     g.add_argument("--model", help="reranker: checkpoint directory or hub id (default: the built-in reranker)")
-    g.add_argument("--top-k", type=int, default=100, help="BM25 candidates per query (default: 100, as the paper)")
-    g.add_argument("--limit", type=int, help="evaluate only the first N queries (sorted by id)")
-    g.add_argument("--runs-dir", default="runs", help="where run files are written (default: runs/)")
-    g = p.add_argument_group("reranker settings (see rerank.py)")
+    g.add_argument("--top-k", type=rerank.positive_int, default=100, help="BM25 candidates per query (the paper: 100)")
+    g.add_argument("--limit", type=rerank.positive_int, metavar="N",
+                   help="evaluate only the first N judged queries of the split, in query-id (string) order "
+                        "(default: all)")
+    g.add_argument("--runs-dir", default="runs", help="where run files and the scored-pair cache are written")
+    g = p.add_argument_group("reranker settings (as rerank.py)")
     g.add_argument("--thinking", action="store_true", help="generate reasoning before the answer (slow)")
-    g.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit in thinking mode")
-    g.add_argument("--score", default="answer", choices=["answer", "expected"], help="s*P(s) or expected score")
-    g.add_argument("--max-doc-tokens", type=int, default=512, help="document truncation budget")
-    g.add_argument("--batch-tokens", type=int, default=16384, help="tokens per batch (memory bound)")
+    g.add_argument("--max-new-tokens", type=rerank.positive_int, default=1024, help="generation limit in thinking mode")
+    g.add_argument("--score", default="answer", choices=["answer", "expected"],
+                   help="answer: s*P(s) (ERank); expected: sum_s s*P(s) over 0..10 (fast mode only)")
+    g.add_argument("--fusion", type=rerank.fusion_weight, metavar="W",
+                   help="W*z(BM25 score) + (1-W)*z(rerank score), per query over the candidates (paper: 0.2; "
+                        "default: off)")
     g.add_argument("--instruction", help="relevance definition (default: the paper's BEIR instruction)")
+    g.add_argument("--task", choices=sorted(rerank.INSTRUCTIONS), help="use the paper's instruction for a benchmark")
+    g.add_argument("--max-query-tokens", type=rerank.positive_int, default=256, help="query truncation budget")
+    g.add_argument("--max-doc-tokens", type=rerank.positive_int, default=512, help="document truncation budget")
+    g.add_argument("--batch-tokens", type=rerank.positive_int, default=16384, help="tokens per batch (memory bound)")
     g.add_argument("--device", help="cpu, cuda ... (default: CUDA if available)")
     g.add_argument("--dtype", help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
-    g.add_argument("--name", help="label of the reranker in the table and run file names")
+    g.add_argument("--name", help="label of the reranker in the table and run file names (default: from --model)")
     g.add_argument("--json", help="also write the table's numbers to this JSON file")
     args = p.parse_args(argv)
     if args.data is None and (args.qrels is None or args.run is None):
@@ -172,15 +186,43 @@ def parse_args(argv=None):
     return args
 
 
+def check_inputs(args):
+    """Everything that can be checked without the index or the model, so bad input fails at once."""
+    import rerank
+
+    if args.data is None:
+        for flag, path in (("--qrels", args.qrels), ("--run", args.run)):
+            if not Path(path).is_file():
+                raise rerank.InputError(f"{flag} {path}: no such file")
+        return
+    data = Path(args.data)
+    if not data.is_dir():
+        raise rerank.InputError(f"--data {data}: no such directory (expected a BEIR-format dataset)")
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        if not (data / name).is_file():
+            raise rerank.InputError(f"--data {data}: {name} is missing (expected a BEIR-format dataset)")
+    if not (data / "qrels" / f"{args.split}.tsv").is_file():
+        have = sorted(p.stem for p in (data / "qrels").glob("*.tsv"))
+        raise rerank.InputError(f"--split {args.split}: {data / 'qrels' / (args.split + '.tsv')} does not exist "
+                                f"(splits present: {', '.join(have) or 'none'})")
+    if not args.bm25_only:
+        if args.score == "expected" and args.thinking:
+            raise rerank.InputError("--score expected needs fast mode (the distribution over 0..10); drop --thinking")
+        rerank.check_model_arg(args.model)
+
+
 def run_bm25(args):
-    """BM25 top-k for every judged query of the split; returns (run, qrels, tag)."""
+    """BM25 top-k for every judged query of the split (the first --limit by id); returns (run, qrels, tag)."""
     from data.bm25 import BM25  # imported here: scoring an existing run needs no index
     data_dir = Path(args.data)
     qrels = load_qrels(data_dir, args.split)
     queries = load_queries(data_dir)
+    if not qrels:
+        raise DataFormatError(f"{data_dir / 'qrels' / (args.split + '.tsv')}: no judgements")
     missing = sorted(set(qrels) - set(queries))
     if missing:
-        sys.exit(f"{data_dir / 'queries.jsonl'}: {len(missing)} judged queries have no text, e.g. {missing[0]!r}")
+        raise DataFormatError(f"{data_dir / 'queries.jsonl'}: {len(missing)} judged queries have no text, "
+                              f"e.g. {missing[0]!r}")
     qids = sorted(qrels)[: args.limit] if args.limit else sorted(qrels)
     bm25 = BM25.from_dir(data_dir)
     t0 = time.time()
@@ -189,12 +231,22 @@ def run_bm25(args):
     return run, {q: qrels[q] for q in qids}, "bm25"
 
 
-def rerank_run(reranker, queries, corpus, first_stage, top_k, cache_path):
+# The scored-pair cache: one JSON line per query, {"qid", "seconds", "warmup", "results"}, results in
+# candidate (BM25) order as {"id", "answer", "prob", "expected", "empty"?}. It keeps the answer, its
+# probability and the expected score, so --score and --fusion are applied when the table is made
+# and change nothing in what is cached. Version 1 kept one final score; its files are not read.
+CACHE_VERSION = 2
+
+
+def rerank_run(reranker, queries, corpus, first_stage, top_k, cache_path, score="answer", fusion=None):
     """Rerank each query's first-stage top_k with `reranker` (rerank.Reranker) -> (run, stats).
     Every finished query is appended to a JSONL cache of scored pairs, so an interrupted
-    evaluation resumes where it stopped (a half-written last line is ignored)."""
+    evaluation resumes where it stopped (a half-written last line is ignored). The final score
+    (s*P(s) or expected), the optional fusion with the first-stage scores and the order come from
+    rerank.py's functions, as `rerank.py --fusion` computes them."""
     import json
 
+    import rerank
     from tqdm import tqdm
 
     done = {}
@@ -205,89 +257,147 @@ def rerank_run(reranker, queries, corpus, first_stage, top_k, cache_path):
             except json.JSONDecodeError:
                 continue  # torn write from a killed run: that query is scored again
             done[rec["qid"]] = rec
+    for qid in list(done):  # a cached query counts only if its candidates are today's (same BM25, same corpus)
+        if qid not in first_stage or [r["id"] for r in done[qid]["results"]] != rank_docs(first_stage[qid])[:top_k]:
+            del done[qid]
     todo = [q for q in sorted(first_stage) if q not in done]
     if done:
         print(f"resuming: {len(done)} queries already scored in {cache_path}")
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     with open(cache_path, "a", encoding="utf-8") as cache:
-        for qid in tqdm(todo, desc="rerank", unit="query"):
+        if cache.tell() and not cache_path.read_bytes().endswith(b"\n"):
+            cache.write("\n")  # after a torn last line, start a new one
+        for n, qid in enumerate(tqdm(todo, desc="rerank", unit="query")):
             cands = rank_docs(first_stage[qid])[:top_k]
             docs = [{"id": d, "text": corpus[d]["text"], "title": corpus[d].get("title", "")} for d in cands]
             t0 = time.perf_counter()
-            records = reranker.rerank(queries[qid], docs)
-            rec = {"qid": qid, "seconds": time.perf_counter() - t0,
-                   "results": [[r["id"], r["score"], r["answer"]] for r in records]}
+            records = sorted(reranker.rerank(queries[qid], docs), key=lambda r: r["position"])
+            keep = ("id", "answer", "prob", "expected", "empty")
+            rec = {"qid": qid, "seconds": time.perf_counter() - t0, "warmup": n == 0,
+                   "results": [{k: r[k] for k in keep if k in r} for r in records]}
             cache.write(json.dumps(rec) + "\n")
             cache.flush()
             done[qid] = rec
-    run, stats = {}, {"pairs": 0, "unparsed": 0, "seconds": 0.0}
+    run = {}
+    stats = {"pairs": 0, "unparsed": 0, "empty": 0, "seconds": 0.0, "steady_pairs": 0, "steady_seconds": 0.0}
     for qid, rec in done.items():
         if qid not in first_stage:
             continue
-        n = len(rec["results"])
-        # strictly decreasing scores in the rank order the reranker chose (its tie-break)
-        run[qid] = {d: n - i for i, (d, _, _) in enumerate(rec["results"])}
-        stats["pairs"] += n
-        stats["unparsed"] += sum(a is None for _, _, a in rec["results"])
+        records = [dict(r, position=i) for i, r in enumerate(rec["results"])]
+        for r in records:
+            r["score"] = rerank.final_score(r, score)
+        if fusion is not None:
+            rerank.fuse(records, [first_stage[qid][r["id"]] for r in records], fusion)
+        rerank.sort_records(records)
+        # strictly decreasing scores in the rank order rerank.py chose (its tie-break)
+        run[qid] = {r["id"]: len(records) - r["rank"] + 1 for r in records}
+        pairs = sum(not r.get("empty") for r in records)
+        stats["pairs"] += pairs
+        stats["unparsed"] += sum(r["answer"] is None and not r.get("empty") for r in records)
+        stats["empty"] += len(records) - pairs
         stats["seconds"] += rec["seconds"]
+        if not rec.get("warmup"):  # the first query scored by each invocation includes the warm-up
+            stats["steady_pairs"] += pairs
+            stats["steady_seconds"] += rec["seconds"]
     return run, stats
 
 
+def pairs_per_second(st):
+    """Pairs/s without the first query of each invocation (warm-up), when there are others."""
+    if st["steady_pairs"] and st["steady_seconds"] > 0:
+        return st["steady_pairs"] / st["steady_seconds"]
+    return st["pairs"] / max(st["seconds"], 1e-9)
+
+
 def model_key(args, path):
-    """Identifies a (checkpoint, settings) pair for the scored-pair cache."""
+    """Identifies a (checkpoint, settings) pair for the scored-pair cache. --score and --fusion are
+    not part of it: the cache keeps what both need."""
     import hashlib
     import os
 
     weights = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
-    ident = [os.path.abspath(path)] + [f"{os.path.getsize(w)}:{os.path.getmtime(w)}" for w in weights]
-    ident += [args.thinking, args.max_new_tokens, args.score, args.max_doc_tokens, args.instruction, args.top_k]
+    ident = [CACHE_VERSION, os.path.abspath(path)] + [f"{os.path.getsize(w)}:{os.path.getmtime(w)}" for w in weights]
+    ident += [args.thinking, args.max_new_tokens, args.max_query_tokens, args.max_doc_tokens, args.instruction,
+              args.top_k, args.dtype, args.device]
     return hashlib.sha1(repr(ident).encode()).hexdigest()[:12]
 
 
 def main(args):
-    if args.data is None:
-        run, qrels = read_trec_run(args.run), read_qrels_file(args.qrels)
-        print(format_table(evaluate(run, qrels, complete=args.complete)))
-        return
+    """Returns the exit status: 0, or 2 after one line naming the bad input."""
+    import rerank
+
+    try:
+        check_inputs(args)
+        if args.data is None:
+            run, qrels = read_trec_run(args.run), read_qrels_file(args.qrels)
+            print(format_table(evaluate(run, qrels, complete=args.complete)))
+            return 0
+        return evaluate_dataset(args)
+    except (rerank.InputError, DataFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def evaluate_dataset(args):
+    import rerank
+
+    if args.task and not args.instruction:
+        args.instruction = rerank.INSTRUCTIONS[args.task]
     run, qrels, tag = run_bm25(args)
     name = Path(args.data).resolve().name
     out = Path(args.runs_dir) / f"{name}-{args.split}-{tag}.trec"
     write_trec_run(out, run, tag=tag)
     k = args.top_k
-    rows = [("BM25", evaluate(run, qrels, metrics=("ndcg@10", "mrr@10", f"recall@{k}"), complete=True), None)]
+    metrics = ("ndcg@10", "mrr@10", f"recall@{k}", "map")
+    rows = [("BM25", evaluate(run, qrels, metrics=metrics, complete=True), None)]
+    label = None
     if not args.bm25_only:
-        import rerank
-
         path = rerank.resolve_model(args.model)
         reranker = rerank.Reranker(path, args.device, args.dtype, thinking=args.thinking,
-                                   max_new_tokens=args.max_new_tokens, max_doc_tokens=args.max_doc_tokens,
-                                   batch_tokens=args.batch_tokens, score=args.score,
+                                   max_new_tokens=args.max_new_tokens, max_query_tokens=args.max_query_tokens,
+                                   max_doc_tokens=args.max_doc_tokens, batch_tokens=args.batch_tokens,
                                    instruction=args.instruction)
-        label = args.name or Path(path).name
-        cache = Path(args.runs_dir) / "cache" / f"{name}-{args.split}-{label}-{model_key(args, path)}.jsonl"
+        label = args.name or Path(path).name + ("-expected" if args.score == "expected" else "") + (
+            f"-fusion{args.fusion:g}" if args.fusion is not None else "")
+        model_dir = Path(path).resolve()
+        cache = (Path(args.runs_dir) / "cache" /
+                 f"{name}-{args.split}-{model_dir.parent.name}-{model_dir.name}-{model_key(args, path)}.jsonl")
         corpus, queries = load_corpus(Path(args.data)), load_queries(Path(args.data))
-        reranked, stats = rerank_run(reranker, queries, corpus, run, k, cache)
+        reranked, stats = rerank_run(reranker, queries, corpus, run, k, cache, args.score, args.fusion)
         rr_out = Path(args.runs_dir) / f"{name}-{args.split}-{label}.trec"
         write_trec_run(rr_out, reranked, tag=label)
-        rows.append((label, evaluate(reranked, qrels, metrics=("ndcg@10", "mrr@10", f"recall@{k}"),
-                                     complete=True), stats))
+        rows.append((label, evaluate(reranked, qrels, metrics=metrics, complete=True), stats))
         print(f"wrote {out} and {rr_out}")
-    print(f"\n{name} / {args.split}: {len(qrels)} queries, BM25 top-{k} reranked\n")
-    print(f"| system | nDCG@10 | MRR@10 | R@{k} | parse failures | pairs/s | time (s) |")
-    print("|---|---|---|---|---|---|---|")
-    for label, res, st in rows:
+        if stats["empty"]:
+            print(f"warning: {stats['empty']} empty documents among the candidates were not scored and "
+                  "ranked last", file=sys.stderr)
+    judged = len(load_qrels(Path(args.data), args.split))
+    first, last = min(qrels), max(qrels)
+    which = (f"the first {len(qrels)} of {judged} judged queries by id ({first} ... {last})"
+             if len(qrels) < judged else f"all {judged} judged queries")
+    what = f"BM25 top-{k}" if label is None else f"BM25 top-{k} reranked by {label}"
+    print(f"\n{name} / {args.split}: {which}; {what}\n")
+    print(f"| system | nDCG@10 | MRR@10 | R@{k} | MAP | parse failures | pairs/s | time (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row, res, st in rows:
         extra = "- | - | -" if st is None else (
-            f"{st['unparsed']}/{st['pairs']} | {st['pairs'] / max(st['seconds'], 1e-9):.1f} | {st['seconds']:.0f}")
-        print(f"| {label} | {res['ndcg@10']:.4f} | {res['mrr@10']:.4f} | {res[f'recall@{k}']:.4f} | {extra} |")
+            f"{st['unparsed']}/{st['pairs']} | {pairs_per_second(st):.1f} | {st['seconds']:.0f}")
+        print(f"| {row} | {res['ndcg@10']:.4f} | {res['mrr@10']:.4f} | {res[f'recall@{k}']:.4f} | "
+              f"{res['map']:.4f} | {extra} |")
+    if label is not None:
+        print("\npairs/s leaves out the first query scored by each invocation (it includes the warm-up)")
     if args.json:
         import json
 
-        table = [{"system": label, "dataset": name, "split": args.split, "top_k": k, "queries": len(qrels),
-                  "ndcg@10": res["ndcg@10"], "mrr@10": res["mrr@10"], f"recall@{k}": res[f"recall@{k}"],
+        table = [{"system": row, "dataset": name, "split": args.split, "top_k": k, "queries": len(qrels),
+                  "query_ids": [first, last], "ndcg@10": res["ndcg@10"], "mrr@10": res["mrr@10"],
+                  f"recall@{k}": res[f"recall@{k}"], "map": res["map"],
                   **({} if st is None else {"unparsed": st["unparsed"], "pairs": st["pairs"],
-                                            "seconds": st["seconds"]})} for label, res, st in rows]
+                                            "seconds": st["seconds"], "pairs_per_s": pairs_per_second(st)})}
+                 for row, res, st in rows]
         atomic_write_text(args.json, json.dumps(table, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(main(parse_args()))

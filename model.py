@@ -683,14 +683,20 @@ def default_model_path() -> str:
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="Chat once with a checkpoint (default: the built-in model).")
-    ap.add_argument("question", nargs="?", default="What is the capital of France?")
-    ap.add_argument("--model", default=None, help="HF-layout checkpoint directory")
-    ap.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit")
+    ap = argparse.ArgumentParser(description="Chat once with a checkpoint (default: the built-in model) and "
+                                             "print the answer.")
+    ap.add_argument("question", nargs="?", default="What is the capital of France?",
+                    help="the user message (default: %(default)s)")
+    ap.add_argument("--model", default=None, help="HF-layout checkpoint directory (default: the built-in model)")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit (default: %(default)s)")
     args = ap.parse_args()
-    model, tok = load(args.model or default_model_path(), verbose=True)
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # first-use conversion messages: stdout is the answer
+        path = args.model or default_model_path()
+    model, tok = load(path, verbose=True)  # its device line goes to stderr
     cpu_inference_layout(model)
     prompt = tok.chat([{"role": "user", "content": args.question}])
     out = generate(model, [tok.encode(prompt)], args.max_new_tokens, stop_ids=[tok.im_end],
                    pad_id=tok.pad_id)
-    print(prompt + tok.decode(out.tokens[0][out.mask[0]].tolist()))
+    print(tok.decode(out.tokens[0][out.mask[0]].tolist(), skip_special_tokens=True).strip())

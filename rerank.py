@@ -20,11 +20,13 @@ How a score is made (ERank, arXiv 2509.00520, section 3 of the method notes):
     0..10, P' renormalised over the eleven answers (P'(1) excludes "1" followed by a digit),
     which divided by 10 is a calibrated 0-1 relevance.
   - an output with no parseable score gets -1, below every parsed score, and is counted.
+  - an empty or whitespace-only document (text and title) is not scored: it is ranked last, after
+    every scored document, and a warning names it.
   - ties (frequent with integer scores; scores equal to 6 decimals count as tied) are broken by
     input position (the first-stage rank),
     so rankings are deterministic; TREC files get strictly decreasing scores (see write_trec).
   - optional fusion with first-stage scores: w * z(first) + (1 - w) * z(rerank), z-normalised
-    per query; the paper uses w = 0.2 (`--fusion 0.2`).
+    per query over the scored candidates; the paper uses w = 0.2 (`--fusion 0.2`).
 """
 import argparse
 import json
@@ -71,12 +73,44 @@ INSTRUCTIONS = {
 }
 DEFAULT_INSTRUCTION = INSTRUCTIONS["beir"]
 UNPARSED = -1.0  # final score of an output with no extractable answer: below every real score
+EMPTY = -2.0  # score of an empty document: not scored, ranked after every scored document
 HUB_URL = os.environ.get("ERANK_HUB_URL", "https://huggingface.co")
 CACHE = os.environ.get("ERANK_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "erank"))
 
 
 class InputError(Exception):
     """Bad user input; the CLI prints the message (file, record, field) and exits with status 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, except where there is none to show (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and budgets that must be at least 1 (--top-k 0 would score nothing)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def fusion_weight(text: str) -> float:
+    """argparse type for --fusion: the first-stage weight w in [0, 1]."""
+    try:
+        w = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= w <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {w}")
+    return w
 
 
 # ----------------------------------------------------------------------------- prompt and parsing
@@ -122,6 +156,44 @@ def zscore(xs):
     mu = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / len(xs))
     return [(x - mu) / sd if sd > 0 else 0.0 for x in xs]
+
+
+# ----------------------------------------------------------------------------- final score and order
+# Shared with eval.py, which keeps each pair's answer, P(answer) and expected score in its cache
+# and makes the final score, the fusion and the order with these functions.
+
+
+def final_score(rec: dict, score="answer") -> float:
+    """A record's final score from its "answer", "prob" and "expected" (and "empty")."""
+    if rec.get("empty"):
+        return EMPTY
+    if rec["answer"] is None:
+        return UNPARSED
+    return rec["expected"] if score == "expected" else rec["answer"] * rec["prob"]
+
+
+def fuse(records: list[dict], first: list[float], weight: float):
+    """In place: score = w * z(first) + (1 - w) * z(score), z-normalised over the scored records
+    (empty documents stay below all of them); the reranker's own score moves to "rerank_score"."""
+    scored = [(r, f) for r, f in zip(records, first) if not r.get("empty")]
+    if not scored:
+        return
+    zf, zr = zscore([f for _, f in scored]), zscore([r["score"] for r, _ in scored])
+    for (r, _), a, b in zip(scored, zf, zr):
+        r["rerank_score"], r["score"] = r["score"], weight * a + (1 - weight) * b
+    lowest = min(r["score"] for r, _ in scored)
+    for r in records:  # fused scores can go below EMPTY: keep empty documents below every scored one
+        if r.get("empty"):
+            r["score"] = min(EMPTY, lowest - 1.0)
+
+
+def sort_records(records: list[dict]) -> list[dict]:
+    """Best first, ranks from 1. Scores equal to 6 decimals are ties (so float noise from batching
+    cannot reorder them), broken by input position, i.e. the first-stage rank; empty documents last."""
+    records.sort(key=lambda r: (bool(r.get("empty")), -round(r["score"], 6), r["position"]))
+    for rank, r in enumerate(records, 1):
+        r["rank"] = rank
+    return records
 
 
 # ----------------------------------------------------------------------------- model resolution
@@ -201,14 +273,27 @@ def hub_download(repo_id: str, cache: str = CACHE, base_url: str = HUB_URL) -> s
     return out
 
 
+def check_model_arg(name: str | None):
+    """Refuse a --model that cannot load, before anything slow happens: a directory must hold an
+    HF-layout checkpoint; anything else must look like a hub id org/name."""
+    if name is None:
+        return
+    if os.path.isdir(name):
+        missing = [f for f in ("config.json", "tokenizer.json") if not os.path.isfile(os.path.join(name, f))]
+        if not any(os.path.isfile(os.path.join(name, f)) for f in ("model.safetensors", "model.safetensors.index.json")):
+            missing.append("model.safetensors")
+        if missing:
+            raise InputError(f"--model {name}: not a checkpoint directory ({', '.join(missing)} missing; "
+                             "expected config.json, tokenizer.json and model.safetensors)")
+    elif not re.fullmatch(r"[\w.-]+/[\w.-]+", name) or os.path.exists(name):
+        raise InputError(f"--model {name}: no such checkpoint directory (nor an org/name hub id)")
+
+
 def resolve_model(name: str | None) -> str:
+    check_model_arg(name)
     if name is None:
         return default_model()
-    if os.path.isdir(name):
-        return name
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not os.path.exists(name):
-        return hub_download(name)
-    raise InputError(f"--model {name}: no such checkpoint directory (nor an org/name hub id)")
+    return name if os.path.isdir(name) else hub_download(name)
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -234,9 +319,10 @@ class Reranker:
             raise InputError("--score expected needs fast mode (the distribution over 0..10); drop --thinking")
         path = resolve_model(model) if model is None or isinstance(model, str) else None
         if path is not None:
-            if not os.path.isdir(path):
-                raise InputError(f"--model {path}: no such directory")
-            self.model, self.tok = M.load(path, device=device, dtype=dtype, verbose=verbose)
+            try:
+                self.model, self.tok = M.load(path, device=device, dtype=dtype, verbose=verbose)
+            except ValueError as e:  # a config or weights model.py does not support, named by load
+                raise InputError(f"--model {path}: {e}") from None
             M.cpu_inference_layout(self.model)  # faster decoding on CPU; see model.py
         else:  # an already loaded (model, tokenizer) pair
             self.model, self.tok = model
@@ -245,7 +331,10 @@ class Reranker:
         self.max_query_tokens, self.max_doc_tokens = max_query_tokens, max_doc_tokens
         self.batch_tokens, self.instruction, self.fusion = batch_tokens, instruction, fusion
         self.verbose = verbose
-        self.stats = {"pairs": 0, "unparsed": 0, "truncated_docs": 0, "truncated_queries": 0, "seconds": 0.0}
+        # seconds and pairs of the first rerank() call too: it includes one-time warm-up (memory
+        # allocation, kernel selection), so the steady rate is measured without it
+        self.stats = {"pairs": 0, "unparsed": 0, "empty": 0, "truncated_docs": 0, "truncated_queries": 0,
+                      "seconds": 0.0, "first_pairs": 0, "first_seconds": 0.0}
         # token ids of the eleven answers: "0".."9" must be single tokens; "10" one or two tokens
         self.digit_ids = [self.tok.token_id(str(d)) for d in range(10)]
         self.ten_ids = self.tok.encode("10")
@@ -297,7 +386,20 @@ class Reranker:
 
     @torch.no_grad()
     def score_thinking(self, prompts) -> list[Scored]:
-        out = M.generate(self.model, prompts, self.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.tok.pad_id)
+        # progress within the batch: a forward hook counts the decoding steps (one per new token)
+        bar = tqdm(total=self.max_new_tokens, desc=f"generating ({len(prompts)} pairs)", unit="token",
+                   leave=False, disable=not self.verbose)
+
+        def count_step(module, args, output):  # a decoding step feeds one token per row
+            if args and args[0].shape[1] == 1:
+                bar.update()
+
+        hook = self.model.register_forward_hook(count_step)
+        try:
+            out = M.generate(self.model, prompts, self.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.tok.pad_id)
+        finally:
+            hook.remove()
+            bar.close()
         results = []
         for toks, mask, logps in zip(out.tokens, out.mask, out.logprobs):
             ids = toks[mask].tolist()
@@ -326,10 +428,15 @@ class Reranker:
 
     def score_prompts(self, prompts) -> list[Scored]:
         results = [None] * len(prompts)
-        for batch in self.batches(prompts):
+        batches = list(self.batches(prompts))
+        bar = tqdm(total=len(prompts), desc="pairs", unit="pair", leave=False,
+                   disable=not self.verbose or len(batches) < 2)
+        for batch in batches:
             fn = self.score_thinking if self.thinking else self.score_fast
             for i, r in zip(batch, fn([prompts[i] for i in batch])):
                 results[i] = r
+            bar.update(len(batch))
+        bar.close()
         return results
 
     def prompts_for(self, query, docs, instruction):
@@ -344,65 +451,115 @@ class Reranker:
         return self.tok.encode_batch(texts)
 
     def rerank(self, query: str, documents: list, instruction: str | None = None) -> list[dict]:
-        """documents: strings or {"id", "text", "title"?, "score"?}. Returns records best first."""
+        """documents: strings or {"id", "text", "title"?, "score"?}. Returns records best first.
+        Empty documents are not scored: they come last with "empty": True (and a warning)."""
+        check_text(query, "query")
         docs = [normalise_doc(d, i) for i, d in enumerate(documents)]
-        t0 = time.perf_counter()
-        scored = self.score_prompts(self.prompts_for(query, docs, instruction))
-        self.stats["seconds"] += time.perf_counter() - t0
-        self.stats["pairs"] += len(docs)
-        records = []
-        for i, (d, r) in enumerate(zip(docs, scored)):
-            if r.answer is None:
-                self.stats["unparsed"] += 1
-                final = UNPARSED
-            else:
-                final = r.expected if self.score == "expected" else r.answer * r.prob
-            rec = {"id": d["id"], "position": i, "score": final, "answer": r.answer, "prob": r.prob}
-            if self.score == "expected":
-                rec["expected"] = r.expected
-            if self.thinking:
-                rec["output"] = r.text
-            records.append(rec)
+        check_unique_ids(docs)
         if self.fusion is not None:
-            first = [d.get("score") for d in docs]
-            if any(s is None for s in first):
-                raise InputError("--fusion needs a first-stage 'score' on every document")
-            fused = [self.fusion * a + (1 - self.fusion) * b
-                     for a, b in zip(zscore(first), zscore([r["score"] for r in records]))]
-            for r, f in zip(records, fused):
-                r["rerank_score"], r["score"] = r["score"], f
-        # scores equal to 6 decimals are ties (so float noise from batching cannot reorder them),
-        # broken by input position, i.e. the first-stage rank
-        records.sort(key=lambda r: (-round(r["score"], 6), r["position"]))
-        for rank, r in enumerate(records, 1):
-            r["rank"] = rank
-        return records
+            missing = [i for i, d in enumerate(docs) if "score" not in d]
+            if missing:
+                raise InputError(f"documents[{missing[0]}].score: missing; --fusion needs a first-stage "
+                                 "score on every document")
+        full = [i for i, d in enumerate(docs) if not is_empty(d)]
+        t0 = time.perf_counter()
+        scored = self.score_prompts(self.prompts_for(query, [docs[i] for i in full], instruction)) if full else []
+        seconds = time.perf_counter() - t0
+        if not self.stats["first_pairs"]:
+            self.stats["first_pairs"], self.stats["first_seconds"] = len(full), seconds
+        self.stats["seconds"] += seconds
+        self.stats["pairs"] += len(full)
+        records = [{"id": d["id"], "position": i, "answer": None, "prob": 0.0, "empty": True} for i, d in enumerate(docs)]
+        for i, r in zip(full, scored):
+            records[i] = {"id": docs[i]["id"], "position": i, "answer": r.answer, "prob": r.prob}
+            if not self.thinking:
+                records[i]["expected"] = r.expected
+            else:
+                records[i]["output"] = r.text
+            self.stats["unparsed"] += r.answer is None
+        for r in records:
+            r["score"] = final_score(r, self.score)
+        empty = [r["id"] for r in records if r.get("empty")]
+        self.stats["empty"] += len(empty)
+        if empty and self.verbose:
+            print(f"warning: query {query[:60]!r}: {len(empty)} empty document(s) not scored, ranked last: "
+                  f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}", file=sys.stderr)
+        if self.fusion is not None:
+            fuse(records, [d["score"] for d in docs], self.fusion)
+        return sort_records(records)
 
 
 # ----------------------------------------------------------------------------- input and output
 
 
+def check_text(text: str, where: str):
+    """JSON can spell strings that are not Unicode text ("\\ud800", a lone surrogate), which the
+    tokenizer cannot take: refuse them here, where the record and field are known."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{where}: not valid Unicode text (lone surrogate {text[e.start]!r} "
+                         f"at character {e.start})") from None
+
+
+def check_id(value, where: str) -> str:
+    """Ids are strings or numbers (null, true or a list would become a misleading docid)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InputError(f"{where}: expected a string or a number, got {json.dumps(value)}")
+    if isinstance(value, str):
+        check_text(value, where)
+    return str(value)
+
+
+def is_empty(doc: dict) -> bool:
+    return not (doc["text"].strip() or doc.get("title", "").strip())
+
+
 def normalise_doc(d, i, where="documents"):
     if isinstance(d, str):
+        check_text(d, f"{where}[{i}]")
         return {"id": str(i), "text": d}
     if not isinstance(d, dict):
         raise InputError(f"{where}[{i}]: expected a string or an object with 'text', got {type(d).__name__}")
     if not isinstance(d.get("text"), str):
         raise InputError(f"{where}[{i}].text: missing or not a string")
-    out = {"id": str(d.get("id", i)), "text": d["text"], "title": d.get("title") or ""}
+    check_text(d["text"], f"{where}[{i}].text")
+    if d.get("title") is not None and not isinstance(d["title"], str):
+        raise InputError(f"{where}[{i}].title: expected a string, got {json.dumps(d['title'])}")
+    check_text(d.get("title") or "", f"{where}[{i}].title")
+    out = {"id": check_id(d["id"], f"{where}[{i}].id") if "id" in d else str(i),
+           "text": d["text"], "title": d.get("title") or ""}
     if d.get("score") is not None:
-        if not isinstance(d["score"], (int, float)):
-            raise InputError(f"{where}[{i}].score: expected a number, got {d['score']!r}")
-        out["score"] = float(d["score"])
+        s = d["score"]
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+            raise InputError(f"{where}[{i}].score: expected a finite number, got {json.dumps(s)}")
+        out["score"] = float(s)
     return out
+
+
+def check_unique_ids(docs: list[dict], where="documents"):
+    """Duplicate ids would give a TREC run duplicate docids and the printed table the wrong text."""
+    seen = {}
+    for i, d in enumerate(docs):
+        if d["id"] in seen:
+            raise InputError(f"{where}[{seen[d['id']]}].id and [{i}].id: the same document id {d['id']!r} (ids must "
+                             "be unique; a string document's id is its position)")
+        seen[d["id"]] = i
 
 
 def read_queries(path: str) -> list[dict]:
     """A JSON object, a JSON list of objects, or JSONL; each checked and normalised."""
     try:
-        raw = open(path, encoding="utf-8").read()
+        data = open(path, "rb").read()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        raw = data.decode("utf-8-sig")  # a UTF-8 byte order mark is allowed
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise InputError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+                         f"{column}); save the file as UTF-8") from None
     try:
         data = json.loads(raw)
         records = data if isinstance(data, list) else [data]
@@ -421,30 +578,57 @@ def read_queries(path: str) -> list[dict]:
         where = lambda n: f"{path}: line {numbers[n]}"
     if not records:
         raise InputError(f"{path}: no queries (empty list)")
-    out = []
+    out, seen = [], {}
     for n, r in enumerate(records):
         w = where(n)
         if not isinstance(r, dict):
             raise InputError(f"{w}: expected an object with 'query' and 'documents'")
         if not isinstance(r.get("query"), str) or not r["query"].strip():
             raise InputError(f"{w}: field 'query' is missing or empty")
+        check_text(r["query"], f"{w}: field 'query'")
         if not isinstance(r.get("documents"), list):
             raise InputError(f"{w}: field 'documents' is missing or not a list")
         if not r["documents"]:
             raise InputError(f"{w}: field 'documents' is an empty list")
-        if r.get("instruction") is not None and not isinstance(r["instruction"], str):
-            raise InputError(f"{w}: field 'instruction' must be a string")
+        if r.get("instruction") is not None:
+            if not isinstance(r["instruction"], str):
+                raise InputError(f"{w}: field 'instruction' must be a string")
+            check_text(r["instruction"], f"{w}: field 'instruction'")
         docs = [normalise_doc(d, i, f"{w}: documents") for i, d in enumerate(r["documents"])]
-        out.append({"id": str(r.get("id", n)), "query": r["query"], "instruction": r.get("instruction"),
-                    "documents": docs})
+        check_unique_ids(docs, f"{w}: documents")
+        qid = check_id(r["id"], f"{w}: field 'id'") if "id" in r else str(n)
+        if qid in seen:
+            raise InputError(f"{w}: field 'id': duplicate query id {qid!r} (also {seen[qid]})")
+        seen[qid] = w
+        out.append({"id": qid, "query": r["query"], "instruction": r.get("instruction"),
+                    "documents": docs, "where": w})
     return out
+
+
+def check_fusion_scores(items: list[dict], source: str):
+    """--fusion needs a first-stage score on every document: say so before the model loads."""
+    for item in items:
+        for i, d in enumerate(item["documents"]):
+            if "score" not in d:
+                where = item.get("where", f"{source}: query {item['id']}")
+                raise InputError(f"{where}: documents[{i}].score: missing; --fusion needs a first-stage "
+                                 "score on every document")
 
 
 def read_run_and_beir(run_path: str, beir_dir: str, top_k: int) -> list[dict]:
     """Each query of a TREC run with its top_k documents' text from a BEIR directory."""
-    from data.beir import load_corpus, load_queries, read_trec_run
+    from data.beir import DataFormatError, load_corpus, load_queries, read_trec_run
 
-    run, queries, corpus = read_trec_run(run_path), load_queries(beir_dir), load_corpus(beir_dir)
+    if not os.path.isfile(run_path):
+        raise InputError(f"--run {run_path}: no such file")
+    if not os.path.isdir(beir_dir):
+        raise InputError(f"--beir {beir_dir}: no such directory")
+    try:
+        run, queries, corpus = read_trec_run(run_path), load_queries(beir_dir), load_corpus(beir_dir)
+    except (DataFormatError, FileNotFoundError) as e:  # both name the file and line
+        raise InputError(str(e)) from None
+    if not run:
+        raise InputError(f"{run_path}: no run lines (expected 'qid Q0 docid rank score tag')")
     out = []
     for qid in sorted(run):
         if qid not in queries:
@@ -460,6 +644,7 @@ def read_run_and_beir(run_path: str, beir_dir: str, top_k: int) -> list[dict]:
 
 
 def write_atomic(path: str, text: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -470,6 +655,18 @@ def trec_lines(qid: str, records: list[dict], tag: str) -> list[str]:
     """TREC run lines with strictly decreasing scores: score - 1e-6 * rank keeps the order we
     chose (ties already broken by first-stage position) so trec_eval cannot re-break ties by id."""
     return [f"{qid} Q0 {r['id']} {r['rank']} {r['score'] - 1e-6 * r['rank']:.6f} {tag}" for r in records]
+
+
+def rate_line(stats: dict) -> str:
+    """'N pairs in Ts (R pairs/s ...)': the rate without the first call's warm-up when there were
+    later calls, else the rate of the one call, said to include it."""
+    n, t = stats["pairs"], stats["seconds"]
+    line = f"{n} pairs in {t:.1f}s"
+    rest_n, rest_t = n - stats["first_pairs"], t - stats["first_seconds"]
+    if rest_n and rest_t > 0:
+        return (line + f" ({rest_n / rest_t:.1f} pairs/s after the first query; "
+                f"{n / max(t, 1e-9):.1f} pairs/s with its warm-up)")
+    return line + f" ({n / max(t, 1e-9):.1f} pairs/s, including the warm-up of the first call)"
 
 
 def print_ranking(item, records, width=70):
@@ -483,44 +680,50 @@ def print_ranking(item, records, width=70):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Rerank documents for queries with an ERank model.")
+    ap = argparse.ArgumentParser(description="Rerank documents for queries with an ERank model.",
+                                 formatter_class=HelpFormatter)
     g = ap.add_argument_group("input")
     g.add_argument("input", nargs="?", help="JSON / JSONL file of queries with documents")
     g.add_argument("--run", help="TREC run to rerank (with --beir)")
     g.add_argument("--beir", help="BEIR directory holding the run's queries and corpus")
-    g.add_argument("--top-k", type=int, default=100, help="documents per query taken from --run")
+    g.add_argument("--top-k", type=positive_int, default=100, help="documents per query taken from --run")
     g = ap.add_argument_group("model")
     g.add_argument("--model", help="HF-layout directory or hub id org/name (default: built-in reranker)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     g.add_argument("--dtype", help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
     g = ap.add_argument_group("scoring")
     g.add_argument("--thinking", action="store_true", help="generate reasoning before the answer (slow)")
-    g.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit in thinking mode")
+    g.add_argument("--max-new-tokens", type=positive_int, default=1024, help="generation limit in thinking mode")
     g.add_argument("--score", default="answer", choices=["answer", "expected"],
                    help="answer: s*P(s) (ERank); expected: sum_s s*P(s) over 0..10 (fast mode only)")
     g.add_argument("--instruction", help="relevance definition (default: the BEIR one)")
     g.add_argument("--task", choices=sorted(INSTRUCTIONS), help="use the paper's instruction for a benchmark")
-    g.add_argument("--fusion", type=float, help="weight of the z-normalised first-stage score (paper: 0.2)")
-    g.add_argument("--max-query-tokens", type=int, default=256, help="query truncation budget")
-    g.add_argument("--max-doc-tokens", type=int, default=512, help="document truncation budget")
-    g.add_argument("--batch-tokens", type=int, default=16384, help="tokens per batch (memory bound)")
+    g.add_argument("--fusion", type=fusion_weight, metavar="W",
+                   help="W*z(first-stage score) + (1-W)*z(rerank score), per query (paper: 0.2; default: off)")
+    g.add_argument("--max-query-tokens", type=positive_int, default=256, help="query truncation budget")
+    g.add_argument("--max-doc-tokens", type=positive_int, default=512, help="document truncation budget")
+    g.add_argument("--batch-tokens", type=positive_int, default=16384, help="tokens per batch (memory bound)")
     g = ap.add_argument_group("output")
-    g.add_argument("--output", help="write JSON records here")
-    g.add_argument("--trec", help="write a TREC run here")
+    g.add_argument("--output", help="also write JSON records here (the rankings are printed as well)")
+    g.add_argument("--trec", help="also write a TREC run here")
     g.add_argument("--tag", default="erank", help="run tag in the TREC file")
     g.add_argument("--quiet", action="store_true", help="do not print rankings")
     args = ap.parse_args(argv)
+    if not (args.run or args.beir or args.input):
+        ap.error("give an input file, or --run with --beir")
     try:
+        # every check that needs no model comes first, so bad input fails in a second
+        if args.score == "expected" and args.thinking:
+            raise InputError("--score expected needs fast mode (the distribution over 0..10); drop --thinking")
         if args.run or args.beir:
             if not (args.run and args.beir):
                 raise InputError("--run and --beir go together")
             items = read_run_and_beir(args.run, args.beir, args.top_k)
-        elif args.input:
-            items = read_queries(args.input)
         else:
-            ap.error("give an input file, or --run with --beir")
-        if args.model and not os.path.isdir(args.model) and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.model):
-            raise InputError(f"--model {args.model}: no such checkpoint directory (nor an org/name hub id)")
+            items = read_queries(args.input)
+        if args.fusion is not None:
+            check_fusion_scores(items, args.input or args.run)
+        check_model_arg(args.model)
         instruction = args.instruction or (INSTRUCTIONS[args.task] if args.task else None)
         rr = Reranker(args.model, args.device, args.dtype, thinking=args.thinking,
                       max_new_tokens=args.max_new_tokens, max_query_tokens=args.max_query_tokens,
@@ -531,7 +734,7 @@ def main(argv=None):
             records = rr.rerank(item["query"], item["documents"], item["instruction"])
             results.append({"query_id": item["id"], "query": item["query"], "results": records})
             lines += trec_lines(item["id"], records, args.tag)
-            if not args.quiet and not args.output:
+            if not args.quiet:
                 print_ranking(item, records)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -543,8 +746,7 @@ def main(argv=None):
     if s["unparsed"]:
         print(f"warning: {s['unparsed']} of {s['pairs']} outputs had no parseable score "
               f"(scored {UNPARSED})", file=sys.stderr)
-    print(f"{s['pairs']} pairs in {s['seconds']:.1f}s ({s['pairs'] / max(s['seconds'], 1e-9):.1f} pairs/s)",
-          file=sys.stderr)
+    print(rate_line(s), file=sys.stderr)
     if args.output:
         write_atomic(args.output, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     if args.trec:

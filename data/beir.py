@@ -16,6 +16,7 @@ half-written file behind.
     qrels = load_qrels("data/beir/manpages", "test")      # {query_id: {doc_id: grade}}
 """
 import json
+import math
 import os
 from pathlib import Path
 
@@ -26,6 +27,31 @@ class DataFormatError(ValueError):
 
 def _fail(path, line_no, what):
     raise DataFormatError(f"{path}, line {line_no}: {what}")
+
+
+def _lines(path):
+    """Yield (line_no, text) for each line of a UTF-8 file. Lines are decoded one at a time, so a
+    byte that is not UTF-8 is reported with its line (a DataFormatError, not a UnicodeDecodeError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                _fail(path, line_no, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                     "save the file as UTF-8")
+
+
+def _check_text(path, line_no, field, value):
+    """JSON can spell strings that are not Unicode text ("\\ud800", a lone surrogate): refuse them
+    here, where the file and line are known, not later in the tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        _fail(path, line_no, f"field '{field}' is not valid Unicode text (lone surrogate "
+                             f"{value[e.start]!r} at character {e.start})")
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -56,24 +82,24 @@ def _read_jsonl(path, required):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found (expected a BEIR-format JSONL file)")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                _fail(path, line_no, f"not valid JSON ({e.msg} at column {e.colno})")
-            if not isinstance(rec, dict):
-                _fail(path, line_no, f"expected a JSON object, got {type(rec).__name__}")
-            for field in required:
-                if field not in rec:
-                    _fail(path, line_no, f"missing field '{field}'")
-                if not isinstance(rec[field], str):
-                    _fail(path, line_no, f"field '{field}' should be a string, got {type(rec[field]).__name__}")
-            if not rec["_id"]:
-                _fail(path, line_no, "field '_id' is empty")
-            yield line_no, rec
+    for line_no, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(path, line_no, f"not valid JSON ({e.msg} at column {e.colno})")
+        if not isinstance(rec, dict):
+            _fail(path, line_no, f"expected a JSON object, got {type(rec).__name__}")
+        for field in required:
+            if field not in rec:
+                _fail(path, line_no, f"missing field '{field}'")
+            if not isinstance(rec[field], str):
+                _fail(path, line_no, f"field '{field}' should be a string, got {type(rec[field]).__name__}")
+            _check_text(path, line_no, field, rec[field])
+        if not rec["_id"]:
+            _fail(path, line_no, "field '_id' is empty")
+        yield line_no, rec
 
 
 def load_corpus(data_dir):
@@ -84,6 +110,7 @@ def load_corpus(data_dir):
         title = rec.get("title", "")
         if not isinstance(title, str):
             _fail(path, line_no, f"field 'title' should be a string, got {type(title).__name__}")
+        _check_text(path, line_no, "title", title)
         if rec["_id"] in corpus:
             _fail(path, line_no, f"field '_id': duplicate document id {rec['_id']!r}")
         corpus[rec["_id"]] = {"title": title, "text": rec["text"]}
@@ -112,19 +139,18 @@ def load_qrels(data_dir, split):
 
 def read_beir_qrels(path):
     qrels = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if line_no == 1:
-                if parts != ["query-id", "corpus-id", "score"]:
-                    _fail(path, 1, f"expected header 'query-id<TAB>corpus-id<TAB>score', got {line.strip()!r}")
-                continue
-            if len(parts) != 3:
-                _fail(path, line_no, f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(parts)}")
-            qid, docid, grade = parts
-            qrels.setdefault(qid, {})[docid] = _parse_grade(path, line_no, "score", grade)
+    for line_no, line in _lines(path):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r\n").split("\t")
+        if line_no == 1:
+            if parts != ["query-id", "corpus-id", "score"]:
+                _fail(path, 1, f"expected header 'query-id<TAB>corpus-id<TAB>score', got {line.strip()!r}")
+            continue
+        if len(parts) != 3:
+            _fail(path, line_no, f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(parts)}")
+        qid, docid, grade = parts
+        qrels.setdefault(qid, {})[docid] = _parse_grade(path, line_no, "score", grade)
     return qrels
 
 
@@ -166,15 +192,14 @@ def write_beir_qrels(path, qrels):
 def read_trec_qrels(path):
     """{qid: {docid: grade}} from a TREC qrels file (`qid 0 docid grade`, whitespace-separated)."""
     qrels = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4:
-                _fail(path, line_no, f"expected 4 fields 'qid 0 docid grade', got {len(parts)}")
-            qid, _, docid, grade = parts
-            qrels.setdefault(qid, {})[docid] = _parse_grade(path, line_no, "grade", grade)
+    for line_no, line in _lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 4:
+            _fail(path, line_no, f"expected 4 fields 'qid 0 docid grade', got {len(parts)}")
+        qid, _, docid, grade = parts
+        qrels.setdefault(qid, {})[docid] = _parse_grade(path, line_no, "grade", grade)
     return qrels
 
 
@@ -189,21 +214,22 @@ def read_trec_run(path):
     The rank column is ignored, as trec_eval ignores it: the order comes from the scores.
     """
     run = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                _fail(path, line_no, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}")
-            qid, _, docid, _, score, _ = parts
-            try:
-                value = float(score)
-            except ValueError:
-                _fail(path, line_no, f"field 'score' (5th column) should be a number, got {score!r}")
-            if docid in run.setdefault(qid, {}):
-                _fail(path, line_no, f"field 'docid': document {docid!r} appears twice for query {qid!r}")
-            run[qid][docid] = value
+    for line_no, line in _lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            _fail(path, line_no, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}")
+        qid, _, docid, _, score, _ = parts
+        try:
+            value = float(score)
+        except ValueError:
+            _fail(path, line_no, f"field 'score' (5th column) should be a number, got {score!r}")
+        if not math.isfinite(value):
+            _fail(path, line_no, f"field 'score' (5th column) should be a finite number, got {score!r}")
+        if docid in run.setdefault(qid, {}):
+            _fail(path, line_no, f"field 'docid': document {docid!r} appears twice for query {qid!r}")
+        run[qid][docid] = value
     return run
 
 

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import model as M  # noqa: E402
 from data.beir import atomic_write_text  # noqa: E402
-from rerank import build_prompt, parse_answer, truncate  # noqa: E402
+from rerank import (HelpFormatter, InputError, build_prompt, check_model_arg, check_text, parse_answer,  # noqa: E402
+                    positive_int, truncate)
 
 THINK = re.compile(r"<think>(.*?)</think>", re.S)
 
@@ -60,23 +61,36 @@ def reasoning_of(text: str) -> str:
 
 
 def read_pairs(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        raise SystemExit(f"error: {path}: no such file")
+    """The JSONL input, checked line by line; a bad line raises InputError naming file, line, field."""
+    if not os.path.isfile(path):
+        raise InputError(f"--input {path}: no such file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}: line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+                raise InputError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(r, dict):
+                raise InputError(f"{path}: line {n}: expected an object with 'query' and 'doc'")
             for field in ("query", "doc"):
                 if not isinstance(r.get(field), str) or not r[field].strip():
-                    raise SystemExit(f"error: {path}: line {n}: field '{field}' is missing or not a non-empty string")
-            if r.get("instruction") is not None and not isinstance(r["instruction"], str):
-                raise SystemExit(f"error: {path}: line {n}: field 'instruction' must be a string when present")
+                    raise InputError(f"{path}: line {n}: field '{field}' is missing or not a non-empty string")
+                check_text(r[field], f"{path}: line {n}: field '{field}'")
+            if r.get("instruction") is not None:
+                if not isinstance(r["instruction"], str):
+                    raise InputError(f"{path}: line {n}: field 'instruction' must be a string when present")
+                check_text(r["instruction"], f"{path}: line {n}: field 'instruction'")
             out.append(r)
+    if not out:
+        raise InputError(f"{path}: no pairs (expected JSONL of {{query, doc, instruction?}})")
     return out
 
 
@@ -125,43 +139,58 @@ def label(model, tok, pairs, samples=3, temperature=0.7, top_p=1.0, max_new_toke
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Label (query, document) pairs with a teacher's reasoning and score.")
+    """Returns the exit status: 0, or 2 after one line naming the bad input."""
+    ap = argparse.ArgumentParser(description="Label (query, document) pairs with a teacher's reasoning and score.",
+                                 formatter_class=HelpFormatter)
     g = ap.add_argument_group("input and output")
     g.add_argument("--input", required=True, help="JSONL of {query, doc, instruction?}")
     g.add_argument("--out", default="runs/sft/labelled.jsonl", help="JSONL of sft.py records")
     g.add_argument("--limit", type=int, default=0, help="label only the first N pairs (0 = all)")
-    g.add_argument("--save-every", type=int, default=50, help="rewrite the output every N pairs")
+    g.add_argument("--save-every", type=positive_int, default=50, help="rewrite the output every N pairs")
     g.add_argument("--resume", action="store_true", help="continue after the pairs already in <out>.stats.json")
     g = ap.add_argument_group("teacher")
     g.add_argument("--model", default=None, help="teacher checkpoint (default: the built-in model)")
     g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
-    g.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--samples", type=int, default=3, help="samples per pair (paper: 3)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--samples", type=positive_int, default=3, help="samples per pair (paper: 3)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (paper: not stated)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    g.add_argument("--max-new-tokens", type=int, default=1024, help="longer outputs are dropped (paper: 2,048)")
-    g.add_argument("--max-doc-tokens", type=int, default=512, help="documents are truncated to this many tokens")
-    g.add_argument("--batch-pairs", type=int, default=4, help="pairs generated together (x samples rows)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    g.add_argument("--max-new-tokens", type=positive_int, default=1024, help="longer outputs are dropped (paper: 2,048)")
+    g.add_argument("--max-doc-tokens", type=positive_int, default=512, help="documents are truncated to this many tokens")
+    g.add_argument("--batch-pairs", type=positive_int, default=4, help="pairs generated together (x samples rows)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     args = ap.parse_args(argv)
+    if args.limit < 0:
+        ap.error(f"argument --limit: must be 0 (all) or more, got {args.limit}")
+    if args.temperature < 0:
+        ap.error(f"argument --temperature: must be 0 (greedy) or more, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        ap.error(f"argument --top-p: must be in (0, 1], got {args.top_p}")
 
-    pairs = read_pairs(args.input)
-    if args.limit:
-        pairs = pairs[:args.limit]
-    if args.model is None:
-        from data.convert_smollm2 import ensure_base_model
-        args.model = ensure_base_model()
-    model, tok = M.load(args.model, device=args.device, dtype=args.dtype, verbose=True)
+    try:  # every check that needs no model comes first
+        pairs = read_pairs(args.input)
+        check_model_arg(args.model)
+        stats_path = args.out + ".stats.json"
+        records, stats, start = [], {}, 0
+        if args.resume and os.path.exists(stats_path):
+            saved = json.load(open(stats_path))
+            stats, start = saved["stats"], saved["done"]
+            records = [json.loads(line) for line in open(args.out, encoding="utf-8") if line.strip()]
+            print(f"resuming after {start} pairs ({len(records)} records)", file=sys.stderr)
+        if args.limit:
+            pairs = pairs[:args.limit]
+        if args.model is None:
+            from data.convert_smollm2 import ensure_base_model
+            args.model = ensure_base_model()
+        try:
+            model, tok = M.load(args.model, device=args.device, dtype=args.dtype, verbose=True)
+        except ValueError as e:  # a config or weights model.py does not support, named by load
+            raise InputError(f"--model {args.model}: {e}") from None
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     M.cpu_inference_layout(model)
     print("args " + json.dumps(vars(args), sort_keys=True), file=sys.stderr)
-
-    stats_path = args.out + ".stats.json"
-    records, stats, start = [], {}, 0
-    if args.resume and os.path.exists(stats_path):
-        saved = json.load(open(stats_path))
-        stats, start = saved["stats"], saved["done"]
-        records = [json.loads(line) for line in open(args.out, encoding="utf-8") if line.strip()]
-        print(f"resuming after {start} pairs ({len(records)} records)", file=sys.stderr)
 
     def flush(done):
         atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -188,8 +217,8 @@ def main(argv=None):
           f"{stats['samples']} samples: {stats['too_long']} too long (> {args.max_new_tokens} tokens), "
           f"{stats['unparsed']} unparsed", file=sys.stderr)
     print(f"wrote {len(records)} records to {args.out}", file=sys.stderr)
-    return stats
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 import eval as E
 import rerank as R
 
@@ -38,5 +40,202 @@ def test_end_to_end_table_and_resume(tmp_path, monkeypatch):
     assert scored == ["copy files"]
     again = json.load(open(tmp_path / "table.json"))
     for row in again + table:
-        row.pop("seconds", None)  # q2 was timed again
+        row.pop("seconds", None), row.pop("pairs_per_s", None)  # q2 was timed again
     assert again == table
+
+
+def argv_for(tmp_path, *more):
+    return ["--data", str(tmp_path / "beir"), "--model", os.path.join(FIX, "llama"), "--top-k", "3",
+            "--runs-dir", str(tmp_path / "runs"), *more]
+
+
+def test_bm25_only_table_has_map_and_says_what_ran(tmp_path, capsys):
+    tiny_beir(tmp_path / "beir")
+    assert E.main(E.parse_args(argv_for(tmp_path, "--bm25-only", "--json", str(tmp_path / "t.json")))) == 0
+    out = capsys.readouterr().out
+    assert "| system | nDCG@10 | MRR@10 | R@3 | MAP |" in out
+    assert "all 2 judged queries; BM25 top-3\n" in out and "reranked" not in out
+    table = json.load(open(tmp_path / "t.json"))
+    run, qrels, _ = E.run_bm25(E.parse_args(argv_for(tmp_path)))
+    assert table[0]["map"] == E.evaluate(run, qrels, metrics=("map",), complete=True)["map"]
+
+
+def test_limit_says_which_queries_it_takes(tmp_path, capsys):
+    tiny_beir(tmp_path / "beir")
+    assert E.main(E.parse_args(argv_for(tmp_path, "--bm25-only", "--limit", "1"))) == 0
+    assert "the first 1 of 2 judged queries by id (q1 ... q1); BM25 top-3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        E.parse_args(argv_for(tmp_path, "--limit", "0"))
+    with pytest.raises(SystemExit):
+        E.parse_args(argv_for(tmp_path, "--top-k", "0"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--data", "{tmp}/nope"], "--data {tmp}/nope: no such directory"),
+    (["--data", "{tmp}/beir", "--split", "dev"], "--split dev: {tmp}/beir/qrels/dev.tsv does not exist (splits present: test)"),
+    (["--data", "{tmp}/beir", "--model", "{tmp}/beir"], "--model {tmp}/beir: not a checkpoint directory"),
+    (["--data", "{tmp}/beir", "--thinking", "--score", "expected"], "--score expected needs fast mode"),
+])
+def test_bad_data_arguments_give_one_line_and_status_2(tmp_path, capsys, monkeypatch, args, needle):
+    tiny_beir(tmp_path / "beir")
+    monkeypatch.setattr(R.M, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert E.main(E.parse_args([a.format(tmp=tmp_path) for a in args])) == 2
+    err = capsys.readouterr().err
+    assert needle.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def test_bad_corpus_line_gives_one_line_and_status_2(tmp_path, capsys):
+    tiny_beir(tmp_path / "beir")
+    with open(tmp_path / "beir" / "queries.jsonl", "ab") as f:
+        f.write(b'{"_id": "q3", "text": "caf\xe9"}\n')
+    assert E.main(E.parse_args(argv_for(tmp_path, "--bm25-only"))) == 2
+    assert f"{tmp_path / 'beir' / 'queries.jsonl'}, line 3: not UTF-8 text" in capsys.readouterr().err
+
+
+def cached_calls(monkeypatch):
+    scored = []
+    real = R.Reranker.rerank
+    monkeypatch.setattr(R.Reranker, "rerank", lambda self, q, d, i=None: scored.append((self, q)) or real(self, q, d, i))
+    return scored
+
+
+def test_expected_score_reuses_the_scored_pair_cache(tmp_path, monkeypatch):
+    tiny_beir(tmp_path / "beir")
+    E.main(E.parse_args(argv_for(tmp_path)))
+    scored = cached_calls(monkeypatch)
+    E.main(E.parse_args(argv_for(tmp_path, "--score", "expected", "--json", str(tmp_path / "cached.json"))))
+    assert scored == []  # nothing scored again
+    fresh = argv_for(tmp_path, "--score", "expected", "--json", str(tmp_path / "fresh.json"))
+    fresh[fresh.index("--runs-dir") + 1] = str(tmp_path / "other-runs")
+    E.main(E.parse_args(fresh))
+    assert len(scored) == 2
+    cached, new = json.load(open(tmp_path / "cached.json")), json.load(open(tmp_path / "fresh.json"))
+    for row in cached + new:
+        row.pop("seconds", None), row.pop("pairs_per_s", None)
+    assert cached == new
+    assert (tmp_path / "runs" / "beir-test-llama-expected.trec").exists()
+
+
+def test_fusion_is_rerank_py_fusion_over_the_bm25_scores(tmp_path, monkeypatch):
+    from data.beir import load_corpus, read_trec_run
+    tiny_beir(tmp_path / "beir")
+    assert E.main(E.parse_args(argv_for(tmp_path, "--fusion", "0.2"))) == 0
+    reranked = read_trec_run(tmp_path / "runs" / "beir-test-llama-fusion0.2.trec")
+    bm25 = read_trec_run(tmp_path / "runs" / "beir-test-bm25.trec")
+    corpus = load_corpus(tmp_path / "beir")
+    rr = R.Reranker(os.path.join(FIX, "llama"), fusion=0.2, verbose=False)
+    for qid, query in (("q1", "list directory contents"), ("q2", "copy files")):
+        cands = E.rank_docs(bm25[qid])[:3]
+        docs = [{"id": d, "text": corpus[d]["text"], "score": bm25[qid][d]} for d in cands]
+        assert E.rank_docs(reranked[qid]) == [r["id"] for r in rr.rerank(query, docs)]
+    # weight 1: BM25's order exactly
+    assert E.main(E.parse_args(argv_for(tmp_path, "--fusion", "1", "--name", "w1"))) == 0
+    w1 = read_trec_run(tmp_path / "runs" / "beir-test-w1.trec")
+    assert all(E.rank_docs(w1[q]) == E.rank_docs(bm25[q])[:3] for q in w1)
+
+
+def test_task_and_max_query_tokens_reach_the_reranker(tmp_path, monkeypatch):
+    tiny_beir(tmp_path / "beir")
+    scored = cached_calls(monkeypatch)
+    E.main(E.parse_args(argv_for(tmp_path, "--task", "bright", "--max-query-tokens", "2")))
+    rr = scored[0][0]
+    assert rr.instruction == R.INSTRUCTIONS["bright"] and rr.max_query_tokens == 2
+    assert rr.stats["truncated_queries"] == 2  # both queries are longer than 2 tokens
+
+
+def test_pairs_per_second_leaves_out_the_warm_up_query(tmp_path):
+    tiny_beir(tmp_path / "beir")
+    E.main(E.parse_args(argv_for(tmp_path, "--json", str(tmp_path / "t.json"))))
+    cache = next((tmp_path / "runs" / "cache").iterdir())
+    lines = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert [r["warmup"] for r in lines] == [True, False]
+    steady = lines[1]
+    row = json.load(open(tmp_path / "t.json"))[1]
+    assert row["pairs_per_s"] == pytest.approx(len(steady["results"]) / steady["seconds"])
+    assert row["seconds"] == pytest.approx(lines[0]["seconds"] + lines[1]["seconds"])
+
+
+# ---------------------------------------------------------------- pipeline.sh
+
+FAKE_PYTHON = """#!{python}
+# Stands in for python in pipeline.sh: logs each script call and writes the outputs it names.
+import json, os, subprocess, sys
+args = sys.argv[1:]
+if args[0] == "-c":
+    sys.exit(subprocess.call([{python!r}] + args))
+with open("calls.log", "a") as f:
+    f.write(" ".join(args) + "\\n")
+def opt(name):
+    return args[args.index(name) + 1] if name in args else None
+if args[0] == "data/build_datasets.py":
+    for d in ("pyfaq", "manpages", "foldoc"):
+        os.makedirs("data/beir/" + d, exist_ok=True)
+elif args[0] == "data/make_sft.py":
+    os.makedirs(os.path.dirname(opt("--out")), exist_ok=True)
+    open(opt("--out"), "w").write(" ".join(args) + " " + os.urandom(4).hex())  # new content every time
+elif args[0] in ("sft.py", "rl.py"):
+    os.makedirs(opt("--out") + "/final", exist_ok=True)
+elif opt("--json"):
+    json.dump([{{"ndcg@10": 0.5}}, {{"ndcg@10": 0.4}}], open(opt("--json"), "w"))
+"""
+
+
+def run_pipeline(root):
+    import subprocess
+    (root / "calls.log").unlink(missing_ok=True)
+    done = subprocess.run(["bash", "pipeline.sh"], cwd=root, capture_output=True, text=True,
+                          env=dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}"))
+    calls = (root / "calls.log").read_text().splitlines() if (root / "calls.log").exists() else []
+    return done, [c.split()[0] for c in calls]
+
+
+def fresh_clone(tmp_path):
+    import shutil
+    import sys
+    root = tmp_path / "clone"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(os.path.join(os.path.dirname(FIX), "..", "pipeline.sh"), root)
+    fake = root / "bin" / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    return root
+
+
+def test_pipeline_header_command_works_on_a_fresh_clone(tmp_path):
+    import subprocess
+    root = fresh_clone(tmp_path)
+    header = (root / "pipeline.sh").read_text()
+    assert "#     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &" in header
+    cmd = next(line[1:].strip() for line in header.splitlines() if "nohup bash pipeline.sh" in line)
+    subprocess.run(cmd.replace("nohup ", "").rstrip("&"), shell=True, cwd=root, check=True,
+                   env=dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}"))
+    assert "== " in (root / "runs" / "pipeline.log").read_text() and "done" in (root / "runs" / "pipeline.log").read_text()
+
+
+def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
+    import shutil
+    root = fresh_clone(tmp_path)
+    # what the README's smoke test leaves: records made with other arguments, a checkpoint
+    (root / "runs" / "sft" / "last").mkdir(parents=True)
+    (root / "runs" / "sft" / "train.jsonl").write_text("52,948 default records")
+    done, calls = run_pipeline(root)
+    assert calls == ["data/build_datasets.py", "data/make_sft.py"]  # records made again, then SFT stops
+    assert done.returncode != 0
+    assert "runs/sft holds checkpoints made by another command" in done.stdout
+    assert "rm -r runs/sft/last runs/sft/final runs/sft/step-*" in done.stdout
+    assert "--max-queries 700" in (root / "runs" / "sft" / "train.jsonl").read_text()
+    shutil.rmtree(root / "runs" / "sft" / "last")  # as told
+    done, calls = run_pipeline(root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert calls == ["sft.py", "rl.py", "rl.py"] + ["eval.py"] * 5 + ["bench/plot.py"], calls
+    record = (root / "runs" / "sft.args").read_text()
+    assert "--max-queries 700" in record and "sft.py --data runs/sft/train.jsonl" in record
+    assert "sft.py --data runs/sft/train.jsonl" in (root / "runs" / "results" / "pyfaq-test88-sft.json.args").read_text()
+    # the same command again: every step is up to date
+    done, calls = run_pipeline(root)
+    assert done.returncode == 0 and calls == ["bench/plot.py"], calls
+    # records changed by hand: made again (new content), and SFT, trained on the old ones, stops
+    (root / "runs" / "sft" / "train.jsonl").write_text("other records")
+    done, calls = run_pipeline(root)
+    assert calls == ["data/make_sft.py"] and done.returncode != 0
+    assert "runs/sft holds checkpoints made by another command" in done.stdout

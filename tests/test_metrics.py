@@ -86,3 +86,29 @@ def test_trec_cli_prints_table(tmp_path, capsys):
     out = capsys.readouterr().out
     expected = ev.evaluate(run, qrels)
     assert f"ndcg_cut_10           \tall\t{expected['ndcg@10']:.4f}" in out, out
+
+
+@pytest.mark.parametrize("qrels,run,needle", [
+    ("q1 0 d1 1\n", None, "--run {tmp}/run.trec: no such file"),
+    (None, "q1 Q0 d1 1 1.0 t\n", "--qrels {tmp}/qrels.txt: no such file"),
+    ("q1 0 d1 1\n", "q1 d1 1 1.0\n", "{tmp}/run.trec, line 1: expected 6 fields"),
+    ("q1 0 d1 1\n", "q1 Q0 d1 1 1.0 t\nq1 Q0 d\xe9 2 0.5 t\n", "{tmp}/run.trec, line 2: not UTF-8 text (byte 0xe9"),
+    ("\xff\xfeq1 0 d1 1\n", "q1 Q0 d1 1 1.0 t\n", "{tmp}/qrels.txt, line 1: not UTF-8 text (byte 0xff"),
+    ("q1 0 d1 relevant\n", "q1 Q0 d1 1 1.0 t\n", "{tmp}/qrels.txt, line 1: field 'grade' should be an integer"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\n", "q1 Q0 d1 1 1.0 t\n", "{tmp}/qrels.txt, line 2: expected 3 tab-separated"),
+])
+def test_bad_qrels_or_run_gives_one_line_and_status_2(tmp_path, capsys, qrels, run, needle):
+    for name, text in (("qrels.txt", qrels), ("run.trec", run)):
+        if text is not None:
+            (tmp_path / name).write_bytes(text.encode("latin-1"))
+    args = ev.parse_args(["--qrels", str(tmp_path / "qrels.txt"), "--run", str(tmp_path / "run.trec")])
+    assert ev.main(args) == 2
+    err = capsys.readouterr().err
+    assert needle.format(tmp=tmp_path) in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path, capsys):
+    (tmp_path / "qrels.tsv").write_bytes("\ufeffquery-id\tcorpus-id\tscore\nq1\td1\t1\n".encode("utf-8"))
+    (tmp_path / "run.trec").write_text("q1 Q0 d1 1 1.0 t\n")
+    assert ev.main(ev.parse_args(["--qrels", str(tmp_path / "qrels.tsv"), "--run", str(tmp_path / "run.trec")])) == 0
+    assert "map                   \tall\t1.0000" in capsys.readouterr().out

@@ -218,6 +218,17 @@ def write(tmp_path, name, text):
     ('[]', "no queries"),
     ('[{"query": "q", "documents": ["a"]}, {"query": "q2"}]', "record 1: field 'documents'"),
     ('{"query": "q", "documents": ["a"]}\n{"query": "", "documents": ["a"]}\n', "line 2: field 'query'"),
+    ('{"query": "q", "documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}',
+     "documents[0].id and [1].id: the same document id 'a'"),
+    ('{"query": "q", "documents": [{"id": "1", "text": "x"}, "y"]}', "documents[0].id and [1].id: the same document id '1'"),
+    ('{"query": "q", "documents": [{"id": null, "text": "x"}]}', "documents[0].id: expected a string or a number, got null"),
+    ('{"id": null, "query": "q", "documents": ["a"]}', "field 'id': expected a string or a number, got null"),
+    ('{"id": 1, "query": "q", "documents": ["a"]}\n{"id": "1", "query": "q", "documents": ["a"]}',
+     "line 2: field 'id': duplicate query id '1'"),
+    ('{"query": "q\\ud800", "documents": ["a"]}', "field 'query': not valid Unicode text (lone surrogate"),
+    ('{"query": "q", "documents": ["\\ud800"]}', "documents[0]: not valid Unicode text"),
+    ('{"query": "q", "documents": [{"text": "a", "title": "\\udfff"}]}', "documents[0].title: not valid Unicode"),
+    ('{"query": "q", "documents": [{"text": "a", "score": NaN}]}', "documents[0].score: expected a finite number"),
 ])
 def test_bad_input_gives_one_clear_line_and_status_2(tmp_path, capsys, content, needle):
     path = write(tmp_path, "in.json", content)
@@ -232,11 +243,193 @@ def test_unknown_model_path_is_a_clear_error(tmp_path, capsys):
     assert "no-such-model: no such checkpoint directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("data,needle", [
+    (b'\xff\xfe{"query": "q", "documents": ["a"]}', "line 1: not UTF-8 text (byte 0xff at column 1)"),
+    (b'{"query": "q",\n "documents": ["caf\xe9"]}', "line 2: not UTF-8 text (byte 0xe9 at column 20)"),
+])
+def test_non_utf8_query_file_is_a_clear_error(tmp_path, capsys, data, needle):
+    path = tmp_path / "in.json"
+    path.write_bytes(data)
+    assert R.main([str(path), "--model", os.path.join(FIX, "llama")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(path) in err and "Traceback" not in err
+
+
+def test_model_directory_without_config_is_a_clear_error(tmp_path, capsys):
+    path = write(tmp_path, "in.json", '{"query": "q", "documents": ["a"]}')
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    shutil.copy(os.path.join(FIX, "llama", "tokenizer.json"), ckpt)
+    assert R.main([path, "--model", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {ckpt}: not a checkpoint directory (config.json, model.safetensors missing" in err
+
+
+def tiny_beir(d):
+    d.mkdir()
+    (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "ls lists files"}\n{"_id": "d2", "text": "cp copies"}\n')
+    (d / "queries.jsonl").write_text('{"_id": "q1", "text": "list files"}\n')
+    return str(d)
+
+
+@pytest.mark.parametrize("run,needle", [
+    (None, "--run {run}: no such file"),
+    ("q1 Q0 d1 1 2.5 bm25\nq1 d2 2 1.5\n", "{run}, line 2: expected 6 fields"),
+    ("q1 Q0 d1 1 high bm25\n", "{run}, line 1: field 'score' (5th column) should be a number"),
+    ("q1 Q0 d1 1 2.5 bm25\nq1 Q0 d\xe9 2 1.5 bm25\n", "{run}, line 2: not UTF-8 text"),
+    ("", "{run}: no run lines"),
+])
+def test_bad_run_file_is_a_clear_error(tmp_path, capsys, run, needle):
+    beir = tiny_beir(tmp_path / "beir")
+    path = tmp_path / "run.trec"
+    if run is not None:
+        path.write_bytes(run.encode("latin-1"))
+    assert R.main(["--run", str(path), "--beir", beir, "--model", os.path.join(FIX, "llama")]) == 2
+    err = capsys.readouterr().err
+    assert needle.format(run=path) in err and "Traceback" not in err
+
+
+def test_missing_beir_directory_is_a_clear_error(tmp_path, capsys):
+    path = write(tmp_path, "run.trec", "q1 Q0 d1 1 2.5 bm25\n")
+    assert R.main(["--run", path, "--beir", str(tmp_path / "nope"), "--model", os.path.join(FIX, "llama")]) == 2
+    assert f"--beir {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_top_k_below_one_is_refused(tmp_path, capsys, k):
+    beir = tiny_beir(tmp_path / "beir")
+    path = write(tmp_path, "run.trec", "q1 Q0 d1 1 2.5 bm25\nq1 Q0 d2 2 1.5 bm25\n")
+    with pytest.raises(SystemExit) as e:
+        R.main(["--run", path, "--beir", beir, "--top-k", k, "--model", os.path.join(FIX, "llama")])
+    assert e.value.code == 2
+    assert "argument --top-k: must be at least 1" in capsys.readouterr().err
+
+
+def test_arguments_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    path = write(tmp_path, "in.json", '{"query": "q", "documents": [{"text": "a", "score": 1}, {"text": "b"}]}')
+    assert R.main([path, "--fusion", "0.2", "--model", os.path.join(FIX, "llama")]) == 2
+    assert f"{path}: documents[1].score: missing; --fusion needs a first-stage score" in capsys.readouterr().err
+    assert R.main([path, "--thinking", "--score", "expected", "--model", os.path.join(FIX, "llama")]) == 2
+    assert "--score expected needs fast mode" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        R.main([path, "--fusion", "1.5"])
+    assert "argument --fusion: must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_empty_documents_rank_last_with_a_warning(tmp_path, capsys):
+    model, tok = digits_only("llama")
+    d = [{"id": "blank", "text": "   \n"}, {"id": "ls", "text": "ls lists files"}, {"id": "none", "text": ""},
+         {"id": "cp", "text": "cp copies files"}, {"id": "titled", "text": "", "title": "tar"}]
+    rr = R.Reranker((model, tok), verbose=True)
+    recs = rr.rerank("list files", d)
+    assert [r["id"] for r in recs[-2:]] == ["blank", "none"]
+    assert all(r["empty"] and r["score"] == R.EMPTY and r["answer"] is None for r in recs[-2:])
+    assert not any(r.get("empty") for r in recs[:3])  # a title alone is not empty
+    assert rr.stats["pairs"] == 3 and rr.stats["empty"] == 2 and rr.stats["unparsed"] == 0
+    assert "2 empty document(s) not scored, ranked last: blank, none" in capsys.readouterr().err
+    fused = R.Reranker((model, tok), fusion=0.2, verbose=False).rerank(
+        "list files", [dict(x, score=10.0 - i) for i, x in enumerate(d)])
+    assert [r["id"] for r in fused[-2:]] == ["blank", "none"]  # even with the best first-stage score
+
+
+def test_duplicate_ids_are_refused_by_the_python_api():
+    rr = R.Reranker(os.path.join(FIX, "llama"), verbose=False)
+    with pytest.raises(R.InputError, match=r"documents\[0\].id and \[2\].id: the same document id 'a'"):
+        rr.rerank("q", [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}])
+
+
+def test_rate_line_reports_the_rate_without_the_first_calls_warm_up():
+    rr = R.Reranker(os.path.join(FIX, "llama"), verbose=False)
+    one = R.rate_line(rr.stats | {"pairs": 5, "seconds": 2.0, "first_pairs": 5, "first_seconds": 2.0})
+    assert one == "5 pairs in 2.0s (2.5 pairs/s, including the warm-up of the first call)"
+    rr.rerank("q", ["a", "b"])
+    rr.rerank("q", ["c", "d", "e"])
+    s = rr.stats
+    assert s["first_pairs"] == 2 and 0 < s["first_seconds"] < s["seconds"]
+    line = R.rate_line(s)
+    assert f"{3 / (s['seconds'] - s['first_seconds']):.1f} pairs/s after the first query" in line
+    assert f"{5 / s['seconds']:.1f} pairs/s with its warm-up" in line
+
+
+def test_thinking_mode_shows_progress_within_a_batch(capsys):
+    rr = R.Reranker(os.path.join(FIX, "llama"), thinking=True, max_new_tokens=6, verbose=True)
+    rr.rerank("q", ["a", "b", "c"])
+    err = capsys.readouterr().err
+    assert "generating (3 pairs)" in err and "/6 [" in err, err
+
+
+def test_model_demo_prints_only_the_answer(capsys, monkeypatch):
+    import runpy
+    monkeypatch.setattr("sys.argv", ["model.py", "What is ls?", "--model", os.path.join(FIX, "llama"),
+                                     "--max-new-tokens", "3"])
+    runpy.run_path(os.path.join(os.path.dirname(FIX), "..", "model.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    model, tok = M.load(os.path.join(FIX, "llama"))
+    gen = M.generate(model, [tok.encode(tok.chat([{"role": "user", "content": "What is ls?"}]))], 3,
+                     stop_ids=[tok.im_end], pad_id=tok.pad_id)
+    assert out == tok.decode(gen.tokens[0][gen.mask[0]].tolist(), skip_special_tokens=True).strip() + "\n"
+    assert "What is ls?" not in out and "<|im_start|>" not in out, out
+
+
+@pytest.mark.parametrize("script,defaults", [
+    ("rerank", ["--top-k TOP_K         documents per query taken from --run (default: 100)", "(default: 1024)",
+                "(default: answer)", "(default: 256)", "(default: 512)", "(default: 16384)", "(default: erank)"]),
+    ("eval", ["(default: test)", "(default: 100)", "(default: runs)", "(default: 1024)", "(default: 16384)"]),
+    ("label", ["(default: runs/sft/labelled.jsonl)", "(default: 0.7)", "(default: 1024)", "(default: 3)",
+               "(default: 50)", "sampling seed (default: 0)"]),
+])
+def test_help_shows_defaults(capsys, script, defaults):
+    import eval as E
+    from data import label as L
+    main = {"rerank": R.main, "eval": E.parse_args, "label": L.main}[script]
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for d in defaults:
+        assert " ".join(d.split()) in out, d
+    assert "(default: None)" not in out and "(default: False)" not in out
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b'\xff\xfe{"query": "q", "doc": "d"}\n', "line 1: not UTF-8 text (byte 0xff at column 1)"),
+    (b'{"query": "q", "doc": "d"}\n{"query": "q", "doc": "\xe9t\xe9"}\n', "line 2: not UTF-8 text"),
+    (b'{"query": "q", "doc": "\\ud800"}\n', "line 1: field 'doc': not valid Unicode text"),
+    (b'["q", "d"]\n', "line 1: expected an object with 'query' and 'doc'"),
+    (b'{"query": "q"}\n', "line 1: field 'doc' is missing"),
+    (b'\n', "no pairs"),
+])
+def test_label_bad_input_gives_one_clear_line_and_status_2(tmp_path, capsys, monkeypatch, content, needle):
+    from data import label as L
+    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(content)
+    assert L.main(["--input", str(path), "--model", os.path.join(FIX, "llama"), "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(path) in err and "Traceback" not in err
+
+
+def test_label_checks_files_and_model_before_loading(tmp_path, capsys, monkeypatch):
+    from data import label as L
+    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert L.main(["--input", str(tmp_path / "none.jsonl")]) == 2
+    assert f"--input {tmp_path / 'none.jsonl'}: no such file" in capsys.readouterr().err
+    path = write(tmp_path, "pairs.jsonl", '{"query": "q", "doc": "d"}\n')
+    assert L.main(["--input", path, "--model", str(tmp_path)]) == 2
+    assert f"--model {tmp_path}: not a checkpoint directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        L.main(["--input", path, "--samples", "0"])
+    assert e.value.code == 2
+
+
 def test_cli_writes_json_and_trec(tmp_path, capsys):
     path = write(tmp_path, "in.jsonl", "\n".join(json.dumps({"id": f"q{i}", "query": "list files",
                                                               "documents": docs(3, seed=i)}) for i in range(2)))
     out, trec = str(tmp_path / "out.json"), str(tmp_path / "run.trec")
     assert R.main([path, "--model", os.path.join(FIX, "llama"), "--output", out, "--trec", trec]) == 0
+    printed = capsys.readouterr().out
+    assert "query q0: list files" in printed and "query q1: list files" in printed  # printed as well
     results = json.load(open(out))
     assert [r["query_id"] for r in results] == ["q0", "q1"]
     assert [r["rank"] for r in results[0]["results"]] == [1, 2, 3]
