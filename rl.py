@@ -53,7 +53,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -62,15 +61,17 @@ import torch.distributed as dist
 
 import model as M
 from eval import ndcg_at_k
-from rerank import Reranker, parse_answer, write_atomic
-from sft import LoRALinear, add_lora, cosine_lr, load_train_state, save_checkpoint, completion_logprobs, dev_ndcg
+from rerank import HelpFormatter, Reranker, parse_answer, write_atomic
+from sft import (LoRALinear, add_lora, completion_logprobs, copy_checkpoint, cosine_lr, dev_ndcg, load_train_state,
+                 prune_checkpoints, save_checkpoint)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="ERank stage 2: GRPO with the listwise r_RR reward.")
+    ap = argparse.ArgumentParser(description="ERank stage 2: GRPO with the listwise r_RR reward.",
+                                 formatter_class=HelpFormatter)
     g = ap.add_argument_group("data")
     g.add_argument("--data", default="data/beir/manpages,data/beir/foldoc",
                    help="comma-separated BEIR directories whose --split qrels give the training queries")
@@ -102,9 +103,12 @@ def parse_args(argv=None):
     g = ap.add_argument_group("model")
     g.add_argument("--model", default="runs/sft/final", help="starting checkpoint = the frozen reference (an SFT output)")
     g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
-    g.add_argument("--dtype", default=None, help="autocast dtype on CUDA (default bf16); CPU trains in fp32")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="autocast dtype (default: bf16 on CUDA; "
+                   "fp32 on CPU). Weights, LoRA, optimizer state, rewards and log-probs stay fp32 either way")
     g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full parameters")
     g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
+    g.add_argument("--lora-layers", type=int, default=0, help="LoRA on the last N decoder blocks only (0 = all)")
     g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
                    help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
                    "less memory, slower")
@@ -132,6 +136,8 @@ def parse_args(argv=None):
     g = ap.add_argument_group("checkpoints")
     g.add_argument("--out", default="runs/rl", help="output directory")
     g.add_argument("--save-every", type=int, default=50, help="write step-N/ and last/ every N steps (0 = never)")
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="step-N/ directories kept (the newest; "
+                   "older ones are deleted; 0 = keep all). last/ and final/ are always kept")
     g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last")
     return ap.parse_args(argv)
 
@@ -474,10 +480,11 @@ def main(argv=None):
     if args.queries_per_step < world:
         raise SystemExit(f"--queries-per-step {args.queries_per_step} is below the process count {world}")
 
-    # device and dtype: fp32 weights everywhere; bf16 autocast on CUDA
+    # device and dtype: fp32 weights, LoRA and optimizer state everywhere; matrix products under
+    # autocast in the chosen dtype (bf16 on CUDA by default; on CPU when asked)
     device, dtype = M.pick_device(args.device, args.dtype, verbose=master)
-    amp = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-    autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if amp else contextlib.nullcontext
+    amp = dtype in (torch.bfloat16, torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if amp else contextlib.nullcontext
     if not args.max_new_tokens:
         args.max_new_tokens = 1024 if args.thinking else 0  # fast mode: set from the tokenizer below
     resolved = vars(args).copy()
@@ -489,7 +496,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     policy, tok = M.load(args.model, device=device, dtype=torch.float32)
     if args.lora_rank > 0:
-        trainable = add_lora(policy, args.lora_rank, args.lora_alpha)
+        trainable = add_lora(policy, args.lora_rank, args.lora_alpha, last_layers=args.lora_layers)
         reference = lambda: adapters_off(policy)  # same base weights, adapters off
     else:
         trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -525,7 +532,11 @@ def main(argv=None):
     last_dir, log_path = os.path.join(args.out, "last"), os.path.join(args.out, "log.jsonl")
     if args.resume:
         st = load_train_state(last_dir)
-        for k in ("model", "data", "reward", "lora_rank", "lora_alpha", "group_size", "docs_per_query", "seed", "lr"):
+        for k in ("lora_rank", "lora_layers"):  # what the trainable weights are
+            if st["args"].get(k) != resolved.get(k):
+                raise SystemExit(f"{last_dir}: --{k.replace('_', '-')} was {st['args'].get(k)!r}, now "
+                                 f"{resolved.get(k)!r}; resume with the same value")
+        for k in ("model", "data", "reward", "lora_alpha", "group_size", "docs_per_query", "seed", "lr"):
             if st["args"].get(k) != resolved.get(k):
                 log(f"warning: --{k.replace('_', '-')} was {st['args'].get(k)!r} in {last_dir}, now {resolved.get(k)!r}")
         if st["total_steps"] != total:
@@ -557,7 +568,8 @@ def main(argv=None):
     if args.eval_every and step == 0 and master:
         t0 = time.perf_counter()
         with autocast():
-            nd, nd_expected = dev_ndcg(policy, tok, args, dev_cache)
+            dev = dev_ndcg(policy, tok, args, dev_cache)
+        nd, nd_expected = dev["dev_ndcg10"], dev["dev_ndcg10_expected"]
         log(f"eval  {0:05d}/{total:05d} | dev nDCG@10 {nd:.4f} (expected score {nd_expected:.4f}) | "
             f"{time.perf_counter() - t0:.1f}s", flush=True)
         write_log({"step": 0, "dev_ndcg10": nd, "dev_ndcg10_expected": nd_expected})
@@ -689,7 +701,7 @@ def main(argv=None):
             log(f"sample | ...{tail} -> {g.texts[0]!r} -> score {g.scores[0]} (grade {g.grade}) -> reward {g.rewards[0]:.3f}")
         if master and args.eval_every and (step % args.eval_every == 0 or step == total):
             with autocast():
-                row["dev_ndcg10"], row["dev_ndcg10_expected"] = dev_ndcg(policy, tok, args, dev_cache)
+                row.update(dev_ndcg(policy, tok, args, dev_cache))
         if master:
             extra = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
                      if "dev_ndcg10" in row else "")
@@ -703,9 +715,8 @@ def main(argv=None):
         if master and (save_now or (step == stop and stop < total)):
             path = os.path.join(args.out, f"step-{step:05d}")
             save_checkpoint(path, policy, tok, resolved, train_state(step))
-            tmp = M.atomic_dir(last_dir)
-            shutil.copytree(path, tmp, dirs_exist_ok=True)
-            M.commit_dir(tmp, last_dir)
+            copy_checkpoint(path, last_dir)
+            prune_checkpoints(args.out, args.keep_checkpoints)
             log(f"saved {path} and {last_dir}")
     if master and step == total:
         save_checkpoint(os.path.join(args.out, "final"), policy, tok, resolved, None)

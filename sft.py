@@ -25,7 +25,9 @@ computed micro-batch by micro-batch (each micro-batch's sum is divided by the gl
 the gradient does not depend on the micro-batch size or on the number of processes.
 
 Output directory (--out):
-    log.jsonl            one JSON object per step (loss, lr, grad norm, tok/s, dev nDCG@10)
+    log.jsonl            one JSON object per step: loss, answer_loss (the first answer token's loss),
+                         auc (of the expected score, relevant vs not, batches of the last 20 steps),
+                         lr, grad norm, tok/s, examples seen; dev nDCG@10 (two scores) and dev_auc
     step-00050/, last/   HF-layout checkpoints (LoRA merged into the weights, loadable by
                          rerank.py and transformers) + args.json + adapter.safetensors (LoRA) +
                          train_state.pt (trainable weights, optimizer, step, RNG states)
@@ -65,7 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import model as M
-from rerank import build_prompt, completion_text, parse_answer, truncate, write_atomic
+from rerank import HelpFormatter, build_prompt, completion_text, parse_answer, truncate, write_atomic
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -78,7 +80,8 @@ class RecordError(ValueError):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="ERank stage 1: SFT on integer relevance scores.")
+    ap = argparse.ArgumentParser(description="ERank stage 1: SFT on integer relevance scores.",
+                                 formatter_class=HelpFormatter)
     g = ap.add_argument_group("data")
     g.add_argument("--data", default="runs/sft/train.jsonl", help="training records (JSONL), see data/make_sft.py")
     g.add_argument("--max-doc-tokens", type=int, default=192, help="documents are truncated to this many tokens")
@@ -91,8 +94,15 @@ def parse_args(argv=None):
     g = ap.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
     g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
-    g.add_argument("--dtype", default=None, help="autocast dtype on CUDA (default bf16); CPU trains in fp32")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="autocast dtype (default: bf16 on CUDA; "
+                   "fp32 on CPU). Weights, LoRA, optimizer state, loss and log-probs stay fp32 either way")
     g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full fine-tuning")
+    g.add_argument("--lora-layers", type=int, default=0, help="LoRA on the last N decoder blocks only (0 = all); "
+                   "backward then stops at the first adapted block")
+    g.add_argument("--init-adapter", default=None, help="adapter.safetensors merged into --model before training "
+                   "(continue a run from a committed adapter: the new run's adapter is the delta on top of it; "
+                   "data/export_adapter.py adds the two)")
     g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
     g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
                    help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
@@ -120,6 +130,8 @@ def parse_args(argv=None):
     g = ap.add_argument_group("checkpoints")
     g.add_argument("--out", default="runs/sft", help="output directory")
     g.add_argument("--save-every", type=int, default=100, help="write step-N/ and last/ every N steps (0 = never)")
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="step-N/ directories kept (the newest; "
+                   "older ones are deleted; 0 = keep all). last/ and final/ are always kept")
     g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last")
     return ap.parse_args(argv)
 
@@ -199,9 +211,11 @@ def encode_records(tok, records: list[dict], max_doc_tokens: int, max_query_toke
 # ----------------------------------------------------------------------------- log-probs (shared with rl.py)
 
 
-def completion_logprobs(model, prompts, completions, temperature: float = 1.0):
+def completion_logprobs(model, prompts, completions, temperature: float = 1.0, first_ids=None):
     """(B, N) fp32 log p(completion token j | prompt + completion[:j]) and the (B, N) bool mask of
     real completion tokens (column j < len(completion); the end token is one of them).
+    With `first_ids` (K token ids) also (B, K) fp32 log-probs of those tokens at each row's first
+    completion position (sft.py's view of the answer distribution, from the same forward pass).
 
     Work shared between rows is done once, with gradients, through a KV cache: the longest
     common prefix of all prompts (ERank's system turn and task header, ~70 tokens) runs with batch
@@ -249,7 +263,11 @@ def completion_logprobs(model, prompts, completions, temperature: float = 1.0):
     mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
     out = torch.zeros(B, N, device=device, dtype=lp.dtype)
     out[mask] = lp  # row-major order again: row i's completion tokens 0..len-1
-    return out, mask
+    if first_ids is None:
+        return out, mask
+    starts = lengths.cumsum(0) - lengths  # (B,) each row's first completion position in `logits`
+    first = torch.log_softmax(logits[starts].detach().float(), -1)[:, first_ids]  # (B, K)
+    return out, mask, first
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -271,19 +289,25 @@ class LoRALinear(nn.Linear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x):
-        y = F.linear(x, self.weight, self.bias)  # in place below: the linear's backward does not need y
+        # under bf16 autocast y is bf16, and the update (small against y early in training) would
+        # lose its low bits in a bf16 add: it is added in fp32 (.float() is a no-op for fp32 y).
+        # In place: the linear's backward does not need y.
+        y = F.linear(x, self.weight, self.bias).float()
         return y.add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
 
     def delta(self):
         return (self.lora_B @ self.lora_A) * self.scale  # (out, in)
 
 
-def add_lora(model, rank: int, alpha: float, targets=LORA_TARGETS) -> list:
+def add_lora(model, rank: int, alpha: float, targets=LORA_TARGETS, last_layers: int = 0) -> list:
     """Freeze every parameter, then swap each target nn.Linear for a LoRALinear sharing its
-    weight. Returns the new trainable parameters (A, B of each layer, in module order)."""
+    weight (in the last `last_layers` decoder blocks only, when > 0). Returns the new trainable
+    parameters (A, B of each layer, in module order)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+    blocks = model.model.layers
+    scope = blocks[len(blocks) - last_layers:] if 0 < last_layers < len(blocks) else model
+    swaps = [(parent, name, child) for parent in scope.modules() for name, child in parent.named_children()
              if name in targets and type(child) is nn.Linear]
     params = []
     for parent, name, child in swaps:
@@ -403,20 +427,53 @@ def copy_checkpoint(src: str, dst: str):
     M.commit_dir(tmp, dst)
 
 
+def prune_checkpoints(out: str, keep: int):
+    """Delete all but the newest `keep` step-N/ directories of a run (each is a full model)."""
+    steps = sorted(d for d in os.listdir(out) if d.startswith("step-") and d[5:].isdigit())
+    for d in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the learning signal
+
+
+def auc(scores, labels) -> float | None:
+    """Area under the ROC curve: the chance that a random relevant record scores above a random
+    non-relevant one (ties count half). None when one class is missing."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def first_digit_score(first_logp) -> torch.Tensor:
+    """(B, 10) log-probs of the tokens "0".."9" at the answer position -> (B,) expected score
+    sum_d d * P'(d), P' renormalised over the ten digits, with "1" read as 10: the answer after
+    "<answer>" is one token except for "10" ("1", "0"), and a model trained on 0..10 answers
+    almost never means 1. A cheap proxy of rerank.py's expected score, for the training log."""
+    p = torch.softmax(first_logp, -1)
+    values = torch.tensor([0, 10, 2, 3, 4, 5, 6, 7, 8, 9], dtype=p.dtype, device=p.device)
+    return p @ values
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def dev_ndcg(model, tok, args, cache: dict) -> tuple[float, float]:
+def dev_ndcg(model, tok, args, cache: dict) -> dict:
     """Mean nDCG@10 of fast-mode reranking of BM25's top --dev-top-k for the first --dev-queries
     dev queries (sorted by id): ranked by ERank's s * P(s), and by the expected score sum_s s * P(s)
     (same forward passes). The second moves as soon as the model's answer distribution carries any
-    signal, even while every greedy answer is still the same integer. `cache` (a dict owned by the
-    caller) keeps the candidates between calls. sft.py and rl.py both use it."""
+    signal, even while every greedy answer is still the same integer. Also the AUC of the expected
+    score, judged against non-relevant candidates (pooled over the queries). `cache` (a dict owned
+    by the caller) keeps the candidates between calls. sft.py and rl.py both use it.
+    -> {"dev_ndcg10", "dev_ndcg10_expected", "dev_auc"}"""
     from data.beir import load_corpus, load_qrels, load_queries
     from data.bm25 import BM25, DEFAULT_CACHE
     from eval import ndcg_at_k
-    from rerank import Reranker
+    from rerank import Reranker, final_score, sort_records
 
     key = (args.dev_data, args.dev_split, args.dev_queries, args.dev_top_k)
     if key not in cache:
@@ -437,15 +494,19 @@ def dev_ndcg(model, tok, args, cache: dict) -> tuple[float, float]:
     model.eval()
     rr = Reranker((model, tok), thinking=False, score="expected", max_doc_tokens=args.max_doc_tokens,
                   max_query_tokens=args.max_query_tokens, batch_tokens=8192, verbose=False)
-    by_answer, by_expected = [], []
+    by_answer, by_expected, scores, labels = [], [], [], []
     for q, docs, rel in cache[key]:
         recs = rr.rerank(q, docs) if docs else []  # sorted by the expected score
         by_expected.append(ndcg_at_k([r["id"] for r in recs], rel) if docs else 0.0)
-        recs.sort(key=lambda r: (-round(r["answer"] * r["prob"], 6), r["position"]))  # rerank.py's order
-        by_answer.append(ndcg_at_k([r["id"] for r in recs], rel) if docs else 0.0)
+        scores += [r["score"] for r in recs]
+        labels += [rel.get(r["id"], 0) > 0 for r in recs]
+        for r in recs:
+            r["score"] = final_score(r, "answer")
+        by_answer.append(ndcg_at_k([r["id"] for r in sort_records(recs)], rel) if docs else 0.0)  # rerank.py's order
     model.train(was_training)
     n = max(1, len(by_answer))
-    return sum(by_answer) / n, sum(by_expected) / n
+    return {"dev_ndcg10": sum(by_answer) / n, "dev_ndcg10_expected": sum(by_expected) / n,
+            "dev_auc": auc(scores, labels)}
 
 
 @torch.no_grad()
@@ -483,10 +544,13 @@ def main(argv=None):
     if args.batch_size % world:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {world}")
 
-    # device and dtype: master weights in fp32 everywhere; bf16 autocast on CUDA
+    if args.init_adapter and not os.path.isfile(args.init_adapter):
+        raise SystemExit(f"error: --init-adapter {args.init_adapter}: no such file")
+    # device and dtype: master weights, LoRA and optimizer state in fp32 everywhere; matrix
+    # products under autocast in the chosen dtype (bf16 on CUDA by default; on CPU when asked)
     device, dtype = M.pick_device(args.device, args.dtype, verbose=master)
-    amp = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-    autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if amp else contextlib.nullcontext
+    amp = dtype in (torch.bfloat16, torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if amp else contextlib.nullcontext
 
     if args.model is None:
         from data.convert_smollm2 import ensure_base_model
@@ -500,15 +564,22 @@ def main(argv=None):
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     model, tok = M.load(args.model, device=device, dtype=torch.float32)
+    if args.init_adapter:
+        try:
+            M.apply_adapter(model, args.init_adapter)
+        except ValueError as e:
+            raise SystemExit(f"error: --init-adapter {e}") from None
+        log(f"merged {args.init_adapter} into {args.model}")
     if args.lora_rank > 0:
-        trainable = add_lora(model, args.lora_rank, args.lora_alpha)
+        trainable = add_lora(model, args.lora_rank, args.lora_alpha, last_layers=args.lora_layers)
     else:
         trainable = [p for p in model.parameters() if p.requires_grad]
     model.gradient_checkpointing = True if args.gradient_checkpointing < 0 else args.gradient_checkpointing
     model.train()
     n_train = sum(p.numel() for p in trainable)
     log(f"trainable parameters {n_train:,} of {sum(p.numel() for p in model.parameters()):,} "
-        f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full fine-tuning'})")
+        f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full fine-tuning'}"
+        f"{', last %d blocks' % args.lora_layers if args.lora_rank and args.lora_layers else ''})")
     net = model
     if ddp:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
@@ -535,7 +606,11 @@ def main(argv=None):
     if args.resume:
         st = load_train_state(last_dir)
         saved = st["args"]
-        for k in ("model", "data", "lora_rank", "lora_alpha", "batch_size", "seed", "lr", "max_doc_tokens"):
+        for k in ("lora_rank", "lora_layers", "init_adapter"):  # what the trainable weights are
+            if saved.get(k) != resolved.get(k):
+                raise SystemExit(f"{last_dir}: --{k.replace('_', '-')} was {saved.get(k)!r}, now {resolved.get(k)!r}; "
+                                 "resume with the same value")
+        for k in ("model", "data", "lora_alpha", "batch_size", "seed", "lr", "max_doc_tokens"):
             if saved.get(k) != resolved.get(k):
                 log(f"warning: --{k.replace('_', '-')} was {saved.get(k)!r} in {last_dir}, now {resolved.get(k)!r}")
         if st["total_steps"] != total:
@@ -562,6 +637,12 @@ def main(argv=None):
                 "optimizer": opt.state_dict(), "rng": rng_state(),
                 "data": {"epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch}}
 
+    # the learning signal, beside the loss (which format tokens dominate): the first answer token's
+    # loss and the AUC of the expected score, relevant (score >= 5) against non-relevant records
+    digit_ids = [tok.token_id(str(d)) for d in range(10)]
+    fast = [r.get("reasoning") is None for r in records]  # the first completion token is the answer
+    recent_auc = []  # batch AUCs of the last 20 steps (logged as their mean; starts afresh on --resume)
+
     # loop
     schedule, dev_cache = {}, {}
     stop = min(total, args.max_steps) if args.max_steps else total
@@ -581,34 +662,54 @@ def main(argv=None):
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
         tokens = 0
+        signal = []  # (first answer token's loss, expected score, relevant?) of this step's fast-mode records
         for j, mb in enumerate(micro):
             sync = contextlib.nullcontext() if (not ddp or j == len(micro) - 1) else net.no_sync()
             with sync:
                 with autocast():
-                    logps, mask = completion_logprobs(net, [encoded[i][0] for i in mb], [encoded[i][1] for i in mb])
+                    logps, mask, first = completion_logprobs(net, [encoded[i][0] for i in mb],
+                                                             [encoded[i][1] for i in mb], first_ids=digit_ids)
                 nll = -(logps * mask).sum()
                 # DDP averages gradients over processes: scale by world so they sum instead
                 (nll * world / n_target).backward()
             loss_sum += nll.detach()
             tokens += sum(lengths[i] for i in mb)
+            expected, first_nll = first_digit_score(first).tolist(), (-logps[:, 0].detach()).tolist()
+            signal += [(first_nll[row], expected[row], records[i]["score"] >= 5)
+                       for row, i in enumerate(mb) if fast[i]]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip))
         opt.step()
         opt.zero_grad(set_to_none=True)
         stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64)
         if ddp:
             dist.all_reduce(stats)
+            shards = [None] * world
+            dist.all_gather_object(shards, signal)
+            signal = [x for shard in shards for x in shard]
         step += 1
         dt = time.perf_counter() - t0
         row = {"step": step, "loss": float(stats[0]) / n_target, "lr": lr, "grad_norm": grad_norm,
-               "tok_s": float(stats[1]) / dt, "seconds": dt, "tokens": int(stats[1]), "epoch": epoch}
+               "tok_s": float(stats[1]) / dt, "seconds": dt, "tokens": int(stats[1]), "epoch": epoch,
+               "examples": step * args.batch_size}
+        if signal:
+            row["answer_loss"] = sum(x[0] for x in signal) / len(signal)
+            batch_auc = auc([x[1] for x in signal], [x[2] for x in signal])
+            if batch_auc is not None:
+                recent_auc = (recent_auc + [batch_auc])[-20:]
+            if recent_auc:
+                row["auc"] = sum(recent_auc) / len(recent_auc)
         if master and args.eval_every and (step % args.eval_every == 0 or step == total):
             with autocast():
-                row["dev_ndcg10"], row["dev_ndcg10_expected"] = dev_ndcg(model, tok, args, dev_cache)
+                row.update(dev_ndcg(model, tok, args, dev_cache))
         if master:
-            extra = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
-                     if "dev_ndcg10" in row else "")
-            log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f} | lr {lr:.1e} | grad {grad_norm:.3f} | "
-                f"{row['tok_s']:.0f} tok/s | {dt:.1f}s{extra}", flush=True)
+            extra = "".join([f" | answer loss {row['answer_loss']:.4f}" if "answer_loss" in row else "",
+                             f" | AUC {row['auc']:.3f}" if "auc" in row else ""])
+            if "dev_ndcg10" in row:
+                dev_auc = "-" if row["dev_auc"] is None else f"{row['dev_auc']:.3f}"
+                extra += (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score "
+                          f"{row['dev_ndcg10_expected']:.4f}) | dev AUC {dev_auc}")
+            log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f}{extra} | lr {lr:.1e} | grad {grad_norm:.3f} | "
+                f"{row['tok_s']:.0f} tok/s | {dt:.1f}s", flush=True)
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         if master and args.sample_every and step % args.sample_every == 0:
@@ -619,6 +720,7 @@ def main(argv=None):
             path = os.path.join(args.out, f"step-{step:05d}")
             save_checkpoint(path, model, tok, resolved, train_state(step))
             copy_checkpoint(path, last_dir)
+            prune_checkpoints(args.out, args.keep_checkpoints)
             log(f"saved {path} and {last_dir}")
     if master and step == total:
         save_checkpoint(os.path.join(args.out, "final"), model, tok, resolved, None)

@@ -106,6 +106,8 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per pair, fixed-length run (0: skip)")
     ap.add_argument("--rounds", type=int, default=2, help="timings per query and side; the fastest counts")
     ap.add_argument("--stop-limit", type=int, default=256, help="token limit of the end-of-turn run (0: skip)")
+    ap.add_argument("--bf16-row", action="store_true", help="also time rerank.py in fast mode with the weights in "
+                    "bf16, back to back with fp32 (--dtype float32 only)")
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
@@ -172,6 +174,19 @@ def main():
     agree = sum(x.answer == s for x, (s, _) in zip(a, b))
     rows.append(("fast", n_pairs, t_ours, t_ref, f"max score diff {diff:.1e}, same answer {agree}/{n_pairs}"))
 
+    if args.bf16_row and dtype == torch.float32:
+        # the same prompts, our side only: bf16 weights against the fp32 model above, back to back
+        m16, _ = M.load(path, device=args.device, dtype=torch.bfloat16)
+        M.cpu_inference_layout(m16)
+        rr16 = R.Reranker((m16, tok), max_doc_tokens=10**6, verbose=False)
+        rr16.score_prompts(prompts[0])  # warm-up
+        c, d, t16, t32 = paired(rr16.score_prompts, rr.score_prompts, prompts)
+        agree16 = sum(x.answer == y.answer for x, y in zip(c, d))
+        diff16 = max(abs(x.answer * x.prob - y.answer * y.prob) for x, y in zip(c, d))
+        rows.append(("fast, bf16 weights", n_pairs, t16, t_ref,
+                     f"{t32 / t16:.2f}x the fp32 side timed beside it; against fp32: max score diff "
+                     f"{diff16:.1e}, same answer {agree16}/{n_pairs}"))
+
     tq = prompts[:args.thinking_queries]
     n_think = sum(len(p) for p in tq)
     stops = rr.stop_ids
@@ -211,6 +226,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for mode, n, to, tr, check in rows:
         fl = f"{flops / to / 1e9:.0f} / {flops / tr / 1e9:.0f} ({flops / to / peak:.0%} of peak)" if mode == "fast" else "-"
+        # (the bf16 row's transformers column is the fp32 reference timed in the fast row)
         print(f"| {mode} | {n} | {n / to:.2f} | {n / tr:.2f} | {tr / to:.2f}x | {fl} | {check} |")
 
 

@@ -12,9 +12,12 @@ gradient clipping 1.0), one micro-batch per step:
     sft-lora-gc  the same with gradient checkpointing (model.gradient_checkpointing)
     sft-full     sft.completion_logprobs, full fine-tuning
     sft-full-gc  the same with gradient checkpointing
+    sft-lora10   LoRA r16 on the last 10 decoder blocks only (--lora-layers 10: no backward below)
     hf-full      transformers AutoModelForCausalLM.from_pretrained(same dir), right padding,
                  labels -100 on prompt and padding, loss = model(input_ids, attention_mask,
                  labels).loss, full fine-tuning (the baseline)
+    ...-bf16     any of them under torch.autocast(bf16) (fp32 weights, optimizer and loss), as
+                 sft.py --dtype bfloat16 runs
 
 sft.py's step computes logits only at the positions that predict completion tokens (a handful
 per sequence in fast mode) instead of (B, T, 49152) logits at every position.
@@ -41,7 +44,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-VARIANTS = ("sft-lora", "sft-lora-gc", "sft-full", "sft-full-gc", "hf-full")
+VARIANTS = ("sft-lora", "sft-lora-gc", "sft-full", "sft-full-gc", "sft-lora10", "hf-full")
+VARIANTS += tuple(v + "-bf16" for v in VARIANTS)
 DEFAULT = ("sft-lora", "sft-lora-gc", "sft-full", "hf-full")
 
 
@@ -60,18 +64,23 @@ def child(args):
     batch = json.load(open(args.batch_file))
     prompts, comps = batch["prompts"], batch["completions"]
     real_tokens = sum(len(p) + len(c) for p, c in zip(prompts, comps))
+    bf16 = args.child.endswith("-bf16")
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
     if args.child.startswith("sft"):
         import model as M
         import sft
 
         model, tok = M.load(args.model, device="cpu", dtype=torch.float32)
-        params = sft.add_lora(model, 16, 32) if args.child.startswith("sft-lora") else list(model.parameters())
-        if args.child.endswith("-gc"):  # the MLP half of the first N blocks recomputed in backward
+        last = 10 if args.child.startswith("sft-lora10") else 0
+        params = (sft.add_lora(model, 16, 32, last_layers=last) if args.child.startswith("sft-lora")
+                  else list(model.parameters()))
+        if args.child.removesuffix("-bf16").endswith("-gc"):  # the MLP half of the first N blocks recomputed
             model.gradient_checkpointing = args.checkpoint_layers or True
 
         def step():
-            logps, mask = sft.completion_logprobs(model, prompts, comps)
+            with autocast():
+                logps, mask = sft.completion_logprobs(model, prompts, comps)
             loss = -(logps * mask).sum() / mask.sum()
             loss.backward()
             return loss
@@ -90,7 +99,8 @@ def child(args):
             labels[i, len(p):len(p) + len(c)] = torch.tensor(c)
 
         def step():
-            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+            with autocast():
+                loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
             loss.backward()
             return loss
 
@@ -148,7 +158,7 @@ def main():
     records = sft.read_records(args.data)[:args.seqs]
     enc = [sft.encode_record(tok, r, args.max_doc_tokens) for r in records]
     lengths = [len(p) + len(c) for p, c in enc]
-    print(f"model {args.model}, fp32 CPU, {args.threads} threads; micro-batch {len(enc)} sequences, "
+    print(f"model {args.model}, CPU, {args.threads} threads; micro-batch {len(enc)} sequences, "
           f"lengths {min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.0f}), "
           f"{sum(len(c) for _, c in enc)} target tokens; {args.steps} timed steps after 1 warm-up")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -166,7 +176,7 @@ def main():
             x = json.loads(r.stdout.strip().splitlines()[-1])
             if v not in results or x["tok_s"] > results[v]["tok_s"]:
                 results[v] = x
-            print(f"{v:12s} {x['tok_s']:8.1f} tok/s  {x['step_s']:6.1f} s/step  peak +{x['peak_mb']:7.0f} MB  "
+            print(f"{v:17s} {x['tok_s']:8.1f} tok/s  {x['step_s']:6.1f} s/step  peak +{x['peak_mb']:7.0f} MB  "
                   f"loss {x['losses'][0]:.4f} -> {x['losses'][-1]:.4f}", flush=True)
     finally:
         os.remove(f.name)
@@ -174,11 +184,20 @@ def main():
     if base:
         print("\nbest of %d rounds" % args.rounds)
         for v, x in results.items():
-            print(f"{v:12s} {x['tok_s']:8.1f} tok/s  peak +{x['peak_mb']:7.0f} MB")
+            print(f"{v:17s} {x['tok_s']:8.1f} tok/s  peak +{x['peak_mb']:7.0f} MB")
         print("\nratios against hf-full (targets: tokens/s >= 1.5x, peak memory <= 0.6x)")
         for v, x in results.items():
             if v != "hf-full":
-                print(f"{v:12s} tokens/s x{x['tok_s'] / base['tok_s']:.2f}   peak memory x{x['peak_mb'] / base['peak_mb']:.2f}")
+                print(f"{v:17s} tokens/s x{x['tok_s'] / base['tok_s']:.2f}   peak memory x{x['peak_mb'] / base['peak_mb']:.2f}")
+    pairs = [(v, v.removesuffix("-bf16")) for v in results if v.endswith("-bf16") and v.removesuffix("-bf16") in results]
+    if pairs:
+        print("\nbf16 autocast against the same variant in fp32 (and against hf-full-bf16 when run)")
+        ref = results.get("hf-full-bf16")
+        for v, fp in pairs:
+            x, y = results[v], results[fp]
+            vs_ref = f"   tokens/s vs hf-full-bf16 x{x['tok_s'] / ref['tok_s']:.2f}" if ref and v != "hf-full-bf16" else ""
+            print(f"{v:17s} tokens/s x{x['tok_s'] / y['tok_s']:.2f}   peak memory x{x['peak_mb'] / y['peak_mb']:.2f}   "
+                  f"losses {y['losses'][-1]:.4f} (fp32) / {x['losses'][-1]:.4f} (bf16){vs_ref}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     pip install matplotlib
     python bench/plot.py --sft runs/sft --rl runs/rl-rr runs/rl-ndcg --tables runs/results/*.json
 
-Writes docs/sft_loss.png (SFT loss per step), docs/rl_reward.png (mean RL reward per step, one
+Writes docs/sft_curve.png (SFT loss, first answer token's loss, AUC and dev nDCG@10 against
+examples seen), docs/rl_reward.png (mean RL reward per step, one
 line per run) and docs/results.png (nDCG@10 of every system in the evaluation tables).
 """
 import argparse
@@ -36,12 +37,70 @@ def prior_loss(records_path, checkpoint):
 
     records = [json.loads(line) for line in open(records_path) if line.strip()]
     if any(r.get("reasoning") for r in records):
-        return None  # reasoning tokens are not free: no simple floor
+        return None  # reasoning tokens are not free: no simple floor (an empty one is: "<think></think>")
     counts = Counter(r["score"] for r in records)
     n, tok = sum(counts.values()), Tokenizer(checkpoint)
     entropy = -sum(c * math.log(c / n) for c in counts.values())  # summed over records
-    tokens = sum(c * (len(tok.encode(completion_text(s))) + 1) for s, c in counts.items())  # +1: end token
+    tokens = sum(len(tok.encode(completion_text(r["score"], r.get("reasoning")))) + 1 for r in records)  # +1: end
     return entropy / tokens
+
+
+def label_entropy(records_path):
+    """Entropy (nats) of the score distribution of the fast-mode records: the first answer token's
+    loss of a model that ignores query and document. None if the file is missing."""
+    if not os.path.exists(records_path):
+        return None
+    import math
+    from collections import Counter
+
+    counts = Counter(r["score"] for r in map(json.loads, open(records_path)) if r.get("reasoning") is None)
+    n = sum(counts.values())
+    return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+def plot_sft(plt, rows, args):
+    """docs/sft_curve.png: the loss, the first answer token's loss, the AUC of the expected score
+    (training batches, running mean; dev candidates) and dev nDCG@10, against examples seen."""
+    x = [r.get("examples", r["step"]) for r in rows]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    ax = axes[0][0]
+    ax.plot(x, [r["loss"] for r in rows], alpha=0.3, label="per step")
+    ax.plot(x, smooth([r["loss"] for r in rows], 25), label="mean of 25")
+    floor = prior_loss(os.path.join(args.sft, "train.jsonl"), os.path.join(args.sft, "final"))
+    if floor is not None:  # what a model that ignores the query and document can reach
+        ax.axhline(floor, color="k", ls="--", lw=1, label=f"label prior ({floor:.3f})")
+    ax.set(ylabel="loss (token mean)", title="SFT loss", ylim=(0, None))
+    ax.legend(fontsize=8)
+    ax = axes[0][1]
+    ans = [(xi, r["answer_loss"]) for xi, r in zip(x, rows) if "answer_loss" in r]
+    if ans:
+        ax.plot([a for a, _ in ans], smooth([b for _, b in ans], 25), label="mean of 25 steps")
+        h = label_entropy(os.path.join(args.sft, "train.jsonl"))
+        if h is not None:
+            ax.axhline(h, color="k", ls="--", lw=1, label=f"label prior ({h:.3f})")
+        ax.legend(fontsize=8)
+    ax.set(ylabel="loss", title="first answer token's loss", ylim=(0, None))
+    ax = axes[1][0]
+    auc = [(xi, r["auc"]) for xi, r in zip(x, rows) if "auc" in r]
+    if auc:
+        ax.plot([a for a, _ in auc], [b for _, b in auc], label="training batches (running mean)")
+    dev = [(xi, r["dev_auc"]) for xi, r in zip(x, rows) if r.get("dev_auc") is not None]
+    if dev:
+        ax.plot([a for a, _ in dev], [b for _, b in dev], "o-", label="dev: BM25 top-k candidates")
+    ax.axhline(0.5, color="k", ls=":", lw=1)
+    ax.set(xlabel="examples seen", ylabel="AUC", title="AUC of the expected score", ylim=(0.3, 1.0))
+    ax.legend(fontsize=8)
+    ax = axes[1][1]
+    nd = [(xi, r["dev_ndcg10"], r["dev_ndcg10_expected"]) for xi, r in zip(x, rows) if "dev_ndcg10" in r]
+    if nd:
+        ax.plot([a for a, _, _ in nd], [b for _, b, _ in nd], "o-", label="s x P(s)")
+        ax.plot([a for a, _, _ in nd], [c for _, _, c in nd], "s-", label="expected score")
+    if args.bm25_dev is not None:
+        ax.axhline(args.bm25_dev, color="k", ls="--", lw=1, label=f"BM25 ({args.bm25_dev:.3f})")
+    ax.set(xlabel="examples seen", ylabel="nDCG@10", title="dev nDCG@10 (BM25 top-k reranked)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "sft_curve.png"), dpi=110)
 
 
 def main():
@@ -49,6 +108,7 @@ def main():
     ap.add_argument("--sft", default="runs/sft", help="sft.py output directory")
     ap.add_argument("--rl", nargs="*", default=["runs/rl-rr", "runs/rl-ndcg"], help="rl.py output directories")
     ap.add_argument("--tables", nargs="*", default=[], help="eval.py --json tables (one bar group per dataset)")
+    ap.add_argument("--bm25-dev", type=float, help="BM25's dev nDCG@10 on the same candidates (a line in the plot)")
     ap.add_argument("--out", default="docs", help="where the PNG files go")
     args = ap.parse_args()
     import matplotlib
@@ -59,16 +119,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     rows = [r for r in read_log(args.sft) if "loss" in r]
     if rows:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], alpha=0.4, label="per step")
-        ax.plot([r["step"] for r in rows], smooth([r["loss"] for r in rows]), label="mean of 5")
-        floor = prior_loss(os.path.join(args.sft, "train.jsonl"), os.path.join(args.sft, "final"))
-        if floor is not None:  # what a model that ignores the query and document can reach
-            ax.axhline(floor, color="k", ls="--", lw=1, label=f"label prior ({floor:.3f})")
-        ax.set(xlabel="step", ylabel="loss (token mean)", title="SFT loss")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, "sft_loss.png"), dpi=120)
+        plot_sft(plt, rows, args)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     drawn = False
     for run in args.rl:

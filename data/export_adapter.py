@@ -1,6 +1,8 @@
 """Combine training adapters into the one small file the default reranker ships with.
 
     python data/export_adapter.py runs/sft/final runs/rl-rr/final --out weights/erank-135m
+    python data/export_adapter.py weights/erank-135m/adapter.safetensors runs/sft2/final runs/rl2/final
+                                  # a run continued with sft.py --init-adapter: the old delta first
 
 Each checkpoint written by sft.py / rl.py with LoRA holds `adapter.safetensors`: pairs
 '<module>.lora_A' (r, in) and '<module>.lora_B' (out, r) with the LoRA scale folded into B, a
@@ -22,8 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import atomic_dir, commit_dir  # noqa: E402
 
 
+def adapter_file(path: str) -> str:
+    """A checkpoint directory's adapter.safetensors, or an adapter file given directly."""
+    return path if path.endswith(".safetensors") else os.path.join(path, "adapter.safetensors")
+
+
 def combine(paths: list[str]) -> dict:
-    parts = [load_file(os.path.join(p, "adapter.safetensors")) for p in paths]
+    parts = [load_file(adapter_file(p)) for p in paths]
     keys = sorted({k for part in parts for k in part})
     out = {}
     for k in keys:
@@ -33,12 +40,13 @@ def combine(paths: list[str]) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoints", nargs="+", help="training checkpoints in the order they were trained")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("checkpoints", nargs="+", help="training checkpoints (or adapter files, e.g. the one a run was "
+                    "started from with --init-adapter) in the order they were trained")
     ap.add_argument("--out", default="weights/erank-135m", help="directory for adapter.safetensors")
     args = ap.parse_args()
     for p in args.checkpoints:
-        if not os.path.exists(os.path.join(p, "adapter.safetensors")):
+        if not os.path.exists(adapter_file(p)):
             sys.exit(f"{p}: no adapter.safetensors (was it trained with LoRA?)")
     adapter = combine(args.checkpoints)
     tmp = atomic_dir(args.out)

@@ -283,7 +283,8 @@ def test_log_line_is_greppable(tmp_path, capsys):
     sft.main(train_args(data, tmp_path / "o", "--max-steps", "1", "--sample-every", "1"))
     out = capsys.readouterr().out
     import re
-    assert re.search(r"^step 00001/00001 \| loss \d+\.\d{4} \| lr \d\.\de-\d\d \| grad [\d.]+ \| \d+ tok/s", out, re.M)
+    assert re.search(r"^step 00001/00001 \| loss \d+\.\d{4} \| answer loss \d+\.\d{4}( \| AUC [\d.]+)? \| "
+                     r"lr \d\.\de-\d\d \| grad [\d.]+ \| \d+ tok/s", out, re.M)
     assert "sample | ..." in out and "-> score" in out
 
 
@@ -308,8 +309,9 @@ def test_label_end_to_end_on_a_tiny_model_counts_unparseable_outputs(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": "ls", "doc": d}) + "\n" for d in ("list files", "copy files")))
     out = tmp_path / "labelled.jsonl"
-    stats = L.main(["--model", os.path.join(FIX, "llama"), "--input", str(pairs), "--out", str(out),
-                    "--samples", "3", "--max-new-tokens", "6", "--max-doc-tokens", "8"])
+    assert L.main(["--model", os.path.join(FIX, "llama"), "--input", str(pairs), "--out", str(out),
+                   "--samples", "3", "--max-new-tokens", "6", "--max-doc-tokens", "8"]) == 0
+    stats = json.load(open(str(out) + ".stats.json"))["stats"]
     assert stats["pairs"] == 2 and stats["samples"] == 6
     assert stats["kept"] == 0 and stats["dropped_pairs"] == 2  # a random model writes no answer
     assert stats["too_long"] + stats["unparsed"] == 6
@@ -478,3 +480,81 @@ def test_batches_grouped_by_query_hold_whole_queries():
         assert all(keys.count(k) == 3 for k in keys), keys  # every query of the batch with all 3 records
     assert batches == sft.epoch_batches([10] * 30, 6, seed=0, epoch=0, queries=queries)
     assert batches != sft.epoch_batches([10] * 30, 6, seed=0, epoch=1, queries=queries)
+
+
+# ----------------------------------------------------------------------------- the learning signal
+
+
+def test_auc_counts_pairs_and_ties():
+    assert sft.auc([3, 2, 1], [True, False, False]) == 1.0
+    assert sft.auc([1, 2, 3], [True, False, False]) == 0.0
+    assert sft.auc([2, 2, 0], [True, False, False]) == 0.75  # one tie (half), one win
+    assert sft.auc([1, 2], [True, True]) is None
+
+
+def test_first_digit_score_reads_one_as_ten():
+    logp = torch.full((3, 10), -30.0)
+    logp[0, 0] = 0.0  # all mass on "0"
+    logp[1, 1] = 0.0  # on "1": the start of "10"
+    logp[2, 7] = logp[2, 0] = 0.0  # half "7", half "0"
+    assert torch.allclose(sft.first_digit_score(logp), torch.tensor([0.0, 10.0, 3.5]), atol=1e-6)
+
+
+@pytest.mark.parametrize("prompts", [[[5, 6, 7], [8, 9]],             # nothing shared
+                                     [[5, 6, 7], [5, 6, 9, 4]],          # a shared prefix
+                                     [[5, 6, 7], [5, 6, 7], [8, 9]]])    # a repeated prompt (RL's G samples)
+def test_first_ids_give_the_answer_distribution_of_the_same_forward(prompts):
+    model, _ = load()
+    comps = [[10, 11], [12], [13, 10]][:len(prompts)]
+    lp, mask, first = sft.completion_logprobs(model, prompts, comps, first_ids=[10, 12, 13])
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+        logits = model(torch.tensor([p]), logits_at="last")  # (1, V): what predicts the first completion token
+        ref = torch.log_softmax(logits.float(), -1)[0, [10, 12, 13]]
+        assert torch.allclose(first[i], ref, atol=1e-5), (first[i], ref)
+        assert torch.allclose(lp[i, 0], ref[[10, 12, 13].index(c[0])], atol=1e-5)
+
+
+def test_training_logs_the_answer_loss_and_auc(tmp_path):
+    data = write_records(tmp_path / "r.jsonl", n=8)
+    sft.main(train_args(data, tmp_path / "o", "--steps", "2"))
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "log.jsonl")]
+    assert all(r["answer_loss"] > 0 for r in rows)
+    assert all(0.0 <= r["auc"] <= 1.0 for r in rows if "auc" in r) and any("auc" in r for r in rows)
+    assert [r["examples"] for r in rows] == [4, 8]
+
+
+def test_lora_on_the_last_blocks_only():
+    model, _ = load()
+    params = sft.add_lora(model, rank=4, alpha=8, last_layers=1)
+    layers = model.model.layers
+    assert isinstance(layers[-1].self_attn.q_proj, sft.LoRALinear)
+    assert not any(isinstance(m, sft.LoRALinear) for layer in layers[:-1] for m in layer.modules())
+    assert len(params) == 2 * len(sft.LORA_TARGETS)
+
+
+def test_old_checkpoints_are_pruned(tmp_path):
+    data = write_records(tmp_path / "r.jsonl", n=8)
+    out = tmp_path / "o"
+    sft.main(train_args(data, out, "--steps", "4", "--batch-size", "2", "--save-every", "1", "--keep-checkpoints", "2"))
+    assert sorted(d for d in os.listdir(out) if d.startswith("step-")) == ["step-00003", "step-00004"]
+    assert os.path.isdir(out / "last") and os.path.isdir(out / "final")
+
+
+def test_a_run_continues_from_a_committed_adapter(tmp_path):
+    """sft.py --init-adapter A, then export_adapter(A, new run): the base model plus the combined
+    adapter equals the continued run's final weights."""
+    from data import export_adapter
+
+    data = write_records(tmp_path / "r.jsonl", n=8)
+    sft.main(train_args(data, tmp_path / "a", "--steps", "2"))
+    first = str(tmp_path / "a" / "final" / "adapter.safetensors")
+    sft.main(train_args(data, tmp_path / "b", "--steps", "2", "--init-adapter", first))
+    combined = export_adapter.combine([first, str(tmp_path / "b" / "final")])
+    from safetensors.torch import save_file
+    save_file(combined, str(tmp_path / "both.safetensors"))
+    model, _ = load()
+    M.apply_adapter(model, str(tmp_path / "both.safetensors"))
+    want = final_weights(tmp_path / "b")
+    for k, v in model.state_dict().items():
+        if k in want:
+            assert torch.allclose(v, want[k], atol=2e-3), k  # the combined adapter is stored in fp16
