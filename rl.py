@@ -53,6 +53,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -728,4 +729,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from data.beir import DataFormatError
+    try:
+        main()
+    except (DataFormatError, FileNotFoundError) as e:  # bad input (a dataset, a checkpoint): one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -144,8 +144,12 @@ def read_records(path: str) -> list[dict]:
     if not os.path.exists(path):
         raise RecordError(f"{path}: no such file (make one with: python data/make_sft.py --out {path})")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}: line {n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -165,6 +169,9 @@ def read_records(path: str) -> list[dict]:
             for field in ("instruction", "reasoning"):
                 if r.get(field) is not None and not isinstance(r[field], str):
                     raise RecordError(f"{path}: line {n}: field '{field}' must be a string when present")
+            for field in ("query", "doc", "instruction", "reasoning"):
+                if isinstance(r.get(field), str) and any("\ud800" <= c <= "\udfff" for c in r[field]):
+                    raise RecordError(f"{path}: line {n}: field '{field}' holds a lone surrogate (not valid text)")
             out.append({"query": r["query"], "doc": r["doc"], "score": s,
                         "instruction": r.get("instruction"), "reasoning": r.get("reasoning")})
     if not out:
@@ -559,6 +566,8 @@ def main(argv=None):
     resolved.update(world_size=world, device=str(device), autocast=str(dtype) if amp else "none (fp32)")
     log("args " + json.dumps(resolved, sort_keys=True))
 
+    records = read_records(args.data)  # bad input stops here, before the model loads
+
     # load
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -584,8 +593,7 @@ def main(argv=None):
     if ddp:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-    # data
-    records = read_records(args.data)
+    # data (records were read and checked before the model was loaded)
     if args.max_records and len(records) > args.max_records:  # a seeded sample, kept in file order
         records = [records[i] for i in sorted(random.Random(args.seed).sample(range(len(records)), args.max_records))]
     encoded = encode_records(tok, records, args.max_doc_tokens, args.max_query_tokens)
@@ -732,7 +740,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from data.beir import DataFormatError
     try:
         main()
-    except RecordError as e:
-        sys.exit(f"error: {e}")
+    except (RecordError, DataFormatError, FileNotFoundError) as e:  # bad input: one line, exit status 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -165,4 +165,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from data.beir import DataFormatError
+    try:
+        main()
+    except (DataFormatError, FileNotFoundError) as e:  # a dataset not built, a bad file: one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

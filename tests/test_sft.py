@@ -558,3 +558,24 @@ def test_a_run_continues_from_a_committed_adapter(tmp_path):
     for k, v in model.state_dict().items():
         if k in want:
             assert torch.allclose(v, want[k], atol=2e-3), k  # the combined adapter is stored in fp16
+
+
+@pytest.mark.parametrize("content, says", [
+    (b'\xff\xfe{"query": "a"}\n', "line 1: not UTF-8"),
+    (b'{"query": "\\ud800", "doc": "x", "score": 3}\n', "line 1: field 'query' holds a lone surrogate"),
+    (b'{"query": "q", "doc": "x", "score": 11}\n', "line 1: field 'score' must be an integer 0..10"),
+])
+def test_bad_records_give_one_line_and_exit_status_2(tmp_path, content, says):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "sft.py"), "--data", str(path), "--model",
+                        os.path.join(FIX, "llama"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()  # stopped before training wrote anything
+
+
+def test_a_missing_checkpoint_gives_one_line(tmp_path):
+    data = write_records(tmp_path / "r.jsonl", n=4)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "sft.py"), "--data", data, "--model", str(tmp_path),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "config.json is missing" in r.stderr and "Traceback" not in r.stderr, r.stderr
