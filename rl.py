@@ -715,7 +715,7 @@ def main(argv=None):
         save_now = args.save_every and step % args.save_every == 0
         if master and (save_now or (step == stop and stop < total)):
             path = os.path.join(args.out, f"step-{step:05d}")
-            save_checkpoint(path, policy, tok, resolved, train_state(step))
+            save_checkpoint(path, policy, tok, resolved, train_state(step), full=False)
             copy_checkpoint(path, last_dir)
             prune_checkpoints(args.out, args.keep_checkpoints)
             log(f"saved {path} and {last_dir}")

@@ -28,10 +28,11 @@ Output directory (--out):
     log.jsonl            one JSON object per step: loss, answer_loss (the first answer token's loss),
                          auc (of the expected score, relevant vs not, batches of the last 20 steps),
                          lr, grad norm, tok/s, examples seen; dev nDCG@10 (two scores) and dev_auc
-    step-00050/, last/   HF-layout checkpoints (LoRA merged into the weights, loadable by
-                         rerank.py and transformers) + args.json + adapter.safetensors (LoRA) +
-                         train_state.pt (trainable weights, optimizer, step, RNG states)
-    final/               the finished model (no train_state.pt)
+    step-00050/, last/   args.json + train_state.pt (trainable weights, optimizer, step, RNG
+                         states) + adapter.safetensors with LoRA; full fine-tuning also writes the
+                         HF-layout model. The newest --keep-checkpoints step-N/ are kept.
+    final/               the finished model: HF layout (LoRA merged into the weights, loadable by
+                         rerank.py and transformers) + adapter.safetensors (no train_state.pt)
 
 Cost on the 2-core CPU (built-in model, fp32, LoRA r16, micro-batch 4): sequences are ~390 tokens
 with --max-doc-tokens 192 (the ERank prompt alone is ~200), about 2.8 GB added per micro-batch
@@ -403,16 +404,24 @@ def set_rng_state(s: dict):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_checkpoint(path: str, model, tok, args: dict, train_state: dict | None):
+def save_checkpoint(path: str, model, tok, args: dict, train_state: dict | None, full: bool = True):
     """One atomic directory: the HF-layout model (LoRA merged in) + args.json, adapter.safetensors
-    when LoRA is on, and train_state.pt (skipped when train_state is None)."""
+    when LoRA is on, and train_state.pt (skipped when train_state is None). With full=False and
+    LoRA on (a LoRA run's step-N/ and last/), the merged model is left out: the adapter and the
+    train state are all --resume needs (tens of MB instead of ~540 MB); final/ is always full."""
     from safetensors.torch import save_file
 
     staging = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}-staging{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     info = {k: train_state[k] for k in ("step", "total_steps") if train_state and k in train_state}
-    M.save(model, tok, staging, state=merged_state_dict(model), extra={"args.json": args, "train_info.json": info})
     adapter = adapter_state_dict(model)
+    if full or not adapter:
+        M.save(model, tok, staging, state=merged_state_dict(model), extra={"args.json": args, "train_info.json": info})
+    else:
+        os.makedirs(staging)
+        for name, obj in (("args.json", args), ("train_info.json", info)):
+            with open(os.path.join(staging, name), "w") as f:
+                json.dump(obj, f, indent=2)
     if adapter:
         save_file({k: v.cpu().contiguous() for k, v in adapter.items()}, os.path.join(staging, "adapter.safetensors"),
                   metadata={"format": "pt", "rank": str(args.get("lora_rank")), "alpha": str(args.get("lora_alpha"))})
@@ -726,7 +735,7 @@ def main(argv=None):
         save_now = args.save_every and step % args.save_every == 0
         if master and (save_now or (step == stop and stop < total)):
             path = os.path.join(args.out, f"step-{step:05d}")
-            save_checkpoint(path, model, tok, resolved, train_state(step))
+            save_checkpoint(path, model, tok, resolved, train_state(step), full=False)
             copy_checkpoint(path, last_dir)
             prune_checkpoints(args.out, args.keep_checkpoints)
             log(f"saved {path} and {last_dir}")

@@ -579,3 +579,13 @@ def test_a_missing_checkpoint_gives_one_line(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "sft.py"), "--data", data, "--model", str(tmp_path),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "config.json is missing" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_intermediate_lora_checkpoints_hold_the_adapter_only(tmp_path):
+    data = write_records(tmp_path / "r.jsonl", n=8)
+    out = tmp_path / "o"
+    sft.main(train_args(data, out, "--steps", "2", "--save-every", "1"))
+    for d in ("step-00002", "last"):
+        files = set(os.listdir(out / d))
+        assert {"adapter.safetensors", "train_state.pt", "args.json"} <= files and "model.safetensors" not in files, files
+    assert "model.safetensors" in os.listdir(out / "final")
