@@ -150,7 +150,8 @@ def read_records(path: str) -> list[dict]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise RecordError(f"{path}: line {n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+                raise RecordError(f"{path}: line {n}: not UTF-8 "
+                                  f"(byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:

@@ -53,7 +53,8 @@ def fused_attention(q, k, v, mask):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--rows", type=int, default=20, help="documents of the query: rows scored and decoded together")
     args = ap.parse_args()

@@ -94,7 +94,8 @@ def timed(fn, device):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", help="checkpoint directory (default: the built-in base model)")
     ap.add_argument("--random", choices=sorted(SHAPES), help="random weights with these shapes instead")
     ap.add_argument("--tokenizer", help="directory with tokenizer.json for --random (default: the built-in model's)")

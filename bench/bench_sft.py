@@ -128,7 +128,8 @@ def child(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="sft.py step vs a transformers training loop (tokens/s, peak memory).")
+    ap = argparse.ArgumentParser(description="sft.py step vs a transformers training loop (tokens/s, peak memory).",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint directory (default: the built-in SmolLM2-135M)")
     ap.add_argument("--data", default="runs/sft/train.jsonl", help="SFT records (made if missing)")
     ap.add_argument("--seqs", type=int, default=8, help="sequences in the micro-batch")

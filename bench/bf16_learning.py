@@ -56,7 +56,8 @@ def run(path, records, steps, bf16, lora_layers, max_doc_tokens):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data", required=True, help="SFT records (the first 8 are used)")
     ap.add_argument("--model", default=None, help="checkpoint (default: the built-in base model)")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per variant")

@@ -44,7 +44,8 @@ def embed(model, tok, texts, batch_size=64, max_len=256):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data", default="data/beir/pyfaq", help="BEIR-format dataset directory")
     ap.add_argument("--split", default="test", help="qrels split")
     ap.add_argument("--top-k", type=int, default=100, help="BM25 candidates per query")

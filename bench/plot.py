@@ -104,7 +104,8 @@ def plot_sft(plt, rows, args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--sft", default="runs/sft", help="sft.py output directory")
     ap.add_argument("--rl", nargs="*", default=["runs/rl-rr", "runs/rl-ndcg"], help="rl.py output directories")
     ap.add_argument("--tables", nargs="*", default=[], help="eval.py --json tables (one bar group per dataset)")

@@ -57,7 +57,8 @@ def main(argv=None):
     import sft
     from rerank import Reranker
 
-    ap = argparse.ArgumentParser(description="Relevance signal at the answer position: own score vs a linear probe.")
+    ap = argparse.ArgumentParser(description="Relevance signal at the answer position: own score vs a linear probe.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint directory (default: the built-in base model)")
     ap.add_argument("--data", default="runs/probe/dev.jsonl", help="records from data/make_sft.py (use --split dev)")
     ap.add_argument("--max-doc-tokens", type=int, default=64, help="document truncation, as in training")
