@@ -189,6 +189,13 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert lrs[-1] < 1e-6 and sft.cosine_lr(100, 100, 5, 1e-3) == pytest.approx(0)
 
 
+def test_random_batches_are_a_seeded_partition():
+    a = sft.epoch_batches([10] * 50, 8, seed=1, epoch=0)
+    assert a == sft.epoch_batches([10] * 50, 8, seed=1, epoch=0) != sft.epoch_batches([10] * 50, 8, seed=1, epoch=1)
+    flat = [i for b in a for i in b]
+    assert len(a) == 6 and all(len(b) == 8 for b in a) and len(set(flat)) == 48
+
+
 def test_length_grouped_batches_are_a_seeded_partition():
     lengths = [random.Random(i).randrange(10, 500) for i in range(100)]
     a = sft.epoch_batches(lengths, 8, seed=1, epoch=0, group=4)
