@@ -1,0 +1,55 @@
+"""Held-out AUC of a checkpoint's expected score: positives against each kind of negative.
+
+    python data/make_sft.py --split dev --datasets manpages --max-queries 150 --mapping binary \\
+        --max-positives 1 --n-hard 1 --n-medium 0 --n-easy 1 --out runs/heldout/manpages.jsonl
+    python bench/heldout_auc.py --data runs/heldout/manpages.jsonl --max-doc-tokens 64 \\
+        --model models/SmolLM2-135M-Instruct runs/rb-random/final
+
+The records come from the dev split (queries never trained on). Each query's records are scored
+together by rerank.py in fast mode with --score expected (sum_s s * P(s)); the AUC is the chance
+that a positive scores above a negative of the given kind ("hard": BM25 ranks 1-10, "medium":
+11-100, "easy": 101-1000), ties counting half: 0.5 is chance.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model as M  # noqa: E402
+import rerank as R  # noqa: E402
+from sft import auc  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", nargs="+", required=True, help="checkpoint directories")
+    ap.add_argument("--data", required=True, help="records from data/make_sft.py --split dev")
+    ap.add_argument("--max-doc-tokens", type=int, default=96, help="document truncation, as in training")
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="inference dtype")
+    args = ap.parse_args()
+    records = [json.loads(line) for line in open(args.data, encoding="utf-8") if line.strip()]
+    by_query = {}
+    for r in records:
+        by_query.setdefault(r["qid"], []).append(r)
+    for path in args.model:
+        model, tok = M.load(path, dtype=getattr(torch, args.dtype))
+        rr = R.Reranker((model, tok), score="expected", max_doc_tokens=args.max_doc_tokens, verbose=False)
+        scored = []  # (expected score, label)
+        for recs in by_query.values():
+            out = sorted(rr.rerank(recs[0]["query"], [r["doc"] for r in recs]), key=lambda o: o["position"])
+            scored += [(o["score"], r["label"]) for o, r in zip(out, recs)]
+        pos = [s for s, label in scored if label.startswith("grade")]
+        line = []
+        for kind in ("hard", "medium", "easy"):
+            neg = [s for s, label in scored if label == kind]
+            if neg:
+                line.append(f"{kind} {auc(pos + neg, [True] * len(pos) + [False] * len(neg)):.3f} ({len(neg)})")
+        print(f"{path}: {len(pos)} positives; AUC against " + ", ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
