@@ -586,11 +586,12 @@ def main(argv=None):
         for j in range(rank, Q, world):
             q = data.query(keys[j])
             prompts = rollout_rr.prompts_for(q.text, q.docs, None)
-            qg = rollout_query(policy, tok, q, j, prompts, args, step, rollout_rr.stop_ids)
+            with autocast():  # sampling and t run in the training dtype too (bf16: ~2x faster on CPU)
+                qg = rollout_query(policy, tok, q, j, prompts, args, step, rollout_rr.stop_ids)
             t = [0.0] * len(q.docs)
             if args.reward == "rr":
                 fast = ref_rr.prompts_for(q.text, q.docs, None) if args.thinking else prompts
-                with reference():
+                with reference(), autocast():
                     t = ref_scores.fill(ref_rr, q, fast)
             flat = [s for g in qg for s in g.scores]
             rewards, cases = query_rewards(args, flat, [g.grade for g in qg for _ in range(G)],
