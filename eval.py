@@ -22,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from data.beir import (DataFormatError, atomic_write_text, load_corpus, load_qrels, load_queries, read_beir_qrels,
-                       read_trec_qrels, read_trec_run, write_trec_run)
+from data.beir import (DataFormatError, load_corpus, load_qrels, load_queries, read_beir_qrels, read_trec_qrels,
+                       read_trec_run, write_trec_run)
+from model import write_atomic
 
 
 # ---------------------------------------------------------------- ranking order
@@ -137,6 +138,63 @@ def read_qrels_file(path):
     with open(path, "rb") as f:
         first = f.readline().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is allowed
     return read_beir_qrels(path) if first.startswith(b"query-id\t") else read_trec_qrels(path)
+
+
+# ---------------------------------------------------------------- during training
+
+def auc(scores, labels) -> float | None:
+    """Area under the ROC curve: the chance that a random relevant record scores above a random
+    non-relevant one (ties count half). None when one class is missing."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def dev_ndcg(model, tok, data_dir: str, split: str = "dev", n_queries: int = 20, top_k: int = 20,
+             max_doc_tokens: int = 192, max_query_tokens: int = 256, bm25_cache=None, cache=None) -> dict:
+    """Training's view of dev quality (sft.py and rl.py log it): fast-mode reranking of BM25's
+    top `top_k` for the first `n_queries` queries of `split` (sorted by id), mean nDCG@10 ranked
+    by ERank's s * P(s) and by the expected score sum_s s * P(s) (same forward passes; the second
+    moves as soon as the answer distribution carries any signal, even while every greedy answer
+    is the same integer), and the AUC of the expected score against non-relevant candidates
+    (pooled over the queries). `cache` (a dict owned by the caller) keeps the candidates between
+    calls. -> {"dev_ndcg10", "dev_ndcg10_expected", "dev_auc"}"""
+    import torch
+
+    from data.bm25 import BM25, DEFAULT_CACHE
+    from rerank import Reranker, final_score, sort_records
+
+    cache = {} if cache is None else cache
+    key = (data_dir, split, n_queries, top_k)
+    if key not in cache:
+        if "pyfaq" in Path(data_dir).name or split == "test":
+            raise ValueError(f"--dev-data {data_dir} --dev-split {split}: the held-out test set; never tune on it")
+        corpus, queries, qrels = load_corpus(data_dir), load_queries(data_dir), load_qrels(data_dir, split)
+        bm25 = BM25.from_dir(data_dir, cache_dir=bm25_cache or DEFAULT_CACHE)
+        qids = sorted(q for q in qrels if q in queries)[:n_queries]
+        cache[key] = [(queries[q], [{"id": d, "title": corpus[d].get("title", ""), "text": corpus[d]["text"]}
+                                    for d, _ in bm25.search(queries[q], top_k)], qrels[q]) for q in qids]
+    was_training = model.training
+    model.eval()
+    rr = Reranker((model, tok), thinking=False, score="expected", max_doc_tokens=max_doc_tokens,
+                  max_query_tokens=max_query_tokens, batch_tokens=8192, verbose=False)
+    by_answer, by_expected, scores, labels = [], [], [], []
+    with torch.no_grad():
+        for q, docs, rel in cache[key]:
+            recs = rr.rerank(q, docs) if docs else []  # sorted by the expected score
+            by_expected.append(ndcg_at_k([r["id"] for r in recs], rel) if docs else 0.0)
+            scores += [r["score"] for r in recs]
+            labels += [rel.get(r["id"], 0) > 0 for r in recs]
+            for r in recs:
+                r["score"] = final_score(r, "answer")
+            by_answer.append(ndcg_at_k([r["id"] for r in sort_records(recs)], rel) if docs else 0.0)  # rerank.py's order
+    model.train(was_training)
+    n = max(1, len(by_answer))
+    return {"dev_ndcg10": sum(by_answer) / n, "dev_ndcg10_expected": sum(by_expected) / n,
+            "dev_auc": auc(scores, labels)}
 
 
 # ---------------------------------------------------------------- CLI
@@ -395,7 +453,7 @@ def evaluate_dataset(args):
                   **({} if st is None else {"unparsed": st["unparsed"], "pairs": st["pairs"],
                                             "seconds": st["seconds"], "pairs_per_s": pairs_per_second(st)})}
                  for row, res, st in rows]
-        atomic_write_text(args.json, json.dumps(table, indent=1) + "\n")
+        write_atomic(args.json, json.dumps(table, indent=1) + "\n")
     return 0
 
 

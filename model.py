@@ -6,26 +6,35 @@ One implementation, three families, switched by config flags:
   - llama: plain (SmolLM2, the project's built-in base model, is a llama)
 
 Parameter names are Hugging Face's, so loading a checkpoint is an identity mapping plus a strict
-check, and `save` writes a directory that transformers can open too.
+check, and `save` writes a directory that transformers can open too. The computation here is the
+plain one; measured speed paths live in model_fast.py, switched on by
+`model_fast.enable_fast_paths(model)`. This module imports nothing of the project.
 
 Public API (used by every other script):
     model, tok = load(path)                      # HF-layout dir -> (Transformer, Tokenizer)
     save(model, tok, path)                       # same layout, written atomically
-    logits = model(ids, attention_mask)          # (B, T, V); logits_at= picks positions
+    logits = model(ids, attention_mask)          # (B, T, V); last_only=True -> (B, 1, V)
+    h = model.hidden(ids, attention_mask)        # (B, T, C): the final normed hidden states
+    cache, logits = prefill(model, prompts, extra=n)  # KV cache, (B, V) logits after each prompt
+    logits = decode_one_token(model, cache, tokens)   # (B, V) after one more token per row
     out = generate(model, prompts, max_new_tokens=..., stop_ids=..., temperature=..., seeds=...)
+    logps, mask = completion_logprobs(model, prompts, completions)  # SFT's and RL's log-probs
     text = tok.chat([{"role": "user", "content": "hi"}], enable_thinking=False)
     device, dtype = pick_device()
+    with atomic_output(path) as tmp: ...         # a file or directory appears whole or not at all
+    write_atomic(path, text)                     # one file, the same way
 
-Run `python model.py "What is the capital of France?"` for a short chat demo with the built-in model.
+Run `python model.py "What is the capital of France?"` for a short chat demo with the built-in
+model (converted once by `python data/convert_smollm2.py`).
 """
+import contextlib
 import json
-import math
 import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -145,19 +154,6 @@ class KVCache:
         return self
 
 
-def decode_attention(q, k, v, mask):
-    """Attention for one new token per row, q (B, H, 1, D), k and v (B, Hkv, S, D), mask (B, 1, 1, S)
-    additive (0 = visible, -inf = hidden). The H query heads are viewed as Hkv groups of H/Hkv rows,
-    so two small matrix products read each cached key and value once per group; CPU's fused kernel
-    reads them once per query head, and a decoding step is mostly reading the cache
-    (`python bench/bench_layout.py`)."""
-    B, H, _, D = q.shape
-    Hkv = k.shape[1]
-    scores = (q.view(B, Hkv, H // Hkv, D) @ k.transpose(-1, -2)).float() * D ** -0.5  # (B, Hkv, G, S)
-    p = (scores + mask).softmax(-1).to(v.dtype)
-    return (p @ v).view(B, H, 1, D)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
@@ -184,23 +180,25 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         q, k = apply_rope(q, cos[:, T - Tq:], sin[:, T - Tq:]), apply_rope(k, cos, sin)
-        mask = mask[:, :, T - Tq:]
         if cache is not None:  # write this step's keys after the filled slots, attend to all of them
             L = cache.length
             cache.k[layer][:, :, L:L + T] = k
             cache.v[layer][:, :, L:L + T] = v
             k, v = cache.k[layer][:, :, :L + T], cache.v[layer][:, :, :L + T]
-        if Tq == 1 and x.device.type == "cpu":  # one query per row on CPU (a decoding step)
-            y = decode_attention(q, k, v, mask)
-        else:
-            # grouped-query attention: each kv head serves H / Hkv query heads; enable_gqa does that
-            # inside the kernel instead of copying k and v (a copy of the whole cache every step)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               enable_gqa=cfg.num_key_value_heads != cfg.num_attention_heads)
+        y = self.attend(q, k, v, mask[:, :, T - Tq:])  # (B, H, Tq, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
+
+    def attend(self, q, k, v, mask):
+        """softmax(q k^T / sqrt(D) + mask) v: q (B, H, Tq, D), k and v (B, Hkv, S, D), mask additive
+        (B, 1, Tq, S), 0 = visible, -inf = hidden. Grouped-query attention: each kv head serves
+        H / Hkv query heads; enable_gqa does that inside the kernel instead of copying k and v (a
+        copy of the whole cache every step)."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
 class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
     def __init__(self, cfg: Config):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
@@ -208,40 +206,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        if x.device.type == "cpu" and not torch.is_grad_enabled():
-            return self.forward_in_slices(x)
-        return self.down_proj(SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
-
-    def forward_in_slices(self, x, slice_bytes=16 << 20):
-        """CPU inference. The (tokens, intermediate) products are a forward pass's largest tensors
-        (31 MB for a batch of 5,000 tokens of the built-in model); here they are at most 16 MB, and
-        SiLU and the product are taken in place: bounded memory for any batch, and tensors small
-        enough for glibc's malloc to reuse, where whole-batch ones are often fresh pages from the
-        kernel, page-faulted in every time (`python bench/bench_layout.py`)."""
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.empty_like(flat)
-        n = max(1, slice_bytes // (flat.element_size() * self.gate_proj.out_features))
-        for a in range(0, flat.shape[0], n):
-            h = flat[a:a + n]
-            out[a:a + n] = self.down_proj(F.silu(self.gate_proj(h), inplace=True).mul_(self.up_proj(h)))
-        return out.view_as(x)
-
-
-class SwiGLU(torch.autograd.Function):
-    """silu(g) * u. Autograd would store g, silu(g) and u for backward; this stores g and u and
-    recomputes silu(g) there: one (B, T, intermediate) tensor less per layer in training."""
-
-    @staticmethod
-    def forward(ctx, g, u):
-        ctx.save_for_backward(g, u)
-        return F.silu(g) * u
-
-    @staticmethod
-    def backward(ctx, dy):
-        g, u = ctx.saved_tensors
-        s = torch.sigmoid(g)
-        dsilu = s * (1 + g * (1 - s))  # d/dg of g * sigmoid(g)
-        return dy * u * dsilu, dy * g * s
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
@@ -261,6 +226,9 @@ class Block(nn.Module):
 
     def mlp_half(self, x):
         return self.mlp(self.post_attention_layernorm(x))
+
+
+# ----------------------------------------------------------------------------- the transformer
 
 
 class Decoder(nn.Module):
@@ -288,12 +256,12 @@ class Transformer(nn.Module):
         if self.config.tie_word_embeddings:  # one tensor, two names; saved once (as embed_tokens)
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, input_ids, attention_mask=None, cache=None, logits_at=None):
-        """input_ids (B, T). attention_mask (B, T): 1 = real token, 0 = padding (left or anywhere).
+    def hidden(self, input_ids, attention_mask=None, cache=None, last_only=False):
+        """The final normed hidden states (B, T, C), the input of lm_head.
+        input_ids (B, T). attention_mask (B, T): 1 = real token, 0 = padding (left or anywhere).
         cache: a KVCache; the T tokens go into slots cache.length .. cache.length+T-1.
-        logits_at: None -> (B, T, V); "last" -> (B, V) at column T-1 (the last real token when
-        left-padded; the final block computes that position only); a bool (B, T) tensor -> (N, V) at its True positions, in row-major order;
-        "hidden" -> the final normed hidden states (B, T, C), no lm_head."""
+        last_only: (B, 1, C) at column T-1 only (the last real token when left-padded); the final
+        block computes queries, attention output and MLP there alone (keys and values everywhere)."""
         B, T = input_ids.shape
         dev = input_ids.device
         if attention_mask is None:
@@ -320,22 +288,206 @@ class Transformer(nn.Module):
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=dev).masked_fill_(~visible, float("-inf"))
         n_ckpt = len(self.model.layers) if self.gradient_checkpointing is True else int(self.gradient_checkpointing)
         n_ckpt = n_ckpt if self.training and torch.is_grad_enabled() else 0
-        last = isinstance(logits_at, str) and logits_at == "last"
         for i, block in enumerate(self.model.layers):
-            # only the last position's logits are wanted: the final block's queries, attention
-            # output and MLP are needed there alone (its keys and values still go into the cache)
             x = block(x, cos, sin, mask, cache, i, checkpoint=i < n_ckpt,
-                      last_only=last and i == len(self.model.layers) - 1)
+                      last_only=last_only and i == len(self.model.layers) - 1)
         if cache is not None:
             cache.length = S
-        x = self.model.norm(x)
-        if isinstance(logits_at, str) and logits_at == "hidden":
-            return x
-        if last:
-            x = x[:, -1]
-        elif logits_at is not None:
-            x = x[logits_at]
-        return self.lm_head(x)
+        return self.model.norm(x)
+
+    def forward(self, input_ids, attention_mask=None, cache=None, last_only=False, head=True):
+        """Logits (B, T, V) from `hidden` (same arguments), or (B, 1, V) at column T-1 with last_only.
+        head=False returns the hidden states themselves, for a caller that applies lm_head at a few
+        positions (completion_logprobs) and must still call forward: a DistributedDataParallel
+        wrapper syncs gradients only for what runs through its forward."""
+        x = self.hidden(input_ids, attention_mask, cache, last_only)
+        return self.lm_head(x) if head else x
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (B, N) completion ids; positions after the stop token hold the pad id
+    mask: torch.Tensor  # (B, N) bool, True through the stop token inclusive
+    logprobs: torch.Tensor  # (B, N) fp32 log-prob of each chosen token (0 where mask is False)
+
+
+def _left_pad(seqs, pad_id, device):
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, T - len(s):] = torch.tensor(s)
+            mask[i, T - len(s):] = True
+    return ids.to(device), mask.to(device)
+
+
+def common_prefix_length(prompts) -> int:
+    """Length of the longest prefix shared by all prompts, leaving each at least one token
+    (a single prompt: all but its last token)."""
+    P, shortest = 0, min(len(p) for p in prompts)
+    while P < shortest - 1 and all(p[P] == prompts[0][P] for p in prompts):
+        P += 1
+    return P
+
+
+@torch.no_grad()
+def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
+    """Run the prompts through the model once -> (cache, last-token logits (B, V)).
+    Work shared between rows is done once: the longest common prefix of all prompts is prefilled
+    with batch size 1 and copied to every row, and identical prompts are prefilled once and
+    their cache rows repeated. `extra` reserves cache slots for tokens generated afterwards."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    unique = sorted(set(map(tuple, prompts)))
+    row_of = {p: i for i, p in enumerate(unique)}
+    assert all(len(p) > 0 for p in unique), "empty prompt"
+    P = common_prefix_length(unique)
+    suffixes = [list(p[P:]) for p in unique]
+    T = max(len(s) for s in suffixes)
+    cache = KVCache(model.config, len(unique), P + T + extra, device, dtype)
+    if P:  # the prefix once, with batch size 1, then its keys and values copied into every row
+        head = KVCache(model.config, 1, P, device, dtype)
+        model.hidden(torch.tensor([unique[0][:P]], device=device), cache=head)
+        for i in range(len(cache.k)):
+            cache.k[i][:, :, :P], cache.v[i][:, :, :P] = head.k[i], head.v[i]
+        cache.mask[:, :P], cache.length = True, P
+    ids, mask = _left_pad(suffixes, pad_id, device)
+    logits = model(ids, mask, cache=cache, last_only=True)[:, -1]  # (B, V)
+    rows = torch.tensor([row_of[tuple(p)] for p in prompts], device=device)
+    if len(unique) != len(prompts) or not torch.equal(rows, torch.arange(len(prompts), device=device)):
+        cache.select(rows)
+        logits = logits[rows]
+    return cache, logits
+
+
+@torch.no_grad()
+def decode_one_token(model, cache, tokens, mask=None):
+    """One decoding step: tokens (B,) go into the cache after its filled slots -> logits (B, V) of
+    the token after them. mask (B,) bool: False marks a row that only holds its place in the
+    batch (it has stopped); its token stays hidden from every later step."""
+    mask = None if mask is None else mask[:, None]
+    return model(tokens[:, None], mask, cache=cache, last_only=True)[:, -1]
+
+
+def sample(logits, temperature, top_p, generators):
+    """One token per row. Each row draws from its own torch.Generator, so a row's sample does not
+    depend on which other rows share the batch. temperature 0 = greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+        sorted_p, idx = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    out = [torch.multinomial(probs[i], 1, generator=g).item() for i, g in enumerate(generators)]
+    return torch.tensor(out, device=logits.device)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids=(), temperature=0.0,
+             top_p=1.0, seeds=None, pad_id=0) -> Generation:
+    """Batched generation: prefill (shared prefix once), then decode_one_token per new token into
+    a preallocated KV cache; rows that stop leave the batch. Row i samples with torch.Generator
+    seeded seeds[i] (default: i). Log-probs are taken under the temperature-scaled distribution
+    (plain softmax when greedy), before top-p truncation: the distribution RL's importance ratio needs."""
+    B, dev = len(prompts), next(model.parameters()).device
+    seeds = list(range(B)) if seeds is None else list(seeds)
+    gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=dev)
+    cache, logits = prefill(model, prompts, extra=max_new_tokens, pad_id=pad_id)
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)
+    logps = torch.zeros(B, max_new_tokens, device=dev)
+    rows = torch.arange(B, device=dev)  # the output row of each row still in the batch
+    live = torch.ones(B, dtype=torch.bool, device=dev)  # batch rows that have not stopped
+    for t in range(max_new_tokens):
+        nxt = sample(logits, temperature, top_p, gens)
+        out = rows[live]
+        tokens[out, t] = nxt[live]
+        mask[out, t] = True
+        logps[out, t] = token_logprobs(logits[live], nxt[live], temperature)
+        live &= ~torch.isin(nxt, stop)
+        if not live.any() or t == max_new_tokens - 1:
+            break
+        # stopped rows leave the batch once they are a quarter of it, so later steps only compute
+        # rows still generating; waiting for a quarter keeps the cache copies (select) to a few
+        if live.sum() <= 0.75 * len(live):
+            keep = live.nonzero()[:, 0]
+            cache.select(keep)
+            rows, nxt, live = rows[keep], nxt[keep], live[keep]
+            gens = [gens[i] for i in keep.tolist()]
+        logits = decode_one_token(model, cache, nxt, live)
+    return Generation(tokens[:, :t + 1], mask[:, :t + 1], logps[:, :t + 1])
+
+
+# -- log-probs: one helper for generation, SFT and RL
+
+
+def token_logprobs(logits, tokens, temperature=1.0):
+    """log p(token) under fp32 logits, temperature applied (any leading shape)."""
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def completion_logprobs(model, prompts, completions, temperature: float = 1.0, first_ids=None):
+    """(B, N) fp32 log p(completion token j | prompt + completion[:j]) and the (B, N) bool mask of
+    real completion tokens (column j < len(completion), the end token included; from the lengths,
+    not the ids). With `first_ids` (K token ids) also their (B, K) log-probs at each row's first
+    completion position (sft.py's view of the answer distribution, from the same pass).
+    Work shared between rows runs once, with gradients, into a KV cache: the prefix common to all
+    prompts (ERank's system turn and task header, ~70 tokens) with batch size 1, and a prompt
+    repeated in several rows (RL's G samples) once; same values and gradients as full rows
+    (tested). The rest is left-padded, so completions end at the last column, and logits are
+    computed only where they predict a completion token, never at the full (B, T, V). Every pass
+    goes through model's forward (head=False), so a DistributedDataParallel wrapper syncs gradients."""
+    assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+    core = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    unique = sorted(set(map(tuple, prompts)))
+    P = common_prefix_length(unique)
+    # rows: what runs on top of the shared prefix. With repeated prompts, each distinct prompt's
+    # remainder but its last token runs once ("heads"); its rows hold [last prompt token] + completion
+    if len(unique) < len(prompts):
+        heads = [list(p[P:-1]) for p in unique]
+        rows = [[p[-1]] + list(c) for p, c in zip(prompts, completions)]
+    else:
+        heads, rows = [], [list(p[P:]) + list(c) for p, c in zip(prompts, completions)]
+    Th = max(map(len, heads), default=0)
+    cache = None
+    if P or Th:
+        cache = KVCache(core.config, 1, P + Th + max(map(len, rows)), device, dtype)
+        if P:
+            model(torch.tensor([unique[0][:P]], device=device), cache=cache, head=False)
+        cache.select(torch.zeros(len(heads) if Th else len(prompts), dtype=torch.long, device=device))
+        if Th:
+            ids, attn = _left_pad(heads, 0, device)
+            model(ids, attn, cache=cache, head=False)  # fills the cache; output unused
+            row_of = {p: i for i, p in enumerate(unique)}
+            cache.select(torch.tensor([row_of[tuple(p)] for p in prompts], device=device))
+    ids, attn = _left_pad(rows, 0, device)  # (B, T)
+    B, T = ids.shape
+    lengths = torch.tensor([len(c) for c in completions], device=device)  # (B,)
+    target = torch.arange(T, device=device)[None, :] >= T - lengths[:, None]  # (B, T): completion tokens
+    at = torch.zeros_like(target)
+    at[:, :-1] = target[:, 1:]  # (B, T): the positions that predict them
+    h = model(ids, attn, cache=cache, head=False)  # (B, T, C)
+    logits = core.lm_head(h[at])  # (sum(lengths), V), row-major like ids[target]
+    lp = token_logprobs(logits, ids[target], temperature)  # (sum(lengths),) fp32
+    N = int(lengths.max()) if B else 0
+    mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
+    out = torch.zeros(B, N, device=device, dtype=lp.dtype)
+    out[mask] = lp  # row-major order again: row i's completion tokens 0..len-1
+    if first_ids is None:
+        return out, mask
+    starts = lengths.cumsum(0) - lengths  # (B,) each row's first completion position in `logits`
+    first = torch.log_softmax(logits[starts].detach().float(), -1)[:, first_ids]  # (B, K)
+    return out, mask, first
 
 
 # ----------------------------------------------------------------------------- device and dtype
@@ -471,36 +623,39 @@ def load(path: str, device=None, dtype=None, verbose=False):
     return model.eval(), Tokenizer(path)
 
 
-def cpu_inference_layout(model: Transformer) -> Transformer:
-    """For inference on CPU: store every linear weight transposed in memory, (in, out), while
-    PyTorch still sees the same (out, in) tensor, so F.linear and state_dict are unchanged.
-    MKL multiplies a few rows (decoding: 8-48 rows per step) by weights laid out this way 1.4-9x
-    faster (by shape), and large batches at about the same speed (`python bench/bench_layout.py`). Training keeps
-    the usual layout: its backward products are not faster this way. No-op off CPU."""
-    if next(model.parameters()).device.type == "cpu":
-        for m in model.modules():
-            if isinstance(m, nn.Linear):  # a tied lm_head transposes the embedding too (same tensor)
-                m.weight.data = m.weight.data.t().contiguous().t()
-    return model
-
-
-def atomic_dir(path: str):
-    """A fresh temporary sibling of `path`; `commit_dir` renames it into place."""
-    parent = os.path.dirname(os.path.abspath(path))
+@contextlib.contextmanager
+def atomic_output(path):
+    """Make `path` (a file or a directory) appear whole or not at all. Yields a temporary sibling
+    path of the same type (nothing there yet: create the file or directory at it); on success it
+    is renamed onto `path`, an old directory there removed only once the new one is in place; on
+    an error or an interrupt it is removed and `path` left as it was."""
+    parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    tmp, old = (os.path.join(parent, f".{kind}-{os.getpid()}-{name}") for kind in ("tmp", "old"))
+    _remove(tmp, old)  # leftovers of an interrupted run
+    try:
+        yield Path(tmp) if isinstance(path, Path) else tmp
+        if os.path.isdir(tmp) and os.path.isdir(path):  # a directory cannot be renamed over another
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(old) and not os.path.lexists(path):
+            os.replace(old, path)  # the new one did not arrive: the old one goes back
+        _remove(tmp, old)
 
 
-def commit_dir(tmp: str, path: str):
-    """Swap a finished temporary directory into place; an old `path` is removed only afterwards."""
-    old = None
-    if os.path.exists(path):
-        old = path + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+def _remove(*paths):
+    for p in paths:
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.lexists(p):
+            os.remove(p)
+
+
+def write_atomic(path, data: str | bytes):
+    """One whole file through atomic_output: str written as UTF-8 (line ends as given), or bytes."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = None, state=None):
@@ -509,22 +664,22 @@ def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = Non
     `state` replaces model.state_dict() (e.g. LoRA weights merged into their base)."""
     from safetensors.torch import save_file
 
-    tmp = atomic_dir(path)
     state = model.state_dict() if state is None else state
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_hf()
     cfg["torch_dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
-    for name, obj in {"config.json": cfg, **(extra or {})}.items():
-        with open(os.path.join(tmp, name), "w") as f:
-            json.dump(obj, f, indent=2)
-    tok.save(tmp)
-    for name in ("generation_config.json", "special_tokens_map.json"):
-        if os.path.exists(os.path.join(tok.path, name)):
-            shutil.copy(os.path.join(tok.path, name), tmp)
-    commit_dir(tmp, path)
+    with atomic_output(path) as tmp:
+        os.makedirs(tmp)
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        for name, obj in {"config.json": cfg, **(extra or {})}.items():
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(obj, f, indent=2)
+        tok.save(tmp)
+        for name in ("generation_config.json", "special_tokens_map.json"):
+            if os.path.exists(os.path.join(tok.path, name)):
+                shutil.copy(os.path.join(tok.path, name), tmp)
 
 
 def apply_adapter(model: Transformer, path: str):
@@ -545,157 +700,27 @@ def apply_adapter(model: Transformer, path: str):
     return model
 
 
-# ----------------------------------------------------------------------------- generation
-
-
-@dataclass
-class Generation:
-    tokens: torch.Tensor  # (B, N) completion ids; positions after the stop token hold the pad id
-    mask: torch.Tensor  # (B, N) bool, True through the stop token inclusive
-    logprobs: torch.Tensor  # (B, N) fp32 log-prob of each chosen token (0 where mask is False)
-
-
-def token_logprobs(logits, tokens, temperature=1.0):
-    """The log-prob helper shared by generation, SFT and RL: fp32, temperature applied."""
-    logits = logits.float()
-    if temperature > 0:
-        logits = logits / temperature
-    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def _left_pad(seqs, pad_id, device):
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, T - len(s):] = torch.tensor(s)
-            mask[i, T - len(s):] = True
-    return ids.to(device), mask.to(device)
-
-
-def common_prefix_length(prompts) -> int:
-    """Length of the longest prefix shared by all prompts, leaving each at least one token."""
-    P, shortest = 0, min(len(p) for p in prompts)
-    while P < shortest - 1 and all(p[P] == prompts[0][P] for p in prompts):
-        P += 1
-    return P
-
-
-@torch.no_grad()
-def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
-    """Run the prompts through the model once -> (cache, last-token logits (B, V)).
-    Work shared between rows is done once: the longest common prefix of all prompts is prefilled
-    with batch size 1 and copied to every row, and identical prompts are prefilled once and
-    their cache rows repeated. `extra` reserves cache slots for tokens generated afterwards."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    unique = sorted(set(map(tuple, prompts)))
-    row_of = {p: i for i, p in enumerate(unique)}
-    assert all(len(p) > 0 for p in unique), "empty prompt"
-    P = common_prefix_length(unique)
-    if len(unique) == 1:
-        P = len(unique[0]) - 1
-    suffixes = [list(p[P:]) for p in unique]
-    T = max(len(s) for s in suffixes)
-    cache = KVCache(model.config, len(unique), P + T + extra, device, dtype)
-    if P:  # the prefix once, with batch size 1, then its keys and values copied into every row
-        head = KVCache(model.config, 1, P, device, dtype)
-        model(torch.tensor([unique[0][:P]], device=device), cache=head, logits_at="hidden")
-        for i in range(len(cache.k)):
-            cache.k[i][:, :, :P], cache.v[i][:, :, :P] = head.k[i], head.v[i]
-        cache.mask[:, :P], cache.length = True, P
-    ids, mask = _left_pad(suffixes, pad_id, device)
-    logits = model(ids, mask, cache=cache, logits_at="last")
-    rows = torch.tensor([row_of[tuple(p)] for p in prompts], device=device)
-    if len(unique) != len(prompts) or not torch.equal(rows, torch.arange(len(prompts), device=device)):
-        cache.select(rows)
-        logits = logits[rows]
-    return cache, logits
-
-
-def sample(logits, temperature, top_p, generators):
-    """One token per row. Each row draws from its own torch.Generator, so a row's sample does not
-    depend on which other rows share the batch. temperature 0 = greedy (argmax)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, -1)
-    if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
-        sorted_p, idx = probs.sort(-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
-        sorted_p[drop] = 0
-        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-    out = [torch.multinomial(probs[i], 1, generator=g).item() for i, g in enumerate(generators)]
-    return torch.tensor(out, device=logits.device)
-
-
-@torch.no_grad()
-def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids=(), temperature=0.0,
-             top_p=1.0, seeds=None, pad_id=0) -> Generation:
-    """Batched generation: prefill (shared prefix once), then one decode step per new token with a
-    preallocated KV cache; rows that stop leave the batch. Row i samples with torch.Generator seeded seeds[i] (default: i).
-    Log-probs are taken under the temperature-scaled distribution (plain softmax when greedy),
-    before top-p truncation: the distribution RL's importance ratio needs."""
-    B, dev = len(prompts), next(model.parameters()).device
-    seeds = list(range(B)) if seeds is None else list(seeds)
-    gens = []
-    for s in seeds:
-        g = torch.Generator(device=dev)
-        g.manual_seed(int(s))
-        gens.append(g)
-    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=dev)
-    cache, logits = prefill(model, prompts, extra=max_new_tokens, pad_id=pad_id)
-    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
-    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)
-    logps = torch.zeros(B, max_new_tokens, device=dev)
-    rows = torch.arange(B, device=dev)  # the output row of each row still in the batch
-    live = torch.ones(B, dtype=torch.bool, device=dev)  # batch rows that have not stopped
-    for t in range(max_new_tokens):
-        nxt = sample(logits, temperature, top_p, gens)
-        out = rows[live]
-        tokens[out, t] = nxt[live]
-        mask[out, t] = True
-        logps[out, t] = token_logprobs(logits[live], nxt[live], temperature)
-        live &= ~torch.isin(nxt, stop)
-        if not live.any() or t == max_new_tokens - 1:
-            break
-        # stopped rows leave the batch once they are a quarter of it, so later steps only compute
-        # rows still generating; waiting for a quarter keeps the cache copies (select) to a few
-        if live.sum() <= 0.75 * len(live):
-            keep = live.nonzero()[:, 0]
-            cache.select(keep)
-            rows, nxt, live = rows[keep], nxt[keep], live[keep]
-            gens = [gens[i] for i in keep.tolist()]
-        logits = model(nxt[:, None], live[:, None], cache=cache, logits_at="last")
-    return Generation(tokens[:, :t + 1], mask[:, :t + 1], logps[:, :t + 1])
-
-
 # ----------------------------------------------------------------------------- demo
-
-
-def default_model_path() -> str:
-    """The built-in base model, converted from its GGUF on first use."""
-    from data.convert_smollm2 import ensure_base_model
-
-    return ensure_base_model()
 
 
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="Chat once with a checkpoint (default: the built-in model) and "
-                                             "print the answer.")
+    builtin = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "SmolLM2-135M-Instruct")
+    ap = argparse.ArgumentParser(description="Chat once with a checkpoint and print the answer.")
     ap.add_argument("question", nargs="?", default="What is the capital of France?",
                     help="the user message (default: %(default)s)")
-    ap.add_argument("--model", default=None, help="HF-layout checkpoint directory (default: the built-in model)")
+    ap.add_argument("--model", default=None, help="HF-layout checkpoint directory (default: the built-in "
+                    "model, models/SmolLM2-135M-Instruct)")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit (default: %(default)s)")
     args = ap.parse_args()
-    import contextlib
+    if args.model is None and not os.path.isdir(builtin):
+        sys.exit(f"error: {builtin} does not exist; convert the built-in model first: python data/convert_smollm2.py")
+    sys.modules.setdefault("model", sys.modules[__name__])  # model_fast imports `model`: this very module
+    import model_fast
 
-    with contextlib.redirect_stdout(sys.stderr):  # first-use conversion messages: stdout is the answer
-        path = args.model or default_model_path()
-    model, tok = load(path, verbose=True)  # its device line goes to stderr
-    cpu_inference_layout(model)
+    model, tok = load(args.model or builtin, verbose=True)  # its device line goes to stderr
+    model_fast.enable_fast_paths(model, inference_layout=True)
     prompt = tok.chat([{"role": "user", "content": args.question}])
     out = generate(model, [tok.encode(prompt)], args.max_new_tokens, stop_ids=[tok.im_end],
                    pad_id=tok.pad_id)

@@ -99,8 +99,8 @@ beats_bm25() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker
 }
 if [ ! -f weights/erank-135m/adapter.safetensors ]; then  # an adapter already there is never replaced
     if beats_bm25 runs/results/pyfaq-test88-sft-rl-rr.json; then
-        python data/export_adapter.py runs/sft/final runs/rl-rr/final
-        write_record weights/erank-135m/adapter.safetensors "$(recorded runs/rl-rr)"$'\n'"python data/export_adapter.py runs/sft/final runs/rl-rr/final"
+        python tools/export_adapter.py runs/sft/final runs/rl-rr/final
+        write_record weights/erank-135m/adapter.safetensors "$(recorded runs/rl-rr)"$'\n'"python tools/export_adapter.py runs/sft/final runs/rl-rr/final"
     else
         echo "SFT + RL (rr) does not beat BM25 on pyfaq: no adapter exported, the default stays the base model"
     fi

@@ -43,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 import model as M
+import model_fast
 
 PROMPT = """Given a query and a document, please give a relevance score of 0~10.
 The goal or relevance definition is: {instruction}
@@ -144,11 +145,21 @@ def parse_answer(text: str) -> int | None:
     return s if 0 <= s <= 10 else None
 
 
+def truncate_batch(tok, texts: list[str], max_tokens: int) -> list[tuple[str, bool]]:
+    """Each text cut to its first `max_tokens` tokens (decoded back to text), and whether it was cut.
+    The one truncation of queries and documents, for inference here and for training (sft.py), so
+    the model trains on the same tokens it is later given. One encode_batch call over the distinct
+    texts: training records repeat their queries and documents."""
+    distinct = list(dict.fromkeys(texts))
+    cut = {}
+    for text, ids in zip(distinct, tok.encode_batch(distinct)):
+        cut[text] = (text, False) if len(ids) <= max_tokens else (tok.decode(ids[:max_tokens]), True)
+    return [cut[t] for t in texts]
+
+
 def truncate(tok, text: str, max_tokens: int) -> tuple[str, bool]:
-    ids = tok.encode(text)
-    if len(ids) <= max_tokens:
-        return text, False
-    return tok.decode(ids[:max_tokens]), True
+    """truncate_batch for one text."""
+    return truncate_batch(tok, [text], max_tokens)[0]
 
 
 def zscore(xs):
@@ -323,7 +334,7 @@ class Reranker:
                 self.model, self.tok = M.load(path, device=device, dtype=dtype, verbose=verbose)
             except ValueError as e:  # a config or weights model.py does not support, named by load
                 raise InputError(f"--model {path}: {e}") from None
-            M.cpu_inference_layout(self.model)  # faster decoding on CPU; see model.py
+            model_fast.enable_fast_paths(self.model, inference_layout=True)  # faster CPU decoding; see model_fast.py
         else:  # an already loaded (model, tokenizer) pair
             self.model, self.tok = model
         self.path = path
@@ -371,8 +382,8 @@ class Reranker:
             answer = dist.argmax(-1)
             prob = dist.gather(1, answer[:, None])[:, 0]
         else:  # one more step with "1" appended: P("0" | "1") and P(another digit | "1")
-            one = torch.full((len(prompts), 1), self.digit_ids[1], device=logits.device)
-            q = torch.softmax(self.model(one, cache=cache, logits_at="last").float(), -1)
+            one = torch.full((len(prompts),), self.digit_ids[1], device=logits.device)
+            q = torch.softmax(M.decode_one_token(self.model, cache, one).float(), -1)
             q0, qd = q[:, self.digit_ids[0]], q[:, self.digit_ids].sum(-1)
             p10 = pd[:, 1] * q0
             dist = torch.cat([pd, p10[:, None]], -1)
@@ -442,10 +453,9 @@ class Reranker:
     def prompts_for(self, query, docs, instruction):
         query, cut = truncate(self.tok, query, self.max_query_tokens)
         self.stats["truncated_queries"] += cut
+        bodies = [(d["title"] + "\n" + d["text"]) if d.get("title") else d["text"] for d in docs]
         texts = []
-        for d in docs:
-            body = (d["title"] + "\n" + d["text"]) if d.get("title") else d["text"]
-            body, cut = truncate(self.tok, body, self.max_doc_tokens)
+        for body, cut in truncate_batch(self.tok, bodies, self.max_doc_tokens):
             self.stats["truncated_docs"] += cut
             texts.append(build_prompt(self.tok, query, body, instruction or self.instruction, self.thinking))
         return self.tok.encode_batch(texts)
@@ -643,14 +653,6 @@ def read_run_and_beir(run_path: str, beir_dir: str, top_k: int) -> list[dict]:
     return out
 
 
-def write_atomic(path: str, text: str):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def trec_lines(qid: str, records: list[dict], tag: str) -> list[str]:
     """TREC run lines with strictly decreasing scores: score - 1e-6 * rank keeps the order we
     chose (ties already broken by first-stage position) so trec_eval cannot re-break ties by id."""
@@ -748,9 +750,9 @@ def main(argv=None):
               f"(scored {UNPARSED})", file=sys.stderr)
     print(rate_line(s), file=sys.stderr)
     if args.output:
-        write_atomic(args.output, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        M.write_atomic(args.output, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     if args.trec:
-        write_atomic(args.trec, "\n".join(lines) + "\n")
+        M.write_atomic(args.trec, "\n".join(lines) + "\n")
     return 0
 
 

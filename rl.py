@@ -55,16 +55,18 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import model as M
-from eval import ndcg_at_k
-from rerank import HelpFormatter, Reranker, parse_answer, write_atomic
-from sft import (LoRALinear, add_lora, completion_logprobs, copy_checkpoint, cosine_lr, dev_ndcg, load_train_state,
-                 prune_checkpoints, save_checkpoint)
+import model_fast
+from eval import dev_ndcg, ndcg_at_k
+from rerank import HelpFormatter, Reranker, parse_answer
+from training import (LoRALinear, Run, add_lora, autocast_for, cosine_lr, finish_processes, save_final, save_step,
+                      start_or_resume, start_processes, train_state)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -389,16 +391,16 @@ class RefScores:
     def save(self):
         if self.dirty:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            write_atomic(self.path, json.dumps({"meta": self.meta, "scores": self.scores}))
+            M.write_atomic(self.path, json.dumps({"meta": self.meta, "scores": self.scores}))
             self.dirty = False
 
 
 # ----------------------------------------------------------------------------- rollouts
 
 
-@dataclass
+@dataclass(frozen=True)
 class Group:
-    """The G rollouts of one (query, document) prompt."""
+    """The G rollouts of one (query, document) prompt, and (from reward_query) their rewards."""
     query: int  # index of the query within the step
     doc: int  # index of the document within the query
     grade: int
@@ -406,12 +408,8 @@ class Group:
     completions: list  # G lists of token ids (end token included when generated)
     texts: list  # G decoded completions
     scores: list  # G parsed scores (None = unparseable)
-    rewards: list = field(default_factory=list)
-    cases: list = field(default_factory=list)
-    adv: torch.Tensor = None  # (G,)
-    keep: bool = True
-    old: list = None  # G (len(completion),) tensors: rollout-policy log-probs
-    ref: list = None  # G (len(completion),) tensors: reference log-probs
+    rewards: list = None  # G rewards
+    cases: list = None  # G reward cases ("pos", "neg_above", ...)
 
 
 def rollout_seed(seed: int, step: int, key: str, doc_id: str, g: int) -> int:
@@ -445,11 +443,144 @@ def rollout_query(policy, tok, q: Query, j: int, prompts: list, args, step: int,
     return groups
 
 
-# ----------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------- one step, in named parts
+
+
+def reward_query(args, groups: list, ref: list) -> list:
+    """Rewards for one query's groups: all N*G rollouts are ranked together (query_rewards) and each
+    group gets its G rewards and cases. ref: t of each document (r_RR only). -> new Groups."""
+    G = args.group_size
+    flat = [s for g in groups for s in g.scores]
+    rewards, cases = query_rewards(args, flat, [g.grade for g in groups for _ in range(G)],
+                                   [ref[g.doc] for g in groups for _ in range(G)])
+    return [replace(g, rewards=rewards[n * G:(n + 1) * G], cases=cases[n * G:(n + 1) * G])
+            for n, g in enumerate(groups)]
+
+
+def rollout(policy, tok, data, step: int, args, procs, rollout_rr, ref_rr, ref_scores, reference, autocast) -> list:
+    """Steps 1 and 2: G sampled completions for every (query, document) of this process's queries
+    (query j of the step goes to process j % world), rewarded within each query's pooled ranking."""
+    keys = data.step_keys(step, args.queries_per_step)
+    groups = []
+    for j in range(procs.rank, args.queries_per_step, procs.world):
+        q = data.query(keys[j])
+        prompts = rollout_rr.prompts_for(q.text, q.docs, None)
+        with autocast():  # sampling and t run in the training dtype too (bf16: ~2x faster on CPU)
+            qg = rollout_query(policy, tok, q, j, prompts, args, step, rollout_rr.stop_ids)
+        t = [0.0] * len(q.docs)
+        if args.reward == "rr":
+            fast = ref_rr.prompts_for(q.text, q.docs, None) if args.thinking else prompts
+            with reference(), autocast():
+                t = ref_scores.fill(ref_rr, q, fast)
+        groups += reward_query(args, qg, t)
+    ref_scores.save()
+    return groups
 
 
 @torch.no_grad()
-# ----------------------------------------------------------------------------- training
+def logprobs_before_update(policy, reference, groups: list, args, autocast, on_policy: bool):
+    """Step 3: log-probs of the rollout policy and of the frozen reference, before any update ->
+    (old, ref): for each group, G (len(completion),) tensors, or None when not needed. With one
+    update per rollout batch (on_policy) the rollout policy IS the policy being differentiated:
+    logp_old is then logp detached (rho = 1 exactly) and needs no pass here."""
+    G = args.group_size
+    per_pass = max(1, args.micro_batch_size // G)  # groups per forward pass
+    old = [] if not on_policy else None
+    ref = [] if args.beta > 0 else None
+    with autocast():
+        for lo in range(0, len(groups), per_pass):
+            chunk = groups[lo:lo + per_pass]
+            prompts = [g.prompt for g in chunk for _ in range(G)]
+            comps = [c for g in chunk for c in g.completions]
+            if old is not None:
+                lp, _ = M.completion_logprobs(policy, prompts, comps, args.temperature)
+                old += [[lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)] for n, g in enumerate(chunk)]
+            if ref is not None:
+                with reference() as ref_net:
+                    lp, _ = M.completion_logprobs(ref_net, prompts, comps, args.temperature)
+                ref += [[lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)] for n, g in enumerate(chunk)]
+    return old, ref
+
+
+def update_policy(policy, opt, trainable, groups: list, adv, old, ref, step: int, args, procs, device,
+                  autocast) -> dict:
+    """Step 4: the PPO-clipped updates of one rollout batch (--ppo-epochs passes, --mini-batches
+    optimizer steps each). Mini-batches are fixed slices of a seeded permutation of the step's
+    (query, document) slots, the same on every process; each process works on its own groups
+    within a slice, and the loss is divided by the slice's global completion-token count.
+    groups: the groups that carry signal; adv (len(groups), G); old, ref: from
+    logprobs_before_update. -> this process's sums {"loss", "updates", "kl", "clipped", "tokens"}."""
+    G, N, Q, B = args.group_size, args.docs_per_query, args.queries_per_step, args.micro_batch_size
+    at = {g.query * N + g.doc: n for n, g in enumerate(groups)}  # slot -> index into groups
+    sums = {"loss": 0.0, "updates": 0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
+    policy.train()
+    for epoch in range(args.ppo_epochs):
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1_009 + epoch)
+        perm = torch.randperm(Q * N, generator=gen).tolist()
+        size = math.ceil(Q * N / args.mini_batches)
+        for m in range(args.mini_batches):
+            mine = [at[s] for s in sorted(perm[m * size:(m + 1) * size]) if s in at]
+            rows = [(n, i) for n in mine for i in range(G)]  # (group, rollout)
+            n_tok = torch.tensor([float(sum(len(groups[n].completions[i]) for n, i in rows))], dtype=torch.float64,
+                                 device=device)  # on the device: NCCL reduces CUDA tensors only
+            if procs.ddp:
+                dist.all_reduce(n_tok)
+            if n_tok.item() == 0:
+                continue
+            opt.zero_grad(set_to_none=True)
+            objective = 0.0
+            for lo in range(0, len(rows), B):
+                mb = rows[lo:lo + B]
+                with autocast():
+                    logp, mask = M.completion_logprobs(policy, [groups[n].prompt for n, _ in mb],
+                                                       [groups[n].completions[i] for n, i in mb], args.temperature)
+                C = logp.shape[1]
+                padded = lambda ts: torch.stack([F.pad(t, (0, C - len(t))) for t in ts])  # (B, C)
+                logp_old = logp.detach() if old is None else padded([old[n][i] for n, i in mb])
+                logp_ref = padded([ref[n][i] for n, i in mb]) if ref is not None else None
+                a = torch.stack([adv[n, i] for n, i in mb]).to(device)
+                t = grpo_token_sums(logp, logp_old, logp_ref, a, mask, args.clip_eps, args.beta)
+                (-t["objective"] / n_tok.item()).backward()
+                objective += float(t["objective"].detach())
+                for k in ("kl", "clipped", "tokens"):
+                    sums[k] += float(t[k])
+            if procs.ddp:
+                all_reduce_grads(trainable)
+            for p in trainable:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
+            opt.step()
+            sums["loss"] += -objective / n_tok.item()
+            sums["updates"] += 1
+    opt.zero_grad(set_to_none=True)
+    return sums
+
+
+CASES = ("pos", "neg_above", "neg_below", "neg", "unparsed")  # every reward's cases, in log order
+
+
+def step_row(step: int, groups: list, kept: int, upd: dict, lr: float, seconds: float, procs, device) -> dict:
+    """Step 5: the step's log row, summed over processes (one all_reduce of named sums)."""
+    rewards = [r for g in groups for r in g.rewards]
+    sums = {"reward": sum(rewards), "reward_sq": sum(r * r for r in rewards), "rollouts": len(rewards),
+            "groups": len(groups), "zero_var": len(groups) - kept,
+            "completion_tokens": sum(len(c) for g in groups for c in g.completions),
+            **{k: upd[k] for k in ("loss", "kl", "clipped", "tokens")},
+            **{"case_" + c: sum(x == c for g in groups for x in g.cases) for c in CASES}}
+    if procs.ddp:
+        keys = sorted(sums)
+        t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        sums = dict(zip(keys, t.tolist()))
+    n = max(1.0, sums["rollouts"])
+    mean = sums["reward"] / n
+    return {"step": step, "loss": sums["loss"] / max(1, upd["updates"]), "reward": mean,
+            "reward_std": math.sqrt(max(0.0, sums["reward_sq"] / n - mean ** 2)),
+            "cases": {c: int(sums["case_" + c]) for c in CASES if sums["case_" + c]},
+            "unparsed": int(sums["case_unparsed"]), "groups": int(sums["groups"]), "zero_var": int(sums["zero_var"]),
+            "kl": sums["kl"] / max(1.0, sums["tokens"]), "clip_frac": sums["clipped"] / max(1.0, sums["tokens"]),
+            "resp_len": sums["completion_tokens"] / n, "lr": lr, "rollouts_s": n / seconds, "seconds": seconds}
 
 
 def all_reduce_grads(params):
@@ -464,28 +595,21 @@ def all_reduce_grads(params):
         n += p.numel()
 
 
+# ----------------------------------------------------------------------------- training
+
+
 def main(argv=None):
     args = parse_args(argv)
-    # processes: torchrun sets WORLD_SIZE / RANK / LOCAL_RANK
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    ddp = world > 1
-    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if ddp:
-        dist.init_process_group("nccl" if cuda else "gloo")
-        if cuda:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            args.device = f"cuda:{local}"
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
-    if args.queries_per_step < world:
-        raise SystemExit(f"--queries-per-step {args.queries_per_step} is below the process count {world}")
+    procs = start_processes(args.device)
+    args.device, log = procs.device, procs.log
+    if args.queries_per_step < procs.world:
+        raise SystemExit(f"--queries-per-step {args.queries_per_step} is below the process count {procs.world}")
 
-    # device and dtype: fp32 weights, LoRA and optimizer state everywhere; matrix products under
-    # autocast in the chosen dtype (bf16 on CUDA by default; on CPU when asked)
-    device, dtype = M.pick_device(args.device, args.dtype, verbose=master)
+    # fp32 weights, LoRA and optimizer state everywhere; matrix products under autocast in the
+    # chosen dtype (bf16 on CUDA by default; on CPU when asked)
+    device, dtype = M.pick_device(args.device, args.dtype, verbose=procs.master)
+    autocast = autocast_for(device, dtype)
     amp = dtype in (torch.bfloat16, torch.float16)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if amp else contextlib.nullcontext
     if not args.max_new_tokens:
         args.max_new_tokens = 1024 if args.thinking else 0  # fast mode: set from the tokenizer below
     resolved = vars(args).copy()
@@ -496,12 +620,14 @@ def main(argv=None):
                          "or pass models/SmolLM2-135M-Instruct to try the pipeline)")
     torch.manual_seed(args.seed)
     policy, tok = M.load(args.model, device=device, dtype=torch.float32)
+    model_fast.enable_fast_paths(policy)  # less memory in backward; faster CPU decoding in rollouts
     if args.lora_rank > 0:
         trainable = add_lora(policy, args.lora_rank, args.lora_alpha, last_layers=args.lora_layers)
         reference = lambda: adapters_off(policy)  # same base weights, adapters off
     else:
         trainable = [p for p in policy.parameters() if p.requires_grad]
         ref_model, _ = M.load(args.model, device=device, dtype=torch.float32)
+        model_fast.enable_fast_paths(ref_model)
         ref_model.requires_grad_(False)
         reference = lambda: contextlib.nullcontext(ref_model)
     policy.gradient_checkpointing = True if args.gradient_checkpointing < 0 else args.gradient_checkpointing
@@ -511,7 +637,7 @@ def main(argv=None):
     ref_rr = Reranker((policy if args.lora_rank > 0 else ref_model, tok), score="expected", **limits)
     if not args.max_new_tokens:  # "10</answer>" and the end token
         args.max_new_tokens = len(tok.encode("10</answer>")) + 1
-    resolved.update(max_new_tokens=args.max_new_tokens, world_size=world, device=str(device),
+    resolved.update(max_new_tokens=args.max_new_tokens, world_size=procs.world, device=str(device),
                     autocast=str(dtype) if amp else "none (fp32)")
     log("args " + json.dumps(resolved, sort_keys=True))
     log(f"trainable parameters {sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in policy.parameters()):,} "
@@ -519,213 +645,71 @@ def main(argv=None):
 
     # data
     data = TrainData(args.data.split(","), args.split, args.docs_per_query, args.positives, args.seed, args.bm25_cache)
-    total, G, N, Q = args.steps, args.group_size, args.docs_per_query, args.queries_per_step
-    warmup = int(args.warmup * total)
-    log(f"data {args.data} ({args.split}): {len(data.keys)} queries; {Q} per step x {N} documents x {G} rollouts; "
-        f"schedule {total} steps, warmup {warmup}")
-    ref_scores = RefScores(args.out, rank, {"model": os.path.abspath(args.model), "max_doc_tokens": args.max_doc_tokens,
-                                            "max_query_tokens": args.max_query_tokens})
+    total, warmup = args.steps, int(args.warmup * args.steps)
+    log(f"data {args.data} ({args.split}): {len(data.keys)} queries; {args.queries_per_step} per step x "
+        f"{args.docs_per_query} documents x {args.group_size} rollouts; schedule {total} steps, warmup {warmup}")
+    ref_scores = RefScores(args.out, procs.rank, {"model": os.path.abspath(args.model),
+                                                  "max_doc_tokens": args.max_doc_tokens,
+                                                  "max_query_tokens": args.max_query_tokens})
 
     # optimizer and (maybe) resume
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
-    names = {id(p): n for n, p in policy.named_parameters()}
-    step = 0
-    last_dir, log_path = os.path.join(args.out, "last"), os.path.join(args.out, "log.jsonl")
-    if args.resume:
-        st = load_train_state(last_dir)
-        for k in ("lora_rank", "lora_layers"):  # what the trainable weights are
-            if st["args"].get(k) != resolved.get(k):
-                raise SystemExit(f"{last_dir}: --{k.replace('_', '-')} was {st['args'].get(k)!r}, now "
-                                 f"{resolved.get(k)!r}; resume with the same value")
-        for k in ("model", "data", "reward", "lora_alpha", "group_size", "docs_per_query", "seed", "lr"):
-            if st["args"].get(k) != resolved.get(k):
-                log(f"warning: --{k.replace('_', '-')} was {st['args'].get(k)!r} in {last_dir}, now {resolved.get(k)!r}")
-        if st["total_steps"] != total:
-            raise SystemExit(f"{last_dir}: schedule was {st['total_steps']} steps, now {total}; resume with the same --steps")
-        with torch.no_grad():
-            for p in trainable:
-                p.copy_(st["trainable"][names[id(p)]].to(p.device))
-        opt.load_state_dict(st["optimizer"])
-        step = st["step"]
-        log(f"resumed from {last_dir} at step {step}")
-        if master and os.path.exists(log_path):  # drop log lines of steps after the checkpoint
-            keep = [line for line in open(log_path) if line.strip() and json.loads(line)["step"] <= step]
-            write_atomic(log_path, "".join(keep))
-    elif master and os.path.exists(log_path):
-        os.remove(log_path)
-    if master:
-        os.makedirs(args.out, exist_ok=True)
-
-    def train_state(step):
-        return {"step": step, "total_steps": total, "args": resolved, "optimizer": opt.state_dict(),
-                "trainable": {names[id(p)]: p.detach().cpu() for p in trainable}}
-
-    def write_log(row):
-        if master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    run = Run(args.out, resolved, procs, args.keep_checkpoints)
+    step, _ = start_or_resume(run, args.resume, total, policy, trainable, opt, must_match=("lora_rank", "lora_layers"),
+                              warn_if_changed=("model", "data", "reward", "lora_alpha", "group_size", "docs_per_query",
+                                               "seed", "lr"))
 
     dev_cache = {}
-    if args.eval_every and step == 0 and master:
-        t0 = time.perf_counter()
-        with autocast():
-            dev = dev_ndcg(policy, tok, args, dev_cache)
-        nd, nd_expected = dev["dev_ndcg10"], dev["dev_ndcg10_expected"]
-        log(f"eval  {0:05d}/{total:05d} | dev nDCG@10 {nd:.4f} (expected score {nd_expected:.4f}) | "
-            f"{time.perf_counter() - t0:.1f}s", flush=True)
-        write_log({"step": 0, "dev_ndcg10": nd, "dev_ndcg10_expected": nd_expected})
 
-    # loop
+    def dev():
+        with autocast():
+            return dev_ndcg(policy, tok, args.dev_data, args.dev_split, args.dev_queries, args.dev_top_k,
+                            args.max_doc_tokens, args.max_query_tokens, args.bm25_cache, dev_cache)
+
+    if args.eval_every and step == 0 and procs.master:
+        t0 = time.perf_counter()
+        d = dev()
+        log(f"eval  {0:05d}/{total:05d} | dev nDCG@10 {d['dev_ndcg10']:.4f} (expected score "
+            f"{d['dev_ndcg10_expected']:.4f}) | {time.perf_counter() - t0:.1f}s", flush=True)
+        run.write_log({"step": 0, "dev_ndcg10": d["dev_ndcg10"], "dev_ndcg10_expected": d["dev_ndcg10_expected"]})
+
+    # loop: rollout -> rewards -> advantages -> update_policy -> log
+    on_policy = args.mini_batches * args.ppo_epochs == 1
     stop = min(total, args.max_steps) if args.max_steps else total
     while step < stop:
         t0 = time.perf_counter()
         policy.eval()
-        # 1. rollouts for this process's queries (query j of the step goes to process j % world)
-        keys = data.step_keys(step, Q)
-        groups, case_counts, rsum = [], {}, [0.0, 0.0, 0]
-        for j in range(rank, Q, world):
-            q = data.query(keys[j])
-            prompts = rollout_rr.prompts_for(q.text, q.docs, None)
-            with autocast():  # sampling and t run in the training dtype too (bf16: ~2x faster on CPU)
-                qg = rollout_query(policy, tok, q, j, prompts, args, step, rollout_rr.stop_ids)
-            t = [0.0] * len(q.docs)
-            if args.reward == "rr":
-                fast = ref_rr.prompts_for(q.text, q.docs, None) if args.thinking else prompts
-                with reference(), autocast():
-                    t = ref_scores.fill(ref_rr, q, fast)
-            flat = [s for g in qg for s in g.scores]
-            rewards, cases = query_rewards(args, flat, [g.grade for g in qg for _ in range(G)],
-                                           [t[g.doc] for g in qg for _ in range(G)])
-            for n, g in enumerate(qg):
-                g.rewards, g.cases = rewards[n * G:(n + 1) * G], cases[n * G:(n + 1) * G]
-            for c in cases:
-                case_counts[c] = case_counts.get(c, 0) + 1
-            rsum = [rsum[0] + sum(rewards), rsum[1] + sum(r * r for r in rewards), rsum[2] + len(rewards)]
-            groups += qg
-        ref_scores.save()
-        if groups:
-            adv, keep = group_advantages([g.rewards for g in groups], args.adv_eps)
-            for g, a, k in zip(groups, adv, keep):
-                g.adv, g.keep = a.to(device), bool(k)
-        kept = [g for g in groups if g.keep]
-
-        # 2. log-probs of the rollout policy and of the reference, before any update. With one
-        #    update per batch the rollout policy IS the policy being differentiated: logp_old is
-        #    then logp detached (rho = 1 exactly) and needs no extra pass.
-        on_policy = args.mini_batches * args.ppo_epochs == 1
-        B = args.micro_batch_size
-        with torch.no_grad(), autocast():
-            for lo in range(0, len(kept), max(1, B // G)):
-                chunk = kept[lo:lo + max(1, B // G)]
-                prompts = [g.prompt for g in chunk for _ in range(G)]
-                comps = [c for g in chunk for c in g.completions]
-                if not on_policy:
-                    lp, _ = completion_logprobs(policy, prompts, comps, args.temperature)
-                    for n, g in enumerate(chunk):
-                        g.old = [lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)]
-                if args.beta > 0:
-                    with reference() as ref_net:
-                        lp, _ = completion_logprobs(ref_net, prompts, comps, args.temperature)
-                    for n, g in enumerate(chunk):
-                        g.ref = [lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)]
-
-        # 3. updates: mini-batches are fixed slices of a seeded permutation of the step's
-        #    (query, document) slots, the same on every process; each process works on its own
-        #    groups within a slice, and the loss is divided by the slice's global token count.
-        policy.train()
+        groups = rollout(policy, tok, data, step, args, procs, rollout_rr, ref_rr, ref_scores, reference, autocast)
+        adv, keep = group_advantages([g.rewards for g in groups], args.adv_eps) if groups else (None, [])
+        kept = [n for n, k in enumerate(keep) if k]  # groups whose G rewards differ carry the signal
+        signal = [groups[n] for n in kept]
+        old, ref = logprobs_before_update(policy, reference, signal, args, autocast, on_policy)
         lr = cosine_lr(step, total, warmup, args.lr)
         for group in opt.param_groups:
             group["lr"] = lr
-        by_slot = {g.query * N + g.doc: g for g in kept}
-        tot = {"kl": 0.0, "clipped": 0.0, "tokens": 0.0}
-        losses = []
-        for epoch in range(args.ppo_epochs):
-            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1_009 + epoch)
-            perm = torch.randperm(Q * N, generator=gen).tolist()
-            size = math.ceil(Q * N / args.mini_batches)
-            for m in range(args.mini_batches):
-                mine = [by_slot[s] for s in sorted(perm[m * size:(m + 1) * size]) if s in by_slot]
-                rows = [(g, i) for g in mine for i in range(G)]
-                n_tok = torch.tensor([float(sum(len(g.completions[i]) for g, i in rows))], dtype=torch.float64,
-                                     device=device)  # on the device: NCCL reduces CUDA tensors only
-                if ddp:
-                    dist.all_reduce(n_tok)
-                if n_tok.item() == 0:
-                    continue
-                opt.zero_grad(set_to_none=True)
-                objective = 0.0
-                for lo in range(0, len(rows), B):
-                    mb = rows[lo:lo + B]
-                    with autocast():
-                        logp, mask = completion_logprobs(policy, [g.prompt for g, _ in mb],
-                                                         [g.completions[i] for g, i in mb], args.temperature)
-                    C = logp.shape[1]
-                    padded = lambda ts: torch.stack([torch.nn.functional.pad(t, (0, C - len(t))) for t in ts])  # (B, C)
-                    old = logp.detach() if on_policy else padded([g.old[i] for g, i in mb])
-                    ref = padded([g.ref[i] for g, i in mb]) if args.beta > 0 else None
-                    adv = torch.stack([g.adv[i] for g, i in mb])
-                    sums = grpo_token_sums(logp, old, ref, adv, mask, args.clip_eps, args.beta)
-                    (-sums["objective"] / n_tok.item()).backward()
-                    objective += float(sums["objective"].detach())
-                    for k in ("kl", "clipped", "tokens"):
-                        tot[k] += float(sums[k])
-                if ddp:
-                    all_reduce_grads(trainable)
-                for p in trainable:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
-                opt.step()
-                losses.append(-objective / n_tok.item())
-        opt.zero_grad(set_to_none=True)
-
-        # 4. logging: one line per step, summed over processes
-        cases = ("pos", "neg_above", "neg_below", "neg", "unparsed")
-        stats = torch.tensor([rsum[0], rsum[1], rsum[2], len(groups), len(groups) - len(kept), sum(losses),
-                              tot["kl"], tot["clipped"], tot["tokens"],
-                              sum(len(c) for g in groups for c in g.completions)]
-                             + [case_counts.get(c, 0) for c in cases], dtype=torch.float64, device=device)
-        if ddp:
-            dist.all_reduce(stats)
+        upd = update_policy(policy, opt, trainable, signal, adv[kept] if kept else None, old, ref, step, args, procs,
+                            device, autocast)
         step += 1
-        dt = time.perf_counter() - t0
-        n_roll = max(1.0, float(stats[2]))
-        mean = float(stats[0]) / n_roll
-        row = {"step": step, "loss": float(stats[5]) / max(1, len(losses)) if losses else 0.0,
-               "reward": mean, "reward_std": math.sqrt(max(0.0, float(stats[1]) / n_roll - mean ** 2)),
-               "cases": {c: int(v) for c, v in zip(cases, stats[10:].tolist()) if v},
-               "unparsed": int(stats[14]), "groups": int(stats[3]), "zero_var": int(stats[4]),
-               "kl": float(stats[6]) / max(1.0, float(stats[8])), "clip_frac": float(stats[7]) / max(1.0, float(stats[8])),
-               "resp_len": float(stats[9]) / n_roll, "lr": lr, "rollouts_s": n_roll / dt, "seconds": dt}
-        if master and args.sample_every and step % args.sample_every == 0 and groups:
+        row = step_row(step, groups, len(signal), upd, lr, time.perf_counter() - t0, procs, device)
+        if procs.master and args.sample_every and step % args.sample_every == 0 and groups:
             g = groups[0]
             tail = tok.decode(g.prompt)[-60:].replace("\n", "\\n")
             log(f"sample | ...{tail} -> {g.texts[0]!r} -> score {g.scores[0]} (grade {g.grade}) -> reward {g.rewards[0]:.3f}")
-        if master and args.eval_every and (step % args.eval_every == 0 or step == total):
-            with autocast():
-                row.update(dev_ndcg(policy, tok, args, dev_cache))
-        if master:
-            extra = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
-                     if "dev_ndcg10" in row else "")
-            counts = " ".join(f"{c} {v}" for c, v in row["cases"].items())
-            log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f} | reward {mean:.3f}±{row['reward_std']:.3f} | "
-                f"{counts} | zero-var {row['zero_var']}/{row['groups']} | kl {row['kl']:.2e} | "
-                f"clip {row['clip_frac']:.3f} | len {row['resp_len']:.1f} | lr {lr:.1e} | "
-                f"{row['rollouts_s']:.1f} rollouts/s | {dt:.1f}s{extra}", flush=True)
-            write_log(row)
-        save_now = args.save_every and step % args.save_every == 0
-        if master and (save_now or (step == stop and stop < total)):
-            path = os.path.join(args.out, f"step-{step:05d}")
-            save_checkpoint(path, policy, tok, resolved, train_state(step), full=False)
-            copy_checkpoint(path, last_dir)
-            prune_checkpoints(args.out, args.keep_checkpoints)
-            log(f"saved {path} and {last_dir}")
-    if master and step == total:
-        save_checkpoint(os.path.join(args.out, "final"), policy, tok, resolved, None)
-        log(f"saved {os.path.join(args.out, 'final')}")
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
+        if procs.master and args.eval_every and (step % args.eval_every == 0 or step == total):
+            row.update(dev())
+        extra = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
+                 if "dev_ndcg10" in row else "")
+        counts = " ".join(f"{c} {v}" for c, v in row["cases"].items())
+        log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f} | reward {row['reward']:.3f}±{row['reward_std']:.3f} | "
+            f"{counts} | zero-var {row['zero_var']}/{row['groups']} | kl {row['kl']:.2e} | "
+            f"clip {row['clip_frac']:.3f} | len {row['resp_len']:.1f} | lr {lr:.1e} | "
+            f"{row['rollouts_s']:.1f} rollouts/s | {row['seconds']:.1f}s{extra}", flush=True)
+        run.write_log(row)
+        if (args.save_every and step % args.save_every == 0) or (step == stop and stop < total):
+            save_step(run, step, policy, tok, train_state(run, step, total, policy, trainable, opt))
+    if step == total:
+        save_final(run, policy, tok)
+    finish_processes(procs)
     return policy
 
 

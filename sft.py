@@ -45,7 +45,7 @@ Where this deviates from the paper (ERank, arXiv 2509.00520, section 4 of the me
   - LoRA rank 16, alpha 32 by default (paper: 32 / 64), on the same "all linear layers";
   - labels: the default data (data/make_sft.py) maps human relevance grades to integer scores
     with no reasoning ("fast mode" targets); the paper distils QwQ-32B reasoning + scores
-    (data/label.py does that with any checkpoint as the teacher);
+    (tools/label.py does that with any checkpoint as the teacher);
   - max length: documents are cut to --max-doc-tokens (default 192; the paper: 2,048 tokens in
     all), since training runs on a 2-core CPU;
   - lr 1e-4, cosine, 5 % warmup and 1 epoch follow the paper; the batch is 32 sequences
@@ -54,10 +54,8 @@ Where this deviates from the paper (ERank, arXiv 2509.00520, section 4 of the me
 import argparse
 import contextlib
 import json
-import math
 import os
 import random
-import shutil
 import sys
 import time
 
@@ -65,16 +63,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 import model as M
-from rerank import HelpFormatter, build_prompt, completion_text, parse_answer, truncate, write_atomic
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class RecordError(ValueError):
-    """A bad training record; the message names the file, the line and the field."""
+import model_fast
+from data.beir import DataFormatError, read_jsonl
+from eval import auc, dev_ndcg
+from model import completion_logprobs
+from rerank import HelpFormatter, build_prompt, completion_text, parse_answer, truncate, truncate_batch
+from training import (Run, add_lora, autocast_for, cosine_lr, finish_processes, rng_state, save_final, save_step,
+                      set_rng_state, start_or_resume, start_processes, train_state)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -107,7 +104,7 @@ def parse_args(argv=None):
                    "backward then stops at the first adapted block")
     g.add_argument("--init-adapter", default=None, help="adapter.safetensors merged into --model before training "
                    "(continue a run from a committed adapter: the new run's adapter is the delta on top of it; "
-                   "data/export_adapter.py adds the two)")
+                   "tools/export_adapter.py adds the two)")
     g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
     g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
                    help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
@@ -130,6 +127,7 @@ def parse_args(argv=None):
     g.add_argument("--dev-split", default="dev", help="qrels split used for evaluation (never pyfaq)")
     g.add_argument("--dev-queries", type=int, default=20, help="queries evaluated (the first N by id)")
     g.add_argument("--dev-top-k", type=int, default=20, help="BM25 candidates reranked per query")
+    g.add_argument("--bm25-cache", default=None, help="BM25 index cache directory (default: data/cache/bm25)")
     g.add_argument("--eval-every", type=int, default=0, help="dev nDCG@10 every N steps and at the end (0 = never)")
     g.add_argument("--sample-every", type=int, default=25, help="print prompt tail -> greedy completion every N steps")
     g = ap.add_argument_group("checkpoints")
@@ -145,43 +143,21 @@ def parse_args(argv=None):
 
 
 def read_records(path: str) -> list[dict]:
-    """JSONL of {"query", "doc", "score", "instruction"?, "reasoning"?}; bad input names file, line, field."""
-    if not os.path.exists(path):
-        raise RecordError(f"{path}: no such file (make one with: python data/make_sft.py --out {path})")
+    """JSONL of {"query", "doc", "score", "instruction"?, "reasoning"?}, checked by data.beir.read_jsonl
+    (plus the score here); a bad record raises DataFormatError naming the file, the line and the field."""
     out = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise RecordError(f"{path}: line {n}: not UTF-8 "
-                                  f"(byte {raw[e.start]:#04x} at column {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(r, dict):
-                raise RecordError(f"{path}: line {n}: expected an object with query, doc, score")
-            for field in ("query", "doc"):
-                if not isinstance(r.get(field), str) or not r[field].strip():
-                    raise RecordError(f"{path}: line {n}: field '{field}' is missing or not a non-empty string")
-            s = r.get("score")
-            if isinstance(s, float) and s.is_integer():
-                s = int(s)
-            if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= 10:
-                raise RecordError(f"{path}: line {n}: field 'score' must be an integer 0..10, got {r.get('score')!r}")
-            for field in ("instruction", "reasoning"):
-                if r.get(field) is not None and not isinstance(r[field], str):
-                    raise RecordError(f"{path}: line {n}: field '{field}' must be a string when present")
-            for field in ("query", "doc", "instruction", "reasoning"):
-                if isinstance(r.get(field), str) and any("\ud800" <= c <= "\udfff" for c in r[field]):
-                    raise RecordError(f"{path}: line {n}: field '{field}' holds a lone surrogate (not valid text)")
-            out.append({"query": r["query"], "doc": r["doc"], "score": s,
-                        "instruction": r.get("instruction"), "reasoning": r.get("reasoning")})
+    for n, r in read_jsonl(path, ("query", "doc"), optional=("instruction", "reasoning"), non_empty=("query", "doc"),
+                           expected=f"SFT records; make them with: python data/make_sft.py --out {path}"):
+        s = r.get("score")
+        if isinstance(s, float) and s.is_integer():
+            s = int(s)
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= 10:
+            raise DataFormatError(f"{path}, line {n}: field 'score' should be an integer 0..10, "
+                                  f"got {r.get('score')!r}")
+        out.append({"query": r["query"], "doc": r["doc"], "score": s,
+                    "instruction": r.get("instruction"), "reasoning": r.get("reasoning")})
     if not out:
-        raise RecordError(f"{path}: no records")
+        raise DataFormatError(f"{path}: no records")
     return out
 
 
@@ -196,173 +172,21 @@ def encode_record(tok, r: dict, max_doc_tokens: int, max_query_tokens: int = 256
 
 
 def encode_records(tok, records: list[dict], max_doc_tokens: int, max_query_tokens: int = 256, chunk: int = 2048):
-    """encode_record for many records (the same ids), faster: batch encoding, and long texts are
-    tokenized from a prefix of 8 characters per token budget; when that prefix already gives 16
-    tokens more than the budget, its first `budget` tokens are the full text's (byte-level BPE
-    only re-splits the last word of a cut text); otherwise the whole text is encoded."""
-
-    def cut_all(texts, budget):
-        heads = tok.encode_batch([t[:budget * 8] for t in texts])
-        out = []
-        for t, ids in zip(texts, heads):
-            if len(t) > budget * 8 and len(ids) <= budget + 16:
-                ids = tok.encode(t)
-            out.append(t if len(ids) <= budget else tok.decode(ids[:budget]))
-        return out
-
+    """encode_record for many records (the same ids), faster: rerank.truncate_batch and batch
+    encoding, `chunk` records at a time."""
     out = []
     for s in range(0, len(records), chunk):
         rs = records[s:s + chunk]
-        docs, queries = cut_all([r["doc"] for r in rs], max_doc_tokens), cut_all([r["query"] for r in rs], max_query_tokens)
+        docs = truncate_batch(tok, [r["doc"] for r in rs], max_doc_tokens)
+        queries = truncate_batch(tok, [r["query"] for r in rs], max_query_tokens)
         prompts = [build_prompt(tok, q, d, r.get("instruction"), thinking=r.get("reasoning") is not None)
-                   for r, q, d in zip(rs, queries, docs)]
+                   for r, (q, _), (d, _) in zip(rs, queries, docs)]
         comps = tok.encode_batch([completion_text(r["score"], r.get("reasoning")) for r in rs])
         out += [(p, c + [tok.im_end]) for p, c in zip(tok.encode_batch(prompts), comps)]
     return out
 
 
-# ----------------------------------------------------------------------------- log-probs (shared with rl.py)
-
-
-def completion_logprobs(model, prompts, completions, temperature: float = 1.0, first_ids=None):
-    """(B, N) fp32 log p(completion token j | prompt + completion[:j]) and the (B, N) bool mask of
-    real completion tokens (column j < len(completion); the end token is one of them).
-    With `first_ids` (K token ids) also (B, K) fp32 log-probs of those tokens at each row's first
-    completion position (sft.py's view of the answer distribution, from the same forward pass).
-
-    Work shared between rows is done once, with gradients, through a KV cache: the longest
-    common prefix of all prompts (ERank's system turn and task header, ~70 tokens) runs with batch
-    size 1, and a prompt repeated in several rows (RL's G samples of one prompt) runs once. Same
-    values and gradients as running every row in full (tested), less compute and memory.
-    The rest of each row (prompt remainder + completion) is left-padded, so every completion ends
-    at the last column; logits are computed only at the positions that predict a completion
-    token (the column before it), never at the full (B, T, V). The mask comes from the lengths,
-    not from the token ids."""
-    assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
-    core = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    unique = sorted(set(map(tuple, prompts)))
-    P = M.common_prefix_length(unique)
-    repeats = len(unique) < len(prompts)
-    # rows: what runs on top of the shared prefix. A repeated prompt's remainder (all but its last
-    # token) runs once per distinct prompt ("heads"); its rows then hold [last prompt token] + completion
-    if repeats:
-        heads = [list(p[P:-1]) for p in unique]
-        rows = [[p[-1]] + list(c) for p, c in zip(prompts, completions)]
-    else:
-        heads = []
-        rows = [list(p[P:]) + list(c) for p, c in zip(prompts, completions)]
-    Th = max(map(len, heads), default=0)
-    cache = None
-    if P or Th:
-        cache = M.KVCache(core.config, 1, P + Th + max(map(len, rows)), device, dtype)
-        if P:
-            model(torch.tensor([unique[0][:P]], device=device), cache=cache, logits_at="hidden")
-        cache.select(torch.zeros(len(heads) if Th else len(prompts), dtype=torch.long, device=device))
-        if Th:
-            ids, attn = M._left_pad(heads, 0, device)
-            model(ids, attn, cache=cache, logits_at="hidden")  # fills the cache; output unused
-            row_of = {p: i for i, p in enumerate(unique)}
-            cache.select(torch.tensor([row_of[tuple(p)] for p in prompts], device=device))
-    ids, attn = M._left_pad(rows, 0, device)  # (B, T)
-    B, T = ids.shape
-    lengths = torch.tensor([len(c) for c in completions], device=device)  # (B,)
-    target = torch.arange(T, device=device)[None, :] >= T - lengths[:, None]  # (B, T): completion tokens
-    at = torch.zeros_like(target)
-    at[:, :-1] = target[:, 1:]  # (B, T): the positions that predict them
-    logits = model(ids, attn, cache=cache, logits_at=at)  # (sum(lengths), V), row-major like ids[target]
-    lp = M.token_logprobs(logits, ids[target], temperature)  # (sum(lengths),) fp32
-    N = int(lengths.max()) if B else 0
-    mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
-    out = torch.zeros(B, N, device=device, dtype=lp.dtype)
-    out[mask] = lp  # row-major order again: row i's completion tokens 0..len-1
-    if first_ids is None:
-        return out, mask
-    starts = lengths.cumsum(0) - lengths  # (B,) each row's first completion position in `logits`
-    first = torch.log_softmax(logits[starts].detach().float(), -1)[:, first_ids]  # (B, K)
-    return out, mask, first
-
-
-# ----------------------------------------------------------------------------- LoRA
-
-
-class LoRALinear(nn.Linear):
-    """y = x W^T + b + (x A^T B^T) * alpha / r. Keeps the base layer's `weight` / `bias` tensors
-    (shared, frozen), so state-dict names stay HF's; B starts at zero, so the model is unchanged
-    until trained. A gets nn.Linear's default (Kaiming-uniform) init, as in the LoRA paper."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight, self.bias = base.weight, base.bias
-        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **kw))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **kw))  # (out, r)
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-
-    def forward(self, x):
-        # under bf16 autocast y is bf16, and the update (small against y early in training) would
-        # lose its low bits in a bf16 add: it is added in fp32 (.float() is a no-op for fp32 y).
-        # In place: the linear's backward does not need y.
-        y = F.linear(x, self.weight, self.bias).float()
-        return y.add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
-
-    def delta(self):
-        return (self.lora_B @ self.lora_A) * self.scale  # (out, in)
-
-
-def add_lora(model, rank: int, alpha: float, targets=LORA_TARGETS, last_layers: int = 0) -> list:
-    """Freeze every parameter, then swap each target nn.Linear for a LoRALinear sharing its
-    weight (in the last `last_layers` decoder blocks only, when > 0). Returns the new trainable
-    parameters (A, B of each layer, in module order)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    blocks = model.model.layers
-    scope = blocks[len(blocks) - last_layers:] if 0 < last_layers < len(blocks) else model
-    swaps = [(parent, name, child) for parent in scope.modules() for name, child in parent.named_children()
-             if name in targets and type(child) is nn.Linear]
-    params = []
-    for parent, name, child in swaps:
-        lora = LoRALinear(child, rank, alpha)
-        setattr(parent, name, lora)
-        params += [lora.lora_A, lora.lora_B]
-    return params
-
-
-def merged_state_dict(model) -> dict:
-    """HF-named weights with each LoRA update folded in (W + scale * B @ A); no lora_ keys.
-    The model itself is left as it is."""
-    deltas = {name + ".weight": m.delta() for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    out = {}
-    for k, v in model.state_dict().items():
-        if ".lora_" in k:
-            continue
-        v = v.detach()
-        out[k] = (v + deltas[k].to(v.dtype)) if k in deltas else v.clone()
-    return out
-
-
-def adapter_state_dict(model) -> dict:
-    """{module + ".lora_A": A, module + ".lora_B": B * scale}: apply as W + B @ A."""
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, LoRALinear):
-            out[name + ".lora_A"] = m.lora_A.detach().clone()
-            out[name + ".lora_B"] = (m.lora_B.detach() * m.scale).contiguous()
-    return out
-
-
 # ----------------------------------------------------------------------------- schedule
-
-
-def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
-    """Learning rate for 0-based `step`: linear warmup to peak over warmup_steps, then cosine to 0
-    at total_steps."""
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: int = 0,
@@ -394,82 +218,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def rng_state() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s: dict):
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def save_checkpoint(path: str, model, tok, args: dict, train_state: dict | None, full: bool = True):
-    """One atomic directory: the HF-layout model (LoRA merged in) + args.json, adapter.safetensors
-    when LoRA is on, and train_state.pt (skipped when train_state is None). With full=False and
-    LoRA on (a LoRA run's step-N/ and last/), the merged model is left out: the adapter and the
-    train state are all --resume needs (tens of MB instead of ~540 MB); final/ is always full."""
-    from safetensors.torch import save_file
-
-    staging = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}-staging{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    info = {k: train_state[k] for k in ("step", "total_steps") if train_state and k in train_state}
-    adapter = adapter_state_dict(model)
-    if full or not adapter:
-        M.save(model, tok, staging, state=merged_state_dict(model), extra={"args.json": args, "train_info.json": info})
-    else:
-        os.makedirs(staging)
-        for name, obj in (("args.json", args), ("train_info.json", info)):
-            with open(os.path.join(staging, name), "w") as f:
-                json.dump(obj, f, indent=2)
-    if adapter:
-        save_file({k: v.cpu().contiguous() for k, v in adapter.items()}, os.path.join(staging, "adapter.safetensors"),
-                  metadata={"format": "pt", "rank": str(args.get("lora_rank")), "alpha": str(args.get("lora_alpha"))})
-    if train_state is not None:
-        torch.save(train_state, os.path.join(staging, "train_state.pt"))
-    M.commit_dir(staging, path)
-
-
-def load_train_state(path: str) -> dict:
-    f = os.path.join(path, "train_state.pt")
-    if not os.path.exists(f):
-        raise FileNotFoundError(f"{f}: missing; --resume needs a checkpoint written during training (<out>/last)")
-    return torch.load(f, map_location="cpu", weights_only=False)
-
-
-def copy_checkpoint(src: str, dst: str):
-    tmp = M.atomic_dir(dst)
-    shutil.copytree(src, tmp, dirs_exist_ok=True)
-    M.commit_dir(tmp, dst)
-
-
-def prune_checkpoints(out: str, keep: int):
-    """Delete all but the newest `keep` step-N/ directories of a run (each is a full model)."""
-    steps = sorted(d for d in os.listdir(out) if d.startswith("step-") and d[5:].isdigit())
-    for d in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(os.path.join(out, d), ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------- the learning signal
-
-
-def auc(scores, labels) -> float | None:
-    """Area under the ROC curve: the chance that a random relevant record scores above a random
-    non-relevant one (ties count half). None when one class is missing."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def first_digit_score(first_logp) -> torch.Tensor:
@@ -483,54 +232,6 @@ def first_digit_score(first_logp) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def dev_ndcg(model, tok, args, cache: dict) -> dict:
-    """Mean nDCG@10 of fast-mode reranking of BM25's top --dev-top-k for the first --dev-queries
-    dev queries (sorted by id): ranked by ERank's s * P(s), and by the expected score sum_s s * P(s)
-    (same forward passes). The second moves as soon as the model's answer distribution carries any
-    signal, even while every greedy answer is still the same integer. Also the AUC of the expected
-    score, judged against non-relevant candidates (pooled over the queries). `cache` (a dict owned
-    by the caller) keeps the candidates between calls. sft.py and rl.py both use it.
-    -> {"dev_ndcg10", "dev_ndcg10_expected", "dev_auc"}"""
-    from data.beir import load_corpus, load_qrels, load_queries
-    from data.bm25 import BM25, DEFAULT_CACHE
-    from eval import ndcg_at_k
-    from rerank import Reranker, final_score, sort_records
-
-    key = (args.dev_data, args.dev_split, args.dev_queries, args.dev_top_k)
-    if key not in cache:
-        if "pyfaq" in os.path.basename(os.path.normpath(args.dev_data)) or args.dev_split == "test":
-            raise ValueError(f"--dev-data {args.dev_data} --dev-split {args.dev_split}: the held-out test set; "
-                             "never tune on it")
-        corpus, queries = load_corpus(args.dev_data), load_queries(args.dev_data)
-        qrels = load_qrels(args.dev_data, args.dev_split)
-        bm25 = BM25.from_dir(args.dev_data, cache_dir=getattr(args, "bm25_cache", None) or DEFAULT_CACHE)
-        qids = sorted(q for q in qrels if q in queries)[:args.dev_queries]
-        items = []
-        for q in qids:
-            docs = [{"id": d, "title": corpus[d].get("title", ""), "text": corpus[d]["text"]}
-                    for d, _ in bm25.search(queries[q], args.dev_top_k)]
-            items.append((queries[q], docs, qrels[q]))
-        cache[key] = items
-    was_training = model.training
-    model.eval()
-    rr = Reranker((model, tok), thinking=False, score="expected", max_doc_tokens=args.max_doc_tokens,
-                  max_query_tokens=args.max_query_tokens, batch_tokens=8192, verbose=False)
-    by_answer, by_expected, scores, labels = [], [], [], []
-    for q, docs, rel in cache[key]:
-        recs = rr.rerank(q, docs) if docs else []  # sorted by the expected score
-        by_expected.append(ndcg_at_k([r["id"] for r in recs], rel) if docs else 0.0)
-        scores += [r["score"] for r in recs]
-        labels += [rel.get(r["id"], 0) > 0 for r in recs]
-        for r in recs:
-            r["score"] = final_score(r, "answer")
-        by_answer.append(ndcg_at_k([r["id"] for r in sort_records(recs)], rel) if docs else 0.0)  # rerank.py's order
-    model.train(was_training)
-    n = max(1, len(by_answer))
-    return {"dev_ndcg10": sum(by_answer) / n, "dev_ndcg10_expected": sum(by_expected) / n,
-            "dev_auc": auc(scores, labels)}
 
 
 @torch.no_grad()
@@ -552,35 +253,22 @@ def sample_line(model, tok, prompt_ids, target_ids, max_new_tokens) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    # processes: torchrun sets WORLD_SIZE / RANK / LOCAL_RANK
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    ddp = world > 1
-    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if ddp:
-        dist.init_process_group("nccl" if cuda else "gloo")
-        if cuda:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            args.device = f"cuda:{local}"
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
-    if args.batch_size % world:
-        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {world}")
-
+    procs = start_processes(args.device)
+    args.device, log = procs.device, procs.log
+    if args.batch_size % procs.world:
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {procs.world}")
     if args.init_adapter and not os.path.isfile(args.init_adapter):
         raise SystemExit(f"error: --init-adapter {args.init_adapter}: no such file")
-    # device and dtype: master weights, LoRA and optimizer state in fp32 everywhere; matrix
-    # products under autocast in the chosen dtype (bf16 on CUDA by default; on CPU when asked)
-    device, dtype = M.pick_device(args.device, args.dtype, verbose=master)
-    amp = dtype in (torch.bfloat16, torch.float16)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if amp else contextlib.nullcontext
-
+    # master weights, LoRA and optimizer state in fp32 everywhere; matrix products under autocast
+    # in the chosen dtype (bf16 on CUDA by default; on CPU when asked)
+    device, dtype = M.pick_device(args.device, args.dtype, verbose=procs.master)
+    autocast = autocast_for(device, dtype)
     if args.model is None:
         from data.convert_smollm2 import ensure_base_model
         args.model = ensure_base_model()
     resolved = vars(args).copy()
-    resolved.update(world_size=world, device=str(device), autocast=str(dtype) if amp else "none (fp32)")
+    amp = dtype in (torch.bfloat16, torch.float16)
+    resolved.update(world_size=procs.world, device=str(device), autocast=str(dtype) if amp else "none (fp32)")
     log("args " + json.dumps(resolved, sort_keys=True))
 
     records = read_records(args.data)  # bad input stops here, before the model loads
@@ -590,6 +278,7 @@ def main(argv=None):
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     model, tok = M.load(args.model, device=device, dtype=torch.float32)
+    model_fast.enable_fast_paths(model)  # less memory in backward; faster CPU decoding in dev evaluation
     if args.init_adapter:
         try:
             M.apply_adapter(model, args.init_adapter)
@@ -602,13 +291,12 @@ def main(argv=None):
         trainable = [p for p in model.parameters() if p.requires_grad]
     model.gradient_checkpointing = True if args.gradient_checkpointing < 0 else args.gradient_checkpointing
     model.train()
-    n_train = sum(p.numel() for p in trainable)
-    log(f"trainable parameters {n_train:,} of {sum(p.numel() for p in model.parameters()):,} "
+    log(f"trainable parameters {sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in model.parameters()):,} "
         f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full fine-tuning'}"
         f"{', last %d blocks' % args.lora_layers if args.lora_rank and args.lora_layers else ''})")
     net = model
-    if ddp:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if procs.ddp:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # data (records were read and checked before the model was loaded)
     if args.max_records and len(records) > args.max_records:  # a seeded sample, kept in file order
@@ -625,42 +313,13 @@ def main(argv=None):
 
     # optimizer and (maybe) resume
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
-    names = {id(p): n for n, p in model.named_parameters()}
-    step = 0
-    last_dir, log_path = os.path.join(args.out, "last"), os.path.join(args.out, "log.jsonl")
-    if args.resume:
-        st = load_train_state(last_dir)
-        saved = st["args"]
-        for k in ("lora_rank", "lora_layers", "init_adapter"):  # what the trainable weights are
-            if saved.get(k) != resolved.get(k):
-                raise SystemExit(f"{last_dir}: --{k.replace('_', '-')} was {saved.get(k)!r}, now {resolved.get(k)!r}; "
-                                 "resume with the same value")
-        for k in ("model", "data", "lora_alpha", "batch_size", "seed", "lr", "max_doc_tokens"):
-            if saved.get(k) != resolved.get(k):
-                log(f"warning: --{k.replace('_', '-')} was {saved.get(k)!r} in {last_dir}, now {resolved.get(k)!r}")
-        if st["total_steps"] != total:
-            raise SystemExit(f"{last_dir}: schedule was {st['total_steps']} steps, now {total}; resume with the same "
-                             "--data/--batch-size/--epochs/--steps")
-        with torch.no_grad():
-            for p in trainable:
-                p.copy_(st["trainable"][names[id(p)]].to(p.device))
-        opt.load_state_dict(st["optimizer"])
+    run = Run(args.out, resolved, procs, args.keep_checkpoints)
+    step, st = start_or_resume(run, args.resume, total, model, trainable, opt,
+                               must_match=("lora_rank", "lora_layers", "init_adapter"),
+                               warn_if_changed=("model", "data", "lora_alpha", "batch_size", "seed", "lr", "max_doc_tokens"),
+                               schedule_flags="--data/--batch-size/--epochs/--steps")
+    if st is not None:
         set_rng_state(st["rng"])
-        step = st["step"]
-        log(f"resumed from {last_dir} at step {step}")
-        if master and os.path.exists(log_path):  # drop log lines of steps after the checkpoint
-            keep = [line for line in open(log_path) if line.strip() and json.loads(line)["step"] <= step]
-            write_atomic(log_path, "".join(keep))
-    elif master and os.path.exists(log_path):
-        os.remove(log_path)
-    if master:
-        os.makedirs(args.out, exist_ok=True)
-
-    def train_state(step):
-        return {"step": step, "total_steps": total, "args": resolved,
-                "trainable": {names[id(p)]: p.detach().cpu() for p in trainable},
-                "optimizer": opt.state_dict(), "rng": rng_state(),
-                "data": {"epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch}}
 
     # the learning signal, beside the loss (which format tokens dominate): the first answer token's
     # loss and the AUC of the expected score, relevant (score >= 5) against non-relevant records
@@ -679,8 +338,8 @@ def main(argv=None):
             schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch, args.length_grouping, queries)}
         batch = schedule[epoch][k]  # global batch (record indices)
         n_target = sum(len(encoded[i][1]) for i in batch)  # completion tokens in the whole global batch
-        share = len(batch) // world
-        mine = batch[rank * share:(rank + 1) * share]
+        share = len(batch) // procs.world
+        mine = batch[procs.rank * share:(procs.rank + 1) * share]
         micro = [mine[j:j + args.micro_batch_size] for j in range(0, len(mine), args.micro_batch_size)]
         lr = cosine_lr(step, total, warmup, args.lr)
         for group in opt.param_groups:
@@ -689,14 +348,14 @@ def main(argv=None):
         tokens = 0
         signal = []  # (first answer token's loss, expected score, relevant?) of this step's fast-mode records
         for j, mb in enumerate(micro):
-            sync = contextlib.nullcontext() if (not ddp or j == len(micro) - 1) else net.no_sync()
+            sync = contextlib.nullcontext() if (not procs.ddp or j == len(micro) - 1) else net.no_sync()
             with sync:
                 with autocast():
                     logps, mask, first = completion_logprobs(net, [encoded[i][0] for i in mb],
                                                              [encoded[i][1] for i in mb], first_ids=digit_ids)
                 nll = -(logps * mask).sum()
                 # DDP averages gradients over processes: scale by world so they sum instead
-                (nll * world / n_target).backward()
+                (nll * procs.world / n_target).backward()
             loss_sum += nll.detach()
             tokens += sum(lengths[i] for i in mb)
             expected, first_nll = first_digit_score(first).tolist(), (-logps[:, 0].detach()).tolist()
@@ -706,9 +365,9 @@ def main(argv=None):
         opt.step()
         opt.zero_grad(set_to_none=True)
         stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64)
-        if ddp:
+        if procs.ddp:
             dist.all_reduce(stats)
-            shards = [None] * world
+            shards = [None] * procs.world
             dist.all_gather_object(shards, signal)
             signal = [x for shard in shards for x in shard]
         step += 1
@@ -723,43 +382,35 @@ def main(argv=None):
                 recent_auc = (recent_auc + [batch_auc])[-20:]
             if recent_auc:
                 row["auc"] = sum(recent_auc) / len(recent_auc)
-        if master and args.eval_every and (step % args.eval_every == 0 or step == total):
+        if procs.master and args.eval_every and (step % args.eval_every == 0 or step == total):
             with autocast():
-                row.update(dev_ndcg(model, tok, args, dev_cache))
-        if master:
-            extra = "".join([f" | answer loss {row['answer_loss']:.4f}" if "answer_loss" in row else "",
-                             f" | AUC {row['auc']:.3f}" if "auc" in row else ""])
-            if "dev_ndcg10" in row:
-                dev_auc = "-" if row["dev_auc"] is None else f"{row['dev_auc']:.3f}"
-                extra += (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score "
-                          f"{row['dev_ndcg10_expected']:.4f}) | dev AUC {dev_auc}")
-            log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f}{extra} | lr {lr:.1e} | grad {grad_norm:.3f} | "
-                f"{row['tok_s']:.0f} tok/s | {dt:.1f}s", flush=True)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        if master and args.sample_every and step % args.sample_every == 0:
+                row.update(dev_ndcg(model, tok, args.dev_data, args.dev_split, args.dev_queries, args.dev_top_k,
+                                    args.max_doc_tokens, args.max_query_tokens, args.bm25_cache, dev_cache))
+        extra = "".join([f" | answer loss {row['answer_loss']:.4f}" if "answer_loss" in row else "",
+                         f" | AUC {row['auc']:.3f}" if "auc" in row else ""])
+        if "dev_ndcg10" in row:
+            dev_auc = "-" if row["dev_auc"] is None else f"{row['dev_auc']:.3f}"
+            extra += (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score "
+                      f"{row['dev_ndcg10_expected']:.4f}) | dev AUC {dev_auc}")
+        log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f}{extra} | lr {lr:.1e} | grad {grad_norm:.3f} | "
+            f"{row['tok_s']:.0f} tok/s | {dt:.1f}s", flush=True)
+        run.write_log(row)
+        if procs.master and args.sample_every and step % args.sample_every == 0:
             i = batch[0]
             log(sample_line(model, tok, encoded[i][0], encoded[i][1], max_new_tokens=len(encoded[i][1]) + 4))
-        save_now = args.save_every and step % args.save_every == 0
-        if master and (save_now or (step == stop and stop < total)):
-            path = os.path.join(args.out, f"step-{step:05d}")
-            save_checkpoint(path, model, tok, resolved, train_state(step), full=False)
-            copy_checkpoint(path, last_dir)
-            prune_checkpoints(args.out, args.keep_checkpoints)
-            log(f"saved {path} and {last_dir}")
-    if master and step == total:
-        save_checkpoint(os.path.join(args.out, "final"), model, tok, resolved, None)
-        log(f"saved {os.path.join(args.out, 'final')}")
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
+        if (args.save_every and step % args.save_every == 0) or (step == stop and stop < total):
+            save_step(run, step, model, tok, train_state(run, step, total, model, trainable, opt, rng=rng_state(),
+                                                         data={"epoch": step // steps_per_epoch,
+                                                               "batch_in_epoch": step % steps_per_epoch}))
+    if step == total:
+        save_final(run, model, tok)
+    finish_processes(procs)
     return model
 
 
 if __name__ == "__main__":
-    from data.beir import DataFormatError
     try:
         main()
-    except (RecordError, DataFormatError, FileNotFoundError) as e:  # bad input: one line, exit status 2
+    except (DataFormatError, FileNotFoundError) as e:  # bad input: one line, exit status 2
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,5 +1,5 @@
-"""What model.py's CPU inference paths buy, in one process: cpu_inference_layout,
-decode_attention and MLP.forward_in_slices.
+"""What model_fast.py's CPU inference paths buy, in one process: cpu_inference_layout,
+decode_attention (FastAttention) and FastMLP.forward_in_slices.
 
     python bench/bench_layout.py                 # built-in model, CPU fp32
 
@@ -11,8 +11,9 @@ decode_attention and MLP.forward_in_slices.
    usual (out, in) and stored transposed (in, out): same values, same call, other memory layout.
 3. A decoding step of the built-in model (one new token for each of 20 rows after their prompts,
    BM25's top 20 for the first pyfaq test query, ~470 tokens), four ways: usual layout or
-   transposed weights, times the fused attention kernel or decode_attention. One model is
-   loaded; the variants switch its layout in place and pick the attention function.
+   transposed weights, times the fused attention kernel (model.Attention) or decode_attention
+   (model_fast.FastAttention). One model is loaded; the variants switch its layout in place and
+   the class of its attention modules.
 Every variant runs once per round, the order reversed every other round (this machine's speed
 drifts); the table shows each variant's fastest time and its speed relative to the first row.
 """
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import model_fast  # noqa: E402
 import rerank as R  # noqa: E402
 from bench.bench_rerank import pairs_from_pyfaq  # noqa: E402
 
@@ -48,8 +50,11 @@ def set_layout(model, transposed):
             m.weight.data = w.t().contiguous().t() if transposed else w.contiguous()
 
 
-def fused_attention(q, k, v, mask):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+def use(model, base, cls):
+    """Switch every `base` module of the model to the class `cls` (model.py's or model_fast.py's)."""
+    for m in model.modules():
+        if isinstance(m, base):
+            m.__class__ = cls
 
 
 def main():
@@ -60,7 +65,7 @@ def main():
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, tok = M.load(R.default_model(), device="cpu", dtype=torch.float32)
-    M.cpu_inference_layout(model)
+    model_fast.enable_fast_paths(model, inference_layout=True)
     C, I, V = model.config.hidden_size, model.config.intermediate_size, model.config.vocab_size
     kv = model.config.num_key_value_heads * model.config.head_dim
     print(f"built-in model, cpu float32, torch threads {torch.get_num_threads()}")
@@ -69,20 +74,17 @@ def main():
     prompts = rr.prompts_for(query, [{"text": d} for d in docs], None)
 
     # 1. first, while malloc's state is that of a fresh process, as in a rerank.py run
-    whole_batch = lambda self, x: self.down_proj(M.SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
-    variants = [("MLP on the whole batch", whole_batch), ("MLP in slices of <= 16 MB (rerank.py on CPU)", M.MLP.forward)]
-    got, keep = {}, M.MLP.forward
-    try:
-        for r in range(args.rounds):
-            for name, forward in variants if r % 2 == 0 else variants[::-1]:
-                M.MLP.forward = forward
-                before, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-                rr.score_prompts(prompts)
-                wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
-                new = (wall, after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime)
-                got[name] = [min(a, b) for a, b in zip(got.get(name, new), new)]
-    finally:
-        M.MLP.forward = keep
+    variants = [("MLP on the whole batch", M.MLP), ("MLP in slices of <= 16 MB (rerank.py on CPU)", model_fast.FastMLP)]
+    got = {}
+    for r in range(args.rounds):
+        for name, mlp in variants if r % 2 == 0 else variants[::-1]:
+            use(model, M.MLP, mlp)
+            before, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            rr.score_prompts(prompts)
+            wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+            new = (wall, after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime)
+            got[name] = [min(a, b) for a, b in zip(got.get(name, new), new)]
+    use(model, M.MLP, model_fast.FastMLP)
     base = variants[0][0]
     print(f"\nFast-mode scoring of {len(prompts)} prompts ({sum(map(len, prompts))} tokens, batches of "
           f"{[len(b) for b in rr.batches(prompts)]} prompts), best of {args.rounds} rounds\n")
@@ -108,29 +110,25 @@ def main():
         print(f"| {rows} | " + " | ".join(cells) + " |")
 
     # 3.
-    ids = torch.tensor([[tok.token_id("7")]] * len(prompts))
-    variants = [("usual layout, fused attention kernel", False, fused_attention),
-                ("usual layout, decode_attention", False, M.decode_attention),
-                ("transposed weights, fused attention kernel", True, fused_attention),
-                ("transposed weights, decode_attention (rerank.py on CPU)", True, M.decode_attention)]
+    ids = torch.tensor([tok.token_id("7")] * len(prompts))
+    variants = [("usual layout, fused attention kernel", False, M.Attention),
+                ("usual layout, decode_attention", False, model_fast.FastAttention),
+                ("transposed weights, fused attention kernel", True, M.Attention),
+                ("transposed weights, decode_attention (rerank.py on CPU)", True, model_fast.FastAttention)]
     cache, _ = M.prefill(model, prompts, extra=1, pad_id=tok.pad_id)
     L = cache.length
 
     def one_step():
         cache.length = L  # the same step again, into the same cache slot
-        return model(ids, cache=cache, logits_at="last")
+        return M.decode_one_token(model, cache, ids)
 
     step, outs = {}, {}
-    keep = M.decode_attention
-    try:
-        for r in range(3 * args.rounds):  # a step is short: more rounds against the drift
-            for name, transposed, attention in variants if r % 2 == 0 else variants[::-1]:
-                set_layout(model, transposed)
-                M.decode_attention = attention
-                step[name] = min(step.get(name, float("inf")), best_of(one_step, 1.0))
-                outs[name] = one_step()
-    finally:
-        M.decode_attention = keep
+    for r in range(3 * args.rounds):  # a step is short: more rounds against the drift
+        for name, transposed, attention in variants if r % 2 == 0 else variants[::-1]:
+            set_layout(model, transposed)
+            use(model, M.Attention, attention)
+            step[name] = min(step.get(name, float("inf")), best_of(one_step, 1.0))
+            outs[name] = one_step()
     base = variants[0][0]
     diff = max((outs[n] - outs[base]).abs().max().item() for n, _, _ in variants)
     print(f"\nA decoding step: {len(prompts)} rows after prompts of {min(map(len, prompts))}-"

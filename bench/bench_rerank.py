@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import model_fast  # noqa: E402
 import rerank as R  # noqa: E402
 
 
@@ -119,7 +120,7 @@ def main():
     else:
         path = args.model or R.default_model()
     model, tok = M.load(path, device=args.device, dtype=dtype)
-    M.cpu_inference_layout(model)  # as rerank.py does with a model it loads
+    model_fast.enable_fast_paths(model, inference_layout=True)  # as rerank.py does with a model it loads
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
     torch.set_grad_enabled(False)
     data = pairs_from_pyfaq(args.queries, args.docs)
@@ -178,7 +179,7 @@ def main():
     if args.bf16_row and dtype == torch.float32:
         # the same prompts, our side only: bf16 weights against the fp32 model above, back to back
         m16, _ = M.load(path, device=args.device, dtype=torch.bfloat16)
-        M.cpu_inference_layout(m16)
+        model_fast.enable_fast_paths(m16, inference_layout=True)
         rr16 = R.Reranker((m16, tok), max_doc_tokens=10**6, verbose=False)
         rr16.score_prompts(prompts[0])  # warm-up
         c, d, t16, t32 = paired(rr16.score_prompts, rr.score_prompts, prompts)

@@ -8,9 +8,9 @@ real SFT records (runs/sft/train.jsonl, made by data/make_sft.py; the first --se
 documents cut to --max-doc-tokens as sft.py does), with the same optimizer (AdamW, lr 1e-4,
 gradient clipping 1.0), one micro-batch per step:
 
-    sft-lora     sft.completion_logprobs + LoRA r16 on all linear layers (sft.py's default)
+    sft-lora     model.completion_logprobs + LoRA r16 on all linear layers (sft.py's default)
     sft-lora-gc  the same with gradient checkpointing (model.gradient_checkpointing)
-    sft-full     sft.completion_logprobs, full fine-tuning
+    sft-full     model.completion_logprobs, full fine-tuning
     sft-full-gc  the same with gradient checkpointing
     sft-lora10   LoRA r16 on the last 10 decoder blocks only (--lora-layers 10: no backward below)
     hf-full      transformers AutoModelForCausalLM.from_pretrained(same dir), right padding,
@@ -69,18 +69,20 @@ def child(args):
 
     if args.child.startswith("sft"):
         import model as M
-        import sft
+        import model_fast
+        import training
 
         model, tok = M.load(args.model, device="cpu", dtype=torch.float32)
+        model_fast.enable_fast_paths(model)  # as sft.py does
         last = 10 if args.child.startswith("sft-lora10") else 0
-        params = (sft.add_lora(model, 16, 32, last_layers=last) if args.child.startswith("sft-lora")
+        params = (training.add_lora(model, 16, 32, last_layers=last) if args.child.startswith("sft-lora")
                   else list(model.parameters()))
         if args.child.removesuffix("-bf16").endswith("-gc"):  # the MLP half of the first N blocks recomputed
             model.gradient_checkpointing = args.checkpoint_layers or True
 
         def step():
             with autocast():
-                logps, mask = sft.completion_logprobs(model, prompts, comps)
+                logps, mask = M.completion_logprobs(model, prompts, comps)
             loss = -(logps * mask).sum() / mask.sum()
             loss.backward()
             return loss

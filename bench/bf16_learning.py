@@ -24,7 +24,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import model_fast  # noqa: E402
 import sft  # noqa: E402
+import training  # noqa: E402
 
 
 def bf16_add_forward(self, x):  # the variant: the update added in bf16
@@ -35,7 +37,8 @@ def bf16_add_forward(self, x):  # the variant: the update added in bf16
 def run(path, records, steps, bf16, lora_layers, max_doc_tokens):
     torch.manual_seed(0)
     model, tok = M.load(path, device="cpu", dtype=torch.float32, verbose=False)
-    params = sft.add_lora(model, 16, 32, last_layers=lora_layers)
+    model_fast.enable_fast_paths(model)  # as sft.py does
+    params = training.add_lora(model, 16, 32, last_layers=lora_layers)
     enc = sft.encode_records(tok, records, max_doc_tokens)
     n_target = sum(len(c) for _, c in enc)
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -44,7 +47,7 @@ def run(path, records, steps, bf16, lora_layers, max_doc_tokens):
         total = 0.0
         for j in range(0, len(enc), 4):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                lp, mask = sft.completion_logprobs(model, [p for p, _ in enc[j:j + 4]], [c for _, c in enc[j:j + 4]])
+                lp, mask = M.completion_logprobs(model, [p for p, _ in enc[j:j + 4]], [c for _, c in enc[j:j + 4]])
             loss = -(lp * mask).sum() / n_target
             loss.backward()
             total += loss.item()
@@ -70,12 +73,12 @@ def main():
         from data.convert_smollm2 import ensure_base_model
         args.model = ensure_base_model()
     records = sft.read_records(args.data)[:8]
-    plain = sft.LoRALinear.forward
+    plain = training.LoRALinear.forward
     for name, bf16, forward in (("fp32", False, plain), ("bf16", True, plain), ("bf16, bf16 add", True, bf16_add_forward)):
-        sft.LoRALinear.forward = forward
+        training.LoRALinear.forward = forward
         losses, secs = run(args.model, records, args.steps, bf16, args.lora_layers, args.max_doc_tokens)
         print(f"{name:15s} " + " ".join(f"{x:.4f}" for x in losses) + f"   {secs:.1f} s", flush=True)
-    sft.LoRALinear.forward = plain
+    training.LoRALinear.forward = plain
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from data.beir import atomic_write_text, load_corpus, load_queries  # noqa: E402
+from data.beir import load_corpus, load_queries  # noqa: E402
 from eval import evaluate, rank_docs, run_bm25  # noqa: E402
+from model import write_atomic  # noqa: E402
 
 
 def model_dir() -> Path:
@@ -84,7 +85,7 @@ def main():
         table = [{"system": label, "dataset": name, "split": args.split, "top_k": k, "queries": len(qrels),
                   "ndcg@10": res["ndcg@10"], "mrr@10": res["mrr@10"], f"recall@{k}": res[f"recall@{k}"],
                   **({} if s is None else {"unparsed": 0, "pairs": pairs, "seconds": s})} for label, res, s in rows]
-        atomic_write_text(args.json, json.dumps(table, indent=1) + "\n")
+        write_atomic(args.json, json.dumps(table, indent=1) + "\n")
 
 
 if __name__ == "__main__":

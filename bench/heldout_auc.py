@@ -19,8 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import model_fast  # noqa: E402
 import rerank as R  # noqa: E402
-from sft import auc  # noqa: E402
+from eval import auc  # noqa: E402
 
 
 def main():
@@ -37,6 +38,7 @@ def main():
         by_query.setdefault(r["qid"], []).append(r)
     for path in args.model:
         model, tok = M.load(path, dtype=getattr(torch, args.dtype))
+        model_fast.enable_fast_paths(model)
         rr = R.Reranker((model, tok), score="expected", max_doc_tokens=args.max_doc_tokens, verbose=False)
         scored = []  # (expected score, label)
         for recs in by_query.values():

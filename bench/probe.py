@@ -54,6 +54,7 @@ def fit_probe(X, y, weight_decay: float):
 
 def main(argv=None):
     import model as M
+    import model_fast
     import sft
     from rerank import Reranker
 
@@ -74,6 +75,7 @@ def main(argv=None):
         args.model = ensure_base_model()
 
     model, tok = M.load(args.model, device="cpu", dtype=torch.float32)
+    model_fast.enable_fast_paths(model)
     records = sft.read_records(args.data)
     queries = list(dict.fromkeys(r["query"] for r in records))
     random.Random(args.seed).shuffle(queries)
@@ -91,7 +93,7 @@ def main(argv=None):
     with torch.no_grad():
         for s in range(0, len(encoded), 16):
             ids, attn = M._left_pad([p for p, _ in encoded[s:s + 16]], 0, "cpu")
-            h = model(ids, attn, logits_at="hidden")[:, -1]  # (B, C) at the answer position
+            h = model.hidden(ids, attn)[:, -1]  # (B, C) at the answer position
             for n in args.layers:
                 feats[f"block {n}"].append(grabbed[n])
             feats["final norm"].append(h)

@@ -1,4 +1,5 @@
-"""Read and write retrieval data: BEIR-format datasets, TREC qrels and TREC runs.
+"""Read and write retrieval data: BEIR-format datasets, TREC qrels and TREC runs; read_jsonl
+also checks the JSONL inputs of sft.py and tools/label.py.
 
 A BEIR-format dataset is a directory with
 
@@ -7,8 +8,8 @@ A BEIR-format dataset is a directory with
     qrels/<split>.tsv  header "query-id<TAB>corpus-id<TAB>score", then one judgement per line
 
 TREC qrels lines are `qid 0 docid grade`; TREC run lines are `qid Q0 docid rank score tag`.
-Every writer goes through a temporary file and os.replace, so an interrupted write never leaves a
-half-written file behind.
+Every writer goes through model.write_atomic (a temporary file and os.replace), so an interrupted
+write never leaves a half-written file behind.
 
     from data.beir import load_corpus, load_queries, load_qrels
     corpus = load_corpus("data/beir/manpages")            # {doc_id: {"title", "text"}}
@@ -17,8 +18,9 @@ half-written file behind.
 """
 import json
 import math
-import os
 from pathlib import Path
+
+from model import write_atomic
 
 
 class DataFormatError(ValueError):
@@ -54,34 +56,19 @@ def _check_text(path, line_no, field, value):
                              f"{value[e.start]!r} at character {e.start})")
 
 
-# ---------------------------------------------------------------- atomic writes
-
-def atomic_write_text(path, text):
-    """Write `text` (UTF-8, '\\n' line ends) to `path` via a temporary file and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- BEIR reading
 
-def _read_jsonl(path, required):
-    """Yield (line_no, record) for each non-empty line, checking that `required` string fields exist."""
+def read_jsonl(path, required=(), optional=(), non_empty=(), expected="a JSONL file"):
+    """Yield (line_no, record) for each non-blank line of a JSONL file of objects, each checked:
+    the `required` fields are strings, the `optional` ones strings or null where present, the
+    `non_empty` ones hold more than whitespace, and none holds a lone surrogate. Other fields pass
+    through unchecked. A bad line raises DataFormatError naming the file, the line and the field;
+    a missing file raises FileNotFoundError saying what was `expected`. Used by the BEIR loaders
+    below, sft.py (training records) and tools/label.py (pairs to label), so all three report a
+    bad line the same way."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found (expected a BEIR-format JSONL file)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (expected {expected})")
     for line_no, line in _lines(path):
         if not line.strip():
             continue
@@ -90,30 +77,37 @@ def _read_jsonl(path, required):
         except json.JSONDecodeError as e:
             _fail(path, line_no, f"not valid JSON ({e.msg} at column {e.colno})")
         if not isinstance(rec, dict):
-            _fail(path, line_no, f"expected a JSON object, got {type(rec).__name__}")
-        for field in required:
-            if field not in rec:
-                _fail(path, line_no, f"missing field '{field}'")
-            if not isinstance(rec[field], str):
-                _fail(path, line_no, f"field '{field}' should be a string, got {type(rec[field]).__name__}")
-            _check_text(path, line_no, field, rec[field])
-        if not rec["_id"]:
-            _fail(path, line_no, "field '_id' is empty")
+            fields = ", ".join(f"'{f}'" for f in required)
+            _fail(path, line_no, f"expected a JSON object with fields {fields}, got {_json_type(rec)}")
+        for field in (*required, *optional):
+            if field not in rec and field in required:
+                _fail(path, line_no, f"field '{field}' is missing")
+            value = rec.get(field)
+            if value is None and field in optional:
+                continue
+            if not isinstance(value, str):
+                _fail(path, line_no, f"field '{field}' should be a string, got {_json_type(value)}")
+            if field in non_empty and not value.strip():
+                _fail(path, line_no, f"field '{field}' is empty")
+            _check_text(path, line_no, field, value)
         yield line_no, rec
+
+
+def _json_type(value):
+    """The JSON name of a decoded value's type, for messages about the file."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}[type(value)]
 
 
 def load_corpus(data_dir):
     """{doc_id: {"title": str, "text": str}} from <data_dir>/corpus.jsonl (a missing title is "")."""
     path = Path(data_dir) / "corpus.jsonl"
     corpus = {}
-    for line_no, rec in _read_jsonl(path, ("_id", "text")):
-        title = rec.get("title", "")
-        if not isinstance(title, str):
-            _fail(path, line_no, f"field 'title' should be a string, got {type(title).__name__}")
-        _check_text(path, line_no, "title", title)
+    for line_no, rec in read_jsonl(path, ("_id", "text"), optional=("title",), non_empty=("_id",),
+                                   expected="a BEIR corpus, one {\"_id\", \"title\", \"text\"} a line"):
         if rec["_id"] in corpus:
             _fail(path, line_no, f"field '_id': duplicate document id {rec['_id']!r}")
-        corpus[rec["_id"]] = {"title": title, "text": rec["text"]}
+        corpus[rec["_id"]] = {"title": rec.get("title") or "", "text": rec["text"]}
     return corpus
 
 
@@ -121,7 +115,8 @@ def load_queries(data_dir):
     """{query_id: text} from <data_dir>/queries.jsonl."""
     path = Path(data_dir) / "queries.jsonl"
     queries = {}
-    for line_no, rec in _read_jsonl(path, ("_id", "text")):
+    for line_no, rec in read_jsonl(path, ("_id", "text"), non_empty=("_id",),
+                                   expected="BEIR queries, one {\"_id\", \"text\"} a line"):
         if rec["_id"] in queries:
             _fail(path, line_no, f"field '_id': duplicate query id {rec['_id']!r}")
         queries[rec["_id"]] = rec["text"]
@@ -170,12 +165,12 @@ def _jsonl(records):
 
 def write_corpus(path, corpus):
     """corpus: {doc_id: {"title", "text"}}; written sorted by id."""
-    atomic_write_text(path, _jsonl({"_id": d, "title": corpus[d]["title"], "text": corpus[d]["text"]}
-                                   for d in sorted(corpus)))
+    write_atomic(path, _jsonl({"_id": d, "title": corpus[d]["title"], "text": corpus[d]["text"]}
+                              for d in sorted(corpus)))
 
 
 def write_queries(path, queries):
-    atomic_write_text(path, _jsonl({"_id": q, "text": queries[q]} for q in sorted(queries)))
+    write_atomic(path, _jsonl({"_id": q, "text": queries[q]} for q in sorted(queries)))
 
 
 def write_beir_qrels(path, qrels):
@@ -184,7 +179,7 @@ def write_beir_qrels(path, qrels):
     for q in sorted(qrels):
         for d, g in sorted(qrels[q].items(), key=lambda x: (-x[1], x[0])):
             lines.append(f"{q}\t{d}\t{g}\n")
-    atomic_write_text(path, "".join(lines))
+    write_atomic(path, "".join(lines))
 
 
 # ---------------------------------------------------------------- TREC formats
@@ -205,7 +200,7 @@ def read_trec_qrels(path):
 
 def write_trec_qrels(path, qrels):
     lines = [f"{q} 0 {d} {g}\n" for q in sorted(qrels) for d, g in sorted(qrels[q].items())]
-    atomic_write_text(path, "".join(lines))
+    write_atomic(path, "".join(lines))
 
 
 def read_trec_run(path):
@@ -244,7 +239,7 @@ def write_trec_run(path, run, tag="run"):
         ranked = sorted(run[q].items(), key=lambda x: (-x[1], _Desc(x[0])))
         for rank, (d, s) in enumerate(ranked, 1):
             lines.append(f"{q} Q0 {d} {rank} {s:.6f} {tag}\n")
-    atomic_write_text(path, "".join(lines))
+    write_atomic(path, "".join(lines))
 
 
 class _Desc(str):

@@ -47,8 +47,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-from data.beir import atomic_write_text, write_beir_qrels, write_corpus, write_queries  # noqa: E402
+from data.beir import write_beir_qrels, write_corpus, write_queries  # noqa: E402
 from data.bm25 import tokenize  # noqa: E402
+from model import atomic_output, write_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / "cache"
@@ -136,11 +137,9 @@ def unpack(deb, cache_dir):
         sys.exit("dpkg-deb not found: install dpkg (Debian/Ubuntu) to unpack the .deb files")
     dest = cache_dir / "extract" / deb.stem
     if not dest.exists():
-        tmp = dest.with_name(f".{deb.stem}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
-        os.replace(tmp, dest)
+        with atomic_output(dest) as tmp:
+            tmp.mkdir()
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
     return dest
 
 
@@ -178,20 +177,14 @@ def query_id(prefix, text):
 
 
 def write_dataset(name, corpus, queries, qrels_by_split, sources):
-    """Write everything into data/beir/.<name>.tmp<pid>/, then swap it into data/beir/<name>."""
+    """Write everything into a temporary sibling of data/beir/<name>, then swap it into place."""
     out = ROOT / "beir" / name
-    tmp = out.with_name(f".{name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_corpus(tmp / "corpus.jsonl", corpus)
-    write_queries(tmp / "queries.jsonl", queries)
-    for split, qrels in qrels_by_split.items():
-        write_beir_qrels(tmp / "qrels" / f"{split}.tsv", qrels)
-    atomic_write_text(tmp / "SOURCES.txt", sources)
-    old = out.with_name(f".{name}.old{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_output(out) as tmp:
+        write_corpus(tmp / "corpus.jsonl", corpus)
+        write_queries(tmp / "queries.jsonl", queries)
+        for split, qrels in qrels_by_split.items():
+            write_beir_qrels(tmp / "qrels" / f"{split}.tsv", qrels)
+        write_atomic(tmp / "SOURCES.txt", sources)
     doc_words = [len(d["text"].split()) for d in corpus.values()]
     sizes = " | ".join(f"{s} {len(q)}" for s, q in qrels_by_split.items())
     print(f"{name}: queries {sizes} | documents {len(corpus)} | "

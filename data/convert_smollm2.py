@@ -25,7 +25,7 @@ How it works: a small numpy GGUF reader (header, metadata, tensor infos, data se
 dequantisation of the block formats the file uses (Q4_1, Q8_0, F32; Q4_0 and F16 as well), a
 rename from llama.cpp tensor names to HF Llama names, and undoing the row permutation llama.cpp
 applies to q_proj/k_proj for its interleaved RoPE (HF Llama uses split-halves RoPE).
-`data/check_smollm2.py` compares the result with transformers' own GGUF loader.
+`tools/check_smollm2.py` compares the result with transformers' own GGUF loader.
 
 Caveat: the weights are the 4-bit (Q4_1) weights dequantised, not the original bf16 release, so
 they carry quantisation error. They are exact as far as this file goes: converting loses nothing.

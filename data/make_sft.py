@@ -19,7 +19,7 @@ Default mix per query: all its positives (--max-positives caps them, highest gra
 3 negatives: 2 hard + 1 medium, so positives are not drowned by negatives.
 
 Where this deviates from the paper (ERank, arXiv 2509.00520): the paper uses 1 positive + 19
-negatives per query labelled by a teacher LLM (QwQ-32B reasoning + score, see data/label.py);
+negatives per query labelled by a teacher LLM (QwQ-32B reasoning + score, see tools/label.py);
 here the labels come from the datasets' graded judgements, without reasoning, and the mix keeps
 more positives because the 135M model and the CPU budget only allow a few thousand records.
 
@@ -44,8 +44,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from data.beir import atomic_write_text, load_corpus, load_qrels, load_queries  # noqa: E402
+from data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
 from data.bm25 import BM25, mine_candidates  # noqa: E402
+from model import write_atomic  # noqa: E402
 
 MAPPINGS = {
     # (grade 2, grade 1, hard negative, medium negative, easy negative)
@@ -160,7 +161,7 @@ def main(argv=None):
             if rng.random() < args.thinking_share:
                 r["reasoning"] = ""
         print(f"thinking format: {sum('reasoning' in r for r in records)} records", file=sys.stderr)
-    atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     print(f"wrote {len(records)} records to {args.out}", file=sys.stderr)
 
 

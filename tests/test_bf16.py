@@ -11,6 +11,7 @@ import torch
 import model as M
 import rerank as R
 import sft
+import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -41,7 +42,7 @@ def test_lora_update_survives_bf16_autocast():
     LoRALinear adds it in fp32."""
     torch.manual_seed(0)
     base = torch.nn.Linear(16, 8)
-    lora = sft.LoRALinear(base, rank=2, alpha=2.0)
+    lora = training.LoRALinear(base, rank=2, alpha=2.0)
     with torch.no_grad():
         lora.lora_B.fill_(1e-4)  # an update of ~1e-4 against outputs of ~0.5: below bf16's step there
     x = torch.randn(3, 16)

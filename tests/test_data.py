@@ -119,7 +119,7 @@ def test_loader_reads_a_valid_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"_id": "d1", "text": "x"}\n{"_id": "d2"}\n', "corpus.jsonl, line 2: missing field 'text'"),
+    ('{"_id": "d1", "text": "x"}\n{"_id": "d2"}\n', "corpus.jsonl, line 2: field 'text' is missing"),
     ('{"_id": "d1", "text": 3}\n', "corpus.jsonl, line 1: field 'text' should be a string"),
     ('{"_id": "d1", "text": "x"}\n\n{"_id": "d1", "text": "y"}\n', "corpus.jsonl, line 3: field '_id': duplicate"),
     ('{"_id": "d1", "text": "x"\n', "corpus.jsonl, line 1: not valid JSON"),

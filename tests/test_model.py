@@ -1,4 +1,5 @@
 """model.py against transformers' golden outputs (tests/fixtures, made by tests/make_fixtures.py)."""
+import contextlib
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import model as M
+import model_fast as MF
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 NAMES = ["qwen3_tied", "qwen3_untied", "llama", "qwen2"]
@@ -57,6 +59,12 @@ def test_kv_cache_decoding_equals_full_forward():
         for t in range(5, seq.shape[1]):
             steps.append(model(seq[:, t:t + 1], cache=cache)[0])
     torch.testing.assert_close(torch.cat(steps), full, atol=1e-5, rtol=1e-5)
+    # the same through prefill and decode_one_token: logits of the token after each prefix
+    cache, logits = M.prefill(model, [PROMPTS[2][:5]], extra=seq.shape[1] - 5)
+    steps = [logits[0]]
+    for t in range(5, seq.shape[1] - 1):
+        steps.append(M.decode_one_token(model, cache, seq[:, t])[0])
+    torch.testing.assert_close(torch.stack(steps), full[4:-1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["qwen3_tied", "llama"])
@@ -64,7 +72,7 @@ def test_left_padded_batch_matches_single(name):
     model, _ = load(name)
     ids, mask = M._left_pad(PROMPTS, pad_id=0, device="cpu")
     with torch.no_grad():
-        batch = model(ids, mask, logits_at="last")
+        batch = model(ids, mask, last_only=True)[:, -1]
         for i, p in enumerate(PROMPTS):
             torch.testing.assert_close(batch[i], model(torch.tensor([p]))[0, -1], atol=1e-5, rtol=1e-5)
     # generation too: a padded batch gives each row its one-at-a-time greedy completion
@@ -75,20 +83,37 @@ def test_left_padded_batch_matches_single(name):
         torch.testing.assert_close(out.logprobs[i], single.logprobs[0], atol=1e-5, rtol=1e-5)
 
 
-def test_logits_at_mask_selects_positions():
+def test_logits_are_lm_head_of_hidden_and_last_only_is_the_last_column():
     model, _ = load("qwen2")
     ids, mask = M._left_pad(PROMPTS, pad_id=0, device="cpu")
     with torch.no_grad():
-        full = model(ids, mask)
-        picked = model(ids, mask, logits_at=mask)
-    torch.testing.assert_close(picked, full[mask])
+        full = model(ids, mask)  # (B, T, V)
+        hidden = model.hidden(ids, mask)  # (B, T, C)
+        torch.testing.assert_close(model.lm_head(hidden[mask]), full[mask])
+        torch.testing.assert_close(model(ids, mask, head=False), hidden)
+        last = model(ids, mask, last_only=True)  # (B, 1, V): the final block at the last column only
+        assert last.shape == (len(PROMPTS), 1, model.config.vocab_size)
+        torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
 
 
-def test_shared_prefix_generation_equals_unshared():
+def count_passes(monkeypatch):
+    """Record the (rows, tokens) of every pass through the model (forward runs hidden)."""
+    passes, hidden = [], M.Transformer.hidden
+    monkeypatch.setattr(M.Transformer, "hidden",
+                        lambda self, ids, *a, **kw: passes.append(tuple(ids.shape)) or hidden(self, ids, *a, **kw))
+    return passes
+
+
+def test_shared_prefix_generation_equals_unshared(monkeypatch):
     model, _ = load("qwen3_untied")
     prefix = [11, 12, 13, 14, 15, 16]
     prompts = [prefix + [40, 41], prefix + [50], prefix + [40, 41], prefix + [60, 61, 62]]
+    passes = count_passes(monkeypatch)
     shared = M.generate(model, prompts, max_new_tokens=5, temperature=1.0, seeds=[1, 2, 3, 4])
+    # the prefix once with batch size 1, then the 3 distinct remainders (padded to 3 tokens),
+    # then one token per row and step
+    assert passes[:2] == [(1, 6), (3, 3)], passes
+    assert all(t == 1 for _, t in passes[2:]) and len(passes) == 2 + 4, passes
     for i, p in enumerate(prompts):  # one at a time: no prefix sharing, no duplicate reuse
         alone = M.generate(model, [p], max_new_tokens=5, temperature=1.0, seeds=[i + 1])
         assert shared.tokens[i].tolist() == alone.tokens[0].tolist()
@@ -157,6 +182,23 @@ def test_greedy_logprobs_equal_softmax_of_forward():
     torch.testing.assert_close(out.logprobs[0], ref, atol=1e-5, rtol=1e-5)
 
 
+def test_completion_logprobs_run_shared_work_once(monkeypatch):
+    model, _ = load("llama")
+    head = [3, 14, 15, 9, 26, 5, 35]
+    prompts = [head + [8, 9], head + [8, 9], head + [3], head + [8, 9]]  # 2 distinct, one repeated
+    comps = [[1, 2], [4], [7, 7, 7], [5]]
+    passes = count_passes(monkeypatch)
+    with torch.no_grad():
+        lp, mask = M.completion_logprobs(model, prompts, comps)
+    # the common head once (batch 1); the distinct prompts' remainders but their last token once
+    # ([] and [8]); then every row: its last prompt token + its completion
+    assert passes == [(1, 7), (2, 1), (4, 4)], passes
+    for i, (p, c) in enumerate(zip(prompts, comps)):  # the same values as each full row alone
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c]))[0, len(p) - 1:-1]
+        torch.testing.assert_close(lp[i][mask[i]], M.token_logprobs(logits, torch.tensor(c)), atol=1e-5, rtol=1e-5)
+
+
 def test_top_p_keeps_only_the_nucleus():
     logits = torch.tensor([[4.0, 3.0, 0.0, -5.0]])
     g = torch.Generator().manual_seed(0)
@@ -185,6 +227,29 @@ def test_save_then_load_is_bit_identical(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert tok2.encode("Here is the query") == tok.encode("Here is the query")
         assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]  # no temp dir left
+
+
+def test_atomic_output_replaces_whole_or_not_at_all(tmp_path):
+    f = tmp_path / "sub" / "out.txt"
+    M.write_atomic(f, "old\n")
+    M.write_atomic(str(f), "new\n")
+    assert f.read_text() == "new\n"
+    with pytest.raises(RuntimeError):
+        with M.atomic_output(f) as tmp:
+            assert isinstance(tmp, type(f)) and not os.path.exists(tmp)
+            open(tmp, "w").write("half")
+            raise RuntimeError("interrupted")
+    assert f.read_text() == "new\n"
+    d = tmp_path / "dir"
+    for content, fail in (("a", False), ("b", True), ("c", False)):
+        with pytest.raises(RuntimeError) if fail else contextlib.nullcontext():
+            with M.atomic_output(str(d)) as tmp:
+                os.makedirs(tmp)
+                open(os.path.join(tmp, content), "w").close()
+                if fail:
+                    raise RuntimeError("interrupted")
+        assert os.listdir(d) == (["a"] if content == "b" else [content])  # the old one, or the new one alone
+    assert sorted(os.listdir(tmp_path)) == ["dir", "sub"] and os.listdir(tmp_path / "sub") == ["out.txt"]
 
 
 def test_sharded_checkpoint_loads(tmp_path):
@@ -254,12 +319,15 @@ def test_adapter_adds_its_low_rank_delta(tmp_path):
         M.apply_adapter(model, str(tmp_path / "bad.safetensors"))
 
 
+# ----------------------------------------------------------------------------- model_fast.py
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_cpu_inference_layout_moves_storage_not_values(name, tmp_path):
     model, tok = load(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     golden = load_file(os.path.join(FIX, name, "golden.safetensors"))
-    M.cpu_inference_layout(model)
+    MF.enable_fast_paths(model, inference_layout=True)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert all(m.weight.t().is_contiguous() and not m.weight.is_contiguous() for m in linears)
     if model.config.tie_word_embeddings:
@@ -274,6 +342,47 @@ def test_cpu_inference_layout_moves_storage_not_values(name, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in again.state_dict().items())
 
 
+@pytest.mark.parametrize("name", ["qwen3_untied", "llama"])
+def test_fast_paths_equal_the_plain_model(name):
+    plain, _ = load(name)
+    fast, _ = load(name)
+    MF.enable_fast_paths(fast, inference_layout=True)
+    MF.enable_fast_paths(fast, inference_layout=True)  # a second call changes nothing
+    assert {type(m) for m in fast.modules()} >= {MF.FastAttention, MF.FastMLP}
+    assert not any(type(m) in (M.Attention, M.MLP) for m in fast.modules())
+    # inference: decode_attention in every decoding step, the MLP in slices, transposed weights
+    kw = dict(max_new_tokens=6, temperature=1.0, seeds=range(4))
+    a, b = M.generate(plain, PROMPTS, **kw), M.generate(fast, PROMPTS, **kw)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
+    ids, mask = M._left_pad(PROMPTS, pad_id=0, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids, mask, last_only=True), plain(ids, mask, last_only=True),
+                                   atol=1e-5, rtol=1e-5)
+    # training (gradients on): the SwiGLU function, with and without gradient checkpointing
+    plain, _ = load(name)
+    fast, _ = load(name)
+    MF.enable_fast_paths(fast)
+    for ckpt in (0, True):
+        grads = []
+        for model in (plain, fast):
+            model.train().gradient_checkpointing = ckpt
+            model.zero_grad()
+            lp, m = M.completion_logprobs(model, PROMPTS, [[1, 2], [3], [4, 5, 6], [7]])
+            (lp * m).sum().backward()
+            grads.append((lp.detach(), [p.grad for p in model.parameters()]))
+        torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=1e-5)
+        for g0, g1 in zip(grads[0][1], grads[1][1]):
+            torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-5)
+
+
+def test_core_classes_do_not_branch_on_the_device():
+    import inspect
+
+    for cls in (M.Attention, M.MLP, M.Block, M.Transformer):
+        assert "device.type" not in inspect.getsource(cls), cls
+
+
 @pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4)])
 def test_decode_attention_equals_the_fused_kernel(heads, kv_heads):
     torch.manual_seed(0)
@@ -285,17 +394,25 @@ def test_decode_attention_equals_the_fused_kernel(heads, kv_heads):
     fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                              enable_gqa=heads != kv_heads)
     additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))  # the form model.py passes
-    torch.testing.assert_close(M.decode_attention(q, k, v, additive), fused, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(MF.decode_attention(q, k, v, additive), fused, atol=1e-6, rtol=1e-5)
 
 
 def test_mlp_in_slices_equals_the_whole_batch():
     model, _ = load("qwen3_untied")
     mlp = model.model.layers[0].mlp
     x = torch.randn(2, 7, model.config.hidden_size)
-    whole = mlp(x)  # gradients enabled: the whole-batch path
-    row_bytes = 4 * mlp.gate_proj.out_features
     with torch.no_grad():
+        whole = mlp(x)  # model.py's MLP
+        MF.enable_fast_paths(model)
+        row_bytes = 4 * mlp.gate_proj.out_features
         for rows in (1, 3, 14, 100):  # 14 slices of 1 token, ..., one slice for all 14 tokens
             torch.testing.assert_close(mlp.forward_in_slices(x, slice_bytes=rows * row_bytes), whole,
                                        atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(mlp(x), whole, atol=1e-6, rtol=1e-5)  # what no_grad on CPU runs
+
+
+def test_swiglu_backward_matches_autograd():
+    g = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(MF.SwiGLU.apply, (g, u))
+    torch.testing.assert_close(MF.SwiGLU.apply(g, u), torch.nn.functional.silu(g) * u)

@@ -36,7 +36,7 @@ def digits_only(name, scale=1.0, boost_one=0.0, prompts=()):
         model.lm_head.weight[~keep] = 0
         model.lm_head.weight[keep] *= 5  # sharpen, so greedy choices are far from ties
         if boost_one:
-            h = torch.stack([model(torch.tensor([p]), logits_at="hidden")[0, -1] for p in prompts]).mean(0)
+            h = torch.stack([model.hidden(torch.tensor([p]))[0, -1] for p in prompts]).mean(0)
             model.lm_head.weight[tok.token_id("1")] += boost_one * 10 * h / h.norm() ** 2
     return model, tok
 
@@ -381,7 +381,7 @@ def test_model_demo_prints_only_the_answer(capsys, monkeypatch):
 ])
 def test_help_shows_defaults(capsys, script, defaults):
     import eval as E
-    from data import label as L
+    from tools import label as L
     main = {"rerank": R.main, "eval": E.parse_args, "label": L.main}[script]
     with pytest.raises(SystemExit) as e:
         main(["--help"])
@@ -395,13 +395,13 @@ def test_help_shows_defaults(capsys, script, defaults):
 @pytest.mark.parametrize("content,needle", [
     (b'\xff\xfe{"query": "q", "doc": "d"}\n', "line 1: not UTF-8 text (byte 0xff at column 1)"),
     (b'{"query": "q", "doc": "d"}\n{"query": "q", "doc": "\xe9t\xe9"}\n', "line 2: not UTF-8 text"),
-    (b'{"query": "q", "doc": "\\ud800"}\n', "line 1: field 'doc': not valid Unicode text"),
-    (b'["q", "d"]\n', "line 1: expected an object with 'query' and 'doc'"),
+    (b'{"query": "q", "doc": "\\ud800"}\n', "line 1: field 'doc' is not valid Unicode text"),
+    (b'["q", "d"]\n', "line 1: expected a JSON object with fields 'query', 'doc'"),
     (b'{"query": "q"}\n', "line 1: field 'doc' is missing"),
     (b'\n', "no pairs"),
 ])
 def test_label_bad_input_gives_one_clear_line_and_status_2(tmp_path, capsys, monkeypatch, content, needle):
-    from data import label as L
+    from tools import label as L
     monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(content)
@@ -411,7 +411,7 @@ def test_label_bad_input_gives_one_clear_line_and_status_2(tmp_path, capsys, mon
 
 
 def test_label_checks_files_and_model_before_loading(tmp_path, capsys, monkeypatch):
-    from data import label as L
+    from tools import label as L
     monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     assert L.main(["--input", str(tmp_path / "none.jsonl")]) == 2
     assert f"--input {tmp_path / 'none.jsonl'}: no such file" in capsys.readouterr().err

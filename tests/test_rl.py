@@ -14,7 +14,8 @@ import torch
 import model as M
 import rerank as R
 import rl
-from sft import add_lora, completion_logprobs
+from model import completion_logprobs
+from training import add_lora
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -70,7 +71,7 @@ def blank_policy(out, seed=0, hidden=32):
         for block in model.model.layers:
             block.self_attn.o_proj.weight.zero_()
             block.mlp.down_proj.weight.zero_()
-        h = model(torch.tensor([tok.encode("<answer>")]), logits_at="hidden")[0, -1]  # the same for every prompt
+        h = model.hidden(torch.tensor([tok.encode("<answer>")]))[0, -1]  # the same for every prompt
         model.lm_head.weight.zero_()
         # digit logits 6 at h, the rest 0; a random part orthogonal to h makes the ten digits react
         # differently once the blocks (or LoRA on them) start to move h

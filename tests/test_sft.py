@@ -1,4 +1,4 @@
-"""sft.py, data/label.py: masking, LoRA, records, schedule, resume, two processes, labelling."""
+"""sft.py, tools/label.py: masking, LoRA, records, schedule, resume, two processes, labelling."""
 import json
 import os
 import random
@@ -9,12 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import eval as E
 import model as M
+import rerank as R
 import sft
-from data import label as L
+import training
+from data.beir import DataFormatError, load_corpus, load_qrels, load_queries
+from data.bm25 import BM25
+from tools import label as L
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
+BEIR = os.path.join(FIX, "beir_tiny")  # 8 man-page documents, 3 dev queries with graded qrels
 WORDS = "list directory contents copy files archive search tree remove link shell print".split()
 
 
@@ -50,7 +56,7 @@ def test_completion_logprobs_match_full_forward_on_padded_batch():
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (5, 9, 3)]
     comps = [[rng.randrange(3, 300) for _ in range(n)] + [tok.im_end] for n in (1, 3, 0)]
-    logps, mask = sft.completion_logprobs(model, prompts, comps)
+    logps, mask = M.completion_logprobs(model, prompts, comps)
     assert logps.dtype == torch.float32 and logps.shape == mask.shape == (3, 4)
     assert mask.tolist() == [[True, True, False, False], [True] * 4, [True, False, False, False]]
     for i, (p, c) in enumerate(zip(prompts, comps)):
@@ -64,15 +70,15 @@ def test_completion_logprobs_match_full_forward_on_padded_batch():
 def test_completion_mask_includes_end_token_even_when_it_equals_pad():
     model, tok = load()
     pad = tok.pad_id
-    logps, mask = sft.completion_logprobs(model, [[5, 6], [7]], [[pad, pad], [8]])
+    logps, mask = M.completion_logprobs(model, [[5, 6], [7]], [[pad, pad], [8]])
     assert mask.tolist() == [[True, True], [True, False]]  # pad-valued targets are still targets
     assert torch.isfinite(logps).all() and (logps[0] < 0).all()
 
 
 def test_completion_logprobs_apply_temperature():
     model, _ = load()
-    a, _ = sft.completion_logprobs(model, [[4, 5, 6]], [[7, 8]], temperature=1.0)
-    b, _ = sft.completion_logprobs(model, [[4, 5, 6]], [[7, 8]], temperature=0.5)
+    a, _ = M.completion_logprobs(model, [[4, 5, 6]], [[7, 8]], temperature=1.0)
+    b, _ = M.completion_logprobs(model, [[4, 5, 6]], [[7, 8]], temperature=0.5)
     logits = model(torch.tensor([[4, 5, 6, 7, 8]]))[0, 2:4] / 0.5
     want = torch.log_softmax(logits, -1)[[0, 1], [7, 8]]
     torch.testing.assert_close(b[0], want, atol=1e-5, rtol=1e-5)
@@ -95,7 +101,7 @@ def test_target_is_prompt_then_completion_with_end_token():
 def lora_model(seed=0, name="llama"):
     model, tok = load(name)
     torch.manual_seed(seed)
-    params = sft.add_lora(model, rank=4, alpha=8)
+    params = training.add_lora(model, rank=4, alpha=8)
     return model, tok, params
 
 
@@ -109,7 +115,7 @@ def test_lora_with_zero_b_matches_base_model(name):
     assert len(params) == 2 * n_linear
     assert all(p.requires_grad for p in params)
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" not in n)
-    assert isinstance(model.model.layers[0].self_attn.q_proj, sft.LoRALinear)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, training.LoRALinear)
     assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()  # HF names kept
 
 
@@ -124,24 +130,24 @@ def test_merged_state_dict_gives_the_lora_models_logits(tmp_path):
     randomise_lora(params)
     ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
     want = model(ids)
-    state = sft.merged_state_dict(model)
+    state = training.merged_state_dict(model)
     assert not any(".lora_" in k for k in state)
     base, _ = load()
     base.load_state_dict(state)
     torch.testing.assert_close(base(ids), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model(ids), want)  # merging left the model alone
-    sft.save_checkpoint(str(tmp_path / "ck"), model, tok, {"lora_rank": 4}, {"step": 1, "total_steps": 2})
+    training.save_checkpoint(str(tmp_path / "ck"), model, tok, {"lora_rank": 4}, {"step": 1, "total_steps": 2})
     reloaded, _ = M.load(str(tmp_path / "ck"))
     torch.testing.assert_close(reloaded(ids), want, atol=1e-5, rtol=1e-5)
     assert json.load(open(tmp_path / "ck" / "args.json")) == {"lora_rank": 4}
-    assert sft.load_train_state(str(tmp_path / "ck"))["step"] == 1
+    assert training.load_train_state(str(tmp_path / "ck"))["step"] == 1
 
 
 def test_adapter_applied_to_base_equals_merged():
     model, _, params = lora_model()
     randomise_lora(params)
-    adapter = sft.adapter_state_dict(model)
-    merged = sft.merged_state_dict(model)
+    adapter = training.adapter_state_dict(model)
+    merged = training.merged_state_dict(model)
     base, _ = load()
     state = base.state_dict()
     mods = {k[:-len(".lora_A")] for k in adapter if k.endswith(".lora_A")}
@@ -155,7 +161,7 @@ def test_merged_checkpoint_loads_in_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     model, tok, params = lora_model()
     randomise_lora(params)
-    sft.save_checkpoint(str(tmp_path / "ck"), model, tok, {}, None)
+    training.save_checkpoint(str(tmp_path / "ck"), model, tok, {}, None)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "ck"), dtype=torch.float32)
     ids = torch.tensor([[3, 14, 15, 92, 65]])
     with torch.no_grad():
@@ -172,14 +178,31 @@ def test_merged_checkpoint_loads_in_transformers(tmp_path):
     ('{"query": "q", "doc": "d", "score": "7"}', "'score'"),
     ('{"query": "q", "doc": "d", "score": 2.5}', "'score'"),
     ('{"query": "q", "doc": "d", "score": 2, "reasoning": 5}', "'reasoning'"),
-    ('{"query": "q", "doc": "d", "score": 2', "invalid JSON"),
+    ('{"query": "q", "doc": "d", "score": 2', "not valid JSON"),
 ])
 def test_bad_record_error_names_file_line_and_field(tmp_path, line, field):
     path = tmp_path / "r.jsonl"
     path.write_text('{"query": "q", "doc": "d", "score": 3}\n\n' + line + "\n")
-    with pytest.raises(sft.RecordError) as e:
+    with pytest.raises(DataFormatError) as e:
         sft.read_records(str(path))
     assert str(path) in str(e.value) and "line 3" in str(e.value) and field in str(e.value)
+
+
+@pytest.mark.parametrize("line, says", [
+    ('{"query": "q", "doc": "\\ud800"}',
+     "field 'doc' is not valid Unicode text (lone surrogate '\\ud800' at character 0)"),
+    ('{"query": " ", "doc": "d"}', "field 'query' is empty"),
+    ('{"query": "q", "doc": "d", "instruction": 3}', "field 'instruction' should be a string, got a number"),
+    ('["q", "d"]', "expected a JSON object with fields 'query', 'doc', got an array"),
+])
+def test_training_records_and_pairs_to_label_are_checked_alike(tmp_path, line, says):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"query": "q", "doc": "d", "score": 3}\n' + line + "\n")
+    with pytest.raises(DataFormatError) as trained:
+        sft.read_records(str(path))
+    with pytest.raises(DataFormatError) as labelled:
+        L.read_pairs(str(path))
+    assert str(trained.value) == str(labelled.value) == f"{path}, line 2: {says}"
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -223,7 +246,7 @@ def test_a_few_sft_steps_lower_the_loss_on_a_fixed_batch():
     opt = torch.optim.AdamW(params, lr=3e-3)
     losses = []
     for _ in range(6):
-        logps, mask = sft.completion_logprobs(model, [e[0] for e in enc], [e[1] for e in enc])
+        logps, mask = M.completion_logprobs(model, [e[0] for e in enc], [e[1] for e in enc])
         loss = -(logps * mask).sum() / mask.sum()
         loss.backward()
         opt.step()
@@ -246,7 +269,7 @@ def test_resume_after_a_crash_gives_the_same_final_weights(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         sft.main(train_args(data, tmp_path / "b", "--epochs", "2", "--save-every", "2"))
     monkeypatch.setattr(sft, "cosine_lr", real)
-    assert sft.load_train_state(str(tmp_path / "b" / "last"))["step"] == 4
+    assert training.load_train_state(str(tmp_path / "b" / "last"))["step"] == 4
     assert not os.path.exists(tmp_path / "b" / "final")
     sft.main(train_args(data, tmp_path / "b", "--epochs", "2", "--save-every", "2", "--resume"))
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
@@ -355,21 +378,51 @@ def test_label_keeps_consensus_sample_and_writes_sft_records(tmp_path, monkeypat
     os.remove(path)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "data", "beir", "manpages", "qrels", "dev.tsv")),
-                    reason="built datasets not present (python data/build_datasets.py)")
 def test_dev_evaluation_logs_ndcg(tmp_path):
+    """The logged dev nDCG@10 equals an independent computation: BM25's top 5 for each dev query
+    of the committed fixture, reranked by rerank.Reranker and scored by eval.ndcg_at_k. With
+    --lr 0 the trained model is the fixture model, so the reference loads that."""
     data = write_records(tmp_path / "r.jsonl", n=4)
-    sft.main(train_args(data, tmp_path / "o", "--max-steps", "1", "--eval-every", "1", "--dev-queries", "2",
-                        "--dev-top-k", "3"))
+    sft.main(train_args(data, tmp_path / "o", "--steps", "1", "--lr", "0", "--eval-every", "1", "--dev-data", BEIR,
+                        "--dev-queries", "3", "--dev-top-k", "5", "--bm25-cache", str(tmp_path / "bm25")))
     row = json.loads(open(tmp_path / "o" / "log.jsonl").readline())
-    assert 0.0 <= row["dev_ndcg10"] <= 1.0 and 0.0 <= row["dev_ndcg10_expected"] <= 1.0
+    assert list((tmp_path / "bm25").glob("beir_tiny-*.npz")), "the BM25 index is cached where --bm25-cache says"
+
+    model, tok = load()
+    corpus, queries, qrels = load_corpus(BEIR), load_queries(BEIR), load_qrels(BEIR, "dev")
+    bm25 = BM25.from_corpus(corpus)
+    want = {}
+    for score in ("answer", "expected"):
+        rr = R.Reranker((model, tok), score=score, max_doc_tokens=12, verbose=False)
+        ndcgs = []
+        for q in sorted(qrels):
+            docs = [{"id": d, **corpus[d]} for d, _ in bm25.search(queries[q], 5)]
+            ndcgs.append(E.ndcg_at_k([r["id"] for r in rr.rerank(queries[q], docs)], qrels[q]))
+        want[score] = sum(ndcgs) / len(ndcgs)
+    assert row["dev_ndcg10"] == pytest.approx(want["answer"]), (row, want)
+    assert row["dev_ndcg10_expected"] == pytest.approx(want["expected"]), (row, want)
 
 
 def test_dev_evaluation_refuses_the_test_set(tmp_path):
     model, tok = load()
-    args = sft.parse_args(["--dev-data", "data/beir/pyfaq"])
     with pytest.raises(ValueError, match="held-out"):
-        sft.dev_ndcg(model, tok, args, {})
+        E.dev_ndcg(model, tok, "data/beir/pyfaq")
+
+
+def test_training_and_inference_cut_documents_to_the_same_tokens():
+    """sft.py's prompt for a record is token for token rerank.py's prompt for that query and
+    document, for a short document, a long one and one whose cut falls inside multi-byte characters."""
+    model, tok = load()
+    docs = ["ls", "list directory contents, sorted by name " * 20, "naïve café, 日本語のファイル 🙂 " * 10]
+    for max_doc_tokens in (5, 12, 40):
+        rr = R.Reranker((model, tok), max_doc_tokens=max_doc_tokens, max_query_tokens=4, verbose=False)
+        records = [{"query": "how do I list the files here", "doc": d, "score": 3} for d in docs]
+        trained = sft.encode_records(tok, records, max_doc_tokens, max_query_tokens=4)
+        given = rr.prompts_for(records[0]["query"], [{"text": d} for d in docs], None)
+        assert [p for p, _ in trained] == given
+        assert rr.stats["truncated_docs"] == 2 and rr.stats["truncated_queries"] == 1  # the long ones were cut
+    cut = R.truncate_batch(tok, docs + docs, 40)
+    assert cut == [R.truncate(tok, d, 40) for d in docs + docs] and "\ufffd" in cut[2][0]  # cut inside a character
 
 
 def test_batched_encoding_matches_one_record_at_a_time():
@@ -383,10 +436,10 @@ def test_batched_encoding_matches_one_record_at_a_time():
 def test_saved_adapter_applied_with_model_apply_adapter_equals_merged(tmp_path):
     model, tok, params = lora_model()
     randomise_lora(params)
-    sft.save_checkpoint(str(tmp_path / "ck"), model, tok, {"lora_rank": 4, "lora_alpha": 8}, None)
+    training.save_checkpoint(str(tmp_path / "ck"), model, tok, {"lora_rank": 4, "lora_alpha": 8}, None)
     base, _ = load()
     M.apply_adapter(base, str(tmp_path / "ck" / "adapter.safetensors"))
-    merged = sft.merged_state_dict(model)
+    merged = training.merged_state_dict(model)
     for k, v in base.state_dict().items():
         torch.testing.assert_close(v, merged[k], atol=1e-6, rtol=1e-5)
 
@@ -401,17 +454,14 @@ def full_forward_logprobs(model, prompt, completion):
 def check_shared_work_matches_full_rows(prompts, comps):
     """completion_logprobs (shared prefix / repeated prompts through a KV cache) gives the values
     and LoRA gradients of running every row in full, one at a time."""
-    import model as M
-    import sft
-
     model, _ = M.load(os.path.join(os.path.dirname(__file__), "fixtures", "qwen3_untied"), device="cpu",
                       dtype=torch.float32)
-    sft.add_lora(model, 4, 8)
+    training.add_lora(model, 4, 8)
     torch.manual_seed(0)
     for p in model.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
-    shared, mask = sft.completion_logprobs(model, prompts, comps)
+    shared, mask = M.completion_logprobs(model, prompts, comps)
     (shared * mask).sum().backward()
     g_shared = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     model.zero_grad()
@@ -447,7 +497,7 @@ def test_gradient_checkpointing_gives_same_values_and_gradients():
     import model as M
 
     model, _ = M.load(os.path.join(os.path.dirname(__file__), "fixtures", "llama"), device="cpu", dtype=torch.float32)
-    sft.add_lora(model, 4, 8)
+    training.add_lora(model, 4, 8)
     torch.manual_seed(0)
     for p in model.parameters():
         if p.requires_grad:
@@ -458,7 +508,7 @@ def test_gradient_checkpointing_gives_same_values_and_gradients():
     results = []
     for n in (0, 1, True):  # none, the first block's MLP half, every block's
         model.gradient_checkpointing = n
-        lp, mask = sft.completion_logprobs(model, prompts, comps)
+        lp, mask = M.completion_logprobs(model, prompts, comps)
         (lp * mask).sum().backward()
         results.append((lp.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
         model.zero_grad()
@@ -466,15 +516,6 @@ def test_gradient_checkpointing_gives_same_values_and_gradients():
         torch.testing.assert_close(lp, results[0][0], atol=1e-6, rtol=1e-6)
         for a, b in zip(grads, results[0][1]):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-
-
-def test_swiglu_backward_matches_autograd():
-    import model as M
-
-    g = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
-    u = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(M.SwiGLU.apply, (g, u))
-    torch.testing.assert_close(M.SwiGLU.apply(g, u), torch.nn.functional.silu(g) * u)
 
 
 def test_batches_grouped_by_query_hold_whole_queries():
@@ -493,10 +534,10 @@ def test_batches_grouped_by_query_hold_whole_queries():
 
 
 def test_auc_counts_pairs_and_ties():
-    assert sft.auc([3, 2, 1], [True, False, False]) == 1.0
-    assert sft.auc([1, 2, 3], [True, False, False]) == 0.0
-    assert sft.auc([2, 2, 0], [True, False, False]) == 0.75  # one tie (half), one win
-    assert sft.auc([1, 2], [True, True]) is None
+    assert E.auc([3, 2, 1], [True, False, False]) == 1.0
+    assert E.auc([1, 2, 3], [True, False, False]) == 0.0
+    assert E.auc([2, 2, 0], [True, False, False]) == 0.75  # one tie (half), one win
+    assert E.auc([1, 2], [True, True]) is None
 
 
 def test_first_digit_score_reads_one_as_ten():
@@ -513,9 +554,9 @@ def test_first_digit_score_reads_one_as_ten():
 def test_first_ids_give_the_answer_distribution_of_the_same_forward(prompts):
     model, _ = load()
     comps = [[10, 11], [12], [13, 10]][:len(prompts)]
-    lp, mask, first = sft.completion_logprobs(model, prompts, comps, first_ids=[10, 12, 13])
+    lp, mask, first = M.completion_logprobs(model, prompts, comps, first_ids=[10, 12, 13])
     for i, (p, c) in enumerate(zip(prompts, comps)):
-        logits = model(torch.tensor([p]), logits_at="last")  # (1, V): what predicts the first completion token
+        logits = model(torch.tensor([p]))[:, -1]  # (1, V): what predicts the first completion token
         ref = torch.log_softmax(logits.float(), -1)[0, [10, 12, 13]]
         assert torch.allclose(first[i], ref, atol=1e-5), (first[i], ref)
         assert torch.allclose(lp[i, 0], ref[[10, 12, 13].index(c[0])], atol=1e-5)
@@ -532,11 +573,11 @@ def test_training_logs_the_answer_loss_and_auc(tmp_path):
 
 def test_lora_on_the_last_blocks_only():
     model, _ = load()
-    params = sft.add_lora(model, rank=4, alpha=8, last_layers=1)
+    params = training.add_lora(model, rank=4, alpha=8, last_layers=1)
     layers = model.model.layers
-    assert isinstance(layers[-1].self_attn.q_proj, sft.LoRALinear)
-    assert not any(isinstance(m, sft.LoRALinear) for layer in layers[:-1] for m in layer.modules())
-    assert len(params) == 2 * len(sft.LORA_TARGETS)
+    assert isinstance(layers[-1].self_attn.q_proj, training.LoRALinear)
+    assert not any(isinstance(m, training.LoRALinear) for layer in layers[:-1] for m in layer.modules())
+    assert len(params) == 2 * len(training.LORA_TARGETS)
 
 
 def test_old_checkpoints_are_pruned(tmp_path):
@@ -550,7 +591,7 @@ def test_old_checkpoints_are_pruned(tmp_path):
 def test_a_run_continues_from_a_committed_adapter(tmp_path):
     """sft.py --init-adapter A, then export_adapter(A, new run): the base model plus the combined
     adapter equals the continued run's final weights."""
-    from data import export_adapter
+    from tools import export_adapter
 
     data = write_records(tmp_path / "r.jsonl", n=8)
     sft.main(train_args(data, tmp_path / "a", "--steps", "2"))
@@ -569,8 +610,8 @@ def test_a_run_continues_from_a_committed_adapter(tmp_path):
 
 @pytest.mark.parametrize("content, says", [
     (b'\xff\xfe{"query": "a"}\n', "line 1: not UTF-8"),
-    (b'{"query": "\\ud800", "doc": "x", "score": 3}\n', "line 1: field 'query' holds a lone surrogate"),
-    (b'{"query": "q", "doc": "x", "score": 11}\n', "line 1: field 'score' must be an integer 0..10"),
+    (b'{"query": "\\ud800", "doc": "x", "score": 3}\n', "line 1: field 'query' is not valid Unicode text"),
+    (b'{"query": "q", "doc": "x", "score": 11}\n', "line 1: field 'score' should be an integer 0..10"),
 ])
 def test_bad_records_give_one_line_and_exit_status_2(tmp_path, content, says):
     path = tmp_path / "bad.jsonl"

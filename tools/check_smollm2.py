@@ -1,6 +1,6 @@
 """Check the converted SmolLM2-135M-Instruct checkpoint against transformers' own GGUF loader.
 
-    python data/check_smollm2.py [--model-dir DIR]
+    python tools/check_smollm2.py [--model-dir DIR]
 
 1. Tokenizer: the converted tokenizer.json must give the same ids as the tokenizer transformers
    builds from the GGUF, on English, code, numbers, unicode, chat-formatted text and whitespace.

@@ -1,7 +1,7 @@
 """Combine training adapters into the one small file the default reranker ships with.
 
-    python data/export_adapter.py runs/sft/final runs/rl-rr/final --out weights/erank-135m
-    python data/export_adapter.py weights/erank-135m/adapter.safetensors runs/sft2/final runs/rl2/final
+    python tools/export_adapter.py runs/sft/final runs/rl-rr/final --out weights/erank-135m
+    python tools/export_adapter.py weights/erank-135m/adapter.safetensors runs/sft2/final runs/rl2/final
                                   # a run continued with sft.py --init-adapter: the old delta first
 
 Each checkpoint written by sft.py / rl.py with LoRA holds `adapter.safetensors`: pairs
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import atomic_dir, commit_dir  # noqa: E402
+from model import atomic_output  # noqa: E402
 
 
 def adapter_file(path: str) -> str:
@@ -49,18 +49,18 @@ def main():
         if not os.path.exists(adapter_file(p)):
             sys.exit(f"{p}: no adapter.safetensors (was it trained with LoRA?)")
     adapter = combine(args.checkpoints)
-    tmp = atomic_dir(args.out)
-    save_file(adapter, os.path.join(tmp, "adapter.safetensors"))
-    info = {"base": "SmolLM2-135M-Instruct (data/convert_smollm2.py)", "checkpoints": args.checkpoints,
-            "rank": int(next(v for k, v in adapter.items() if k.endswith(".lora_A")).shape[0]),
-            "dtype": "float16",
-            "sha256": hashlib.sha256(open(os.path.join(tmp, "adapter.safetensors"), "rb").read()).hexdigest()}
-    for p in args.checkpoints:  # keep the training arguments next to the shipped weights
-        if os.path.exists(os.path.join(p, "args.json")):
-            info.setdefault("args", {})[p] = json.load(open(os.path.join(p, "args.json")))
-    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    commit_dir(tmp, args.out)
+    with atomic_output(args.out) as tmp:
+        os.makedirs(tmp)
+        save_file(adapter, os.path.join(tmp, "adapter.safetensors"))
+        info = {"base": "SmolLM2-135M-Instruct (data/convert_smollm2.py)", "checkpoints": args.checkpoints,
+                "rank": int(next(v for k, v in adapter.items() if k.endswith(".lora_A")).shape[0]),
+                "dtype": "float16",
+                "sha256": hashlib.sha256(open(os.path.join(tmp, "adapter.safetensors"), "rb").read()).hexdigest()}
+        for p in args.checkpoints:  # keep the training arguments next to the shipped weights
+            if os.path.exists(os.path.join(p, "args.json")):
+                info.setdefault("args", {})[p] = json.load(open(os.path.join(p, "args.json")))
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+            json.dump(info, f, indent=2)
     size = os.path.getsize(os.path.join(args.out, "adapter.safetensors"))
     print(f"wrote {args.out}/adapter.safetensors: rank {info['rank']}, {size / 2**20:.1f} MiB")
 

@@ -1,7 +1,7 @@
 """Teacher labelling as in ERank: reasoning + integer score for (query, document) pairs.
 
-    python data/label.py --model TEACHER_DIR --input pairs.jsonl --out runs/sft/labelled.jsonl
-    python data/label.py --model TEACHER_DIR --input runs/sft/train.jsonl --samples 3 --limit 200
+    python tools/label.py --model TEACHER_DIR --input pairs.jsonl --out runs/sft/labelled.jsonl
+    python tools/label.py --model TEACHER_DIR --input runs/sft/train.jsonl --samples 3 --limit 200
 
 Input: JSONL of {"query", "doc", "instruction"?} (other fields are carried over, so the output of
 data/make_sft.py works as input). For each pair the teacher writes `--samples` completions of the
@@ -35,9 +35,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import model as M  # noqa: E402
-from data.beir import atomic_write_text  # noqa: E402
-from rerank import (HelpFormatter, InputError, build_prompt, check_model_arg, check_text, parse_answer,  # noqa: E402
-                    positive_int, truncate)
+import model_fast  # noqa: E402
+from data.beir import DataFormatError, read_jsonl  # noqa: E402
+from rerank import (HelpFormatter, InputError, build_prompt, check_model_arg, parse_answer, positive_int,  # noqa: E402
+                    truncate)
 
 THINK = re.compile(r"<think>(.*?)</think>", re.S)
 
@@ -61,37 +62,14 @@ def reasoning_of(text: str) -> str:
 
 
 def read_pairs(path: str) -> list[dict]:
-    """The JSONL input, checked line by line; a bad line raises InputError naming file, line, field."""
+    """The JSONL input, checked by data.beir.read_jsonl; a bad line raises DataFormatError naming the
+    file, the line and the field. Fields other than query, doc and instruction are carried over."""
     if not os.path.isfile(path):
         raise InputError(f"--input {path}: no such file")
-    out = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}: line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                 f"{e.start + 1}); save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(r, dict):
-                raise InputError(f"{path}: line {n}: expected an object with 'query' and 'doc'")
-            for field in ("query", "doc"):
-                if not isinstance(r.get(field), str) or not r[field].strip():
-                    raise InputError(f"{path}: line {n}: field '{field}' is missing or not a non-empty string")
-                check_text(r[field], f"{path}: line {n}: field '{field}'")
-            if r.get("instruction") is not None:
-                if not isinstance(r["instruction"], str):
-                    raise InputError(f"{path}: line {n}: field 'instruction' must be a string when present")
-                check_text(r["instruction"], f"{path}: line {n}: field 'instruction'")
-            out.append(r)
-    if not out:
-        raise InputError(f"{path}: no pairs (expected JSONL of {{query, doc, instruction?}})")
-    return out
+    pairs = [r for _, r in read_jsonl(path, ("query", "doc"), optional=("instruction",), non_empty=("query", "doc"))]
+    if not pairs:
+        raise DataFormatError(f"{path}: no pairs (expected JSONL of {{query, doc, instruction?}})")
+    return pairs
 
 
 def label(model, tok, pairs, samples=3, temperature=0.7, top_p=1.0, max_new_tokens=1024,
@@ -186,15 +164,15 @@ def main(argv=None):
             model, tok = M.load(args.model, device=args.device, dtype=args.dtype, verbose=True)
         except ValueError as e:  # a config or weights model.py does not support, named by load
             raise InputError(f"--model {args.model}: {e}") from None
-    except InputError as e:
+    except (InputError, DataFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    M.cpu_inference_layout(model)
+    model_fast.enable_fast_paths(model, inference_layout=True)
     print("args " + json.dumps(vars(args), sort_keys=True), file=sys.stderr)
 
     def flush(done):
-        atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        atomic_write_text(stats_path, json.dumps({"done": done, "stats": stats, "args": vars(args)}, indent=1) + "\n")
+        M.write_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        M.write_atomic(stats_path, json.dumps({"done": done, "stats": stats, "args": vars(args)}, indent=1) + "\n")
 
     from tqdm import tqdm
     bar = tqdm(total=len(pairs), initial=start, desc="label")

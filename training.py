@@ -1,0 +1,312 @@
+"""What sft.py and rl.py share: the processes, autocast, LoRA, the schedule, and checkpoints
+with exact resume. Each training script reads as its algorithm and calls these.
+
+    procs = start_processes(args.device)              # torchrun: gloo on CPU, nccl on CUDA
+    autocast = autocast_for(device, dtype)            # bf16/fp16 matrix products; fp32 weights
+    trainable = add_lora(model, rank, alpha, last_layers=10)
+    step = start_or_resume(run, trainable, opt, ...)  # <out>/last, or a fresh log
+    save_step(run, step, model, tok, state)           # step-N/ + last/, old step-N/ pruned
+    save_final(run, model, tok)                       # final/: HF layout, LoRA merged
+"""
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+import model as M
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ----------------------------------------------------------------------------- processes and autocast
+
+
+@dataclass
+class Processes:
+    world: int  # process count (1 without torchrun)
+    rank: int
+    device: str | None  # the --device to use (cuda:<local rank> under torchrun on CUDA)
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def log(self, *a, **k):
+        """print on the first process only."""
+        if self.master:
+            print(*a, **k)
+
+
+def start_processes(device: str | None) -> Processes:
+    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; with more than one process the process group
+    starts here (nccl on CUDA, each process on its own GPU; gloo on CPU)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:
+        cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+    return Processes(world, rank, device)
+
+
+def finish_processes(procs: Processes):
+    if procs.ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """-> a function returning the context for forward passes: autocast to bf16/fp16 (matrix
+    products in that dtype; weights, LoRA, optimizer state, losses and log-probs stay fp32), or
+    nothing for fp32."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return lambda: torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+
+class LoRALinear(nn.Linear):
+    """y = x W^T + b + (x A^T B^T) * alpha / r. Keeps the base layer's `weight` / `bias` tensors
+    (shared, frozen), so state-dict names stay HF's; B starts at zero, so the model is unchanged
+    until trained. A gets nn.Linear's default (Kaiming-uniform) init, as in the LoRA paper."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **kw))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **kw))  # (out, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, x):
+        # under bf16 autocast y is bf16, and the update (small against y early in training) would
+        # lose its low bits in a bf16 add: it is added in fp32 (.float() is a no-op for fp32 y).
+        # In place: the linear's backward does not need y.
+        y = F.linear(x, self.weight, self.bias).float()
+        return y.add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
+
+    def delta(self):
+        return (self.lora_B @ self.lora_A) * self.scale  # (out, in)
+
+
+def add_lora(model, rank: int, alpha: float, targets=LORA_TARGETS, last_layers: int = 0) -> list:
+    """Freeze every parameter, then swap each target nn.Linear for a LoRALinear sharing its
+    weight (in the last `last_layers` decoder blocks only, when > 0). Returns the new trainable
+    parameters (A, B of each layer, in module order)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    blocks = model.model.layers
+    scope = blocks[len(blocks) - last_layers:] if 0 < last_layers < len(blocks) else model
+    swaps = [(parent, name, child) for parent in scope.modules() for name, child in parent.named_children()
+             if name in targets and type(child) is nn.Linear]
+    params = []
+    for parent, name, child in swaps:
+        lora = LoRALinear(child, rank, alpha)
+        setattr(parent, name, lora)
+        params += [lora.lora_A, lora.lora_B]
+    return params
+
+
+def merged_state_dict(model) -> dict:
+    """HF-named weights with each LoRA update folded in (W + scale * B @ A); no lora_ keys.
+    The model itself is left as it is."""
+    deltas = {name + ".weight": m.delta() for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    out = {}
+    for k, v in model.state_dict().items():
+        if ".lora_" in k:
+            continue
+        v = v.detach()
+        out[k] = (v + deltas[k].to(v.dtype)) if k in deltas else v.clone()
+    return out
+
+
+def adapter_state_dict(model) -> dict:
+    """{module + ".lora_A": A, module + ".lora_B": B * scale}: apply as W + B @ A."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            out[name + ".lora_A"] = m.lora_A.detach().clone()
+            out[name + ".lora_B"] = (m.lora_B.detach() * m.scale).contiguous()
+    return out
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
+    """Learning rate for 0-based `step`: linear warmup to peak over warmup_steps, then cosine to 0
+    at total_steps."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+
+
+
+def rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict):
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(path: str, model, tok, args: dict, train_state: dict | None, full: bool = True):
+    """One atomic directory: the HF-layout model (LoRA merged in) + args.json, adapter.safetensors
+    when LoRA is on, and train_state.pt (skipped when train_state is None). With full=False and
+    LoRA on (a LoRA run's step-N/ and last/), the merged model is left out: the adapter and the
+    train state are all --resume needs (tens of MB instead of ~540 MB); final/ is always full."""
+    from safetensors.torch import save_file
+
+    info = {k: train_state[k] for k in ("step", "total_steps") if train_state and k in train_state}
+    adapter = adapter_state_dict(model)
+    with M.atomic_output(path) as staging:
+        if full or not adapter:
+            M.save(model, tok, staging, state=merged_state_dict(model), extra={"args.json": args, "train_info.json": info})
+        else:
+            os.makedirs(staging)
+            for name, obj in (("args.json", args), ("train_info.json", info)):
+                with open(os.path.join(staging, name), "w") as f:
+                    json.dump(obj, f, indent=2)
+        if adapter:
+            save_file({k: v.cpu().contiguous() for k, v in adapter.items()}, os.path.join(staging, "adapter.safetensors"),
+                      metadata={"format": "pt", "rank": str(args.get("lora_rank")), "alpha": str(args.get("lora_alpha"))})
+        if train_state is not None:
+            torch.save(train_state, os.path.join(staging, "train_state.pt"))
+
+
+def load_train_state(path: str) -> dict:
+    f = os.path.join(path, "train_state.pt")
+    if not os.path.exists(f):
+        raise FileNotFoundError(f"{f}: missing; --resume needs a checkpoint written during training (<out>/last)")
+    return torch.load(f, map_location="cpu", weights_only=False)
+
+
+def copy_checkpoint(src: str, dst: str):
+    with M.atomic_output(dst) as tmp:
+        shutil.copytree(src, tmp)
+
+
+def prune_checkpoints(out: str, keep: int):
+    """Delete all but the newest `keep` step-N/ directories of a run (each is a full model)."""
+    steps = sorted(d for d in os.listdir(out) if d.startswith("step-") and d[5:].isdigit())
+    for d in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+
+
+@dataclass
+class Run:
+    """A training run's output directory: log.jsonl, step-N/, last/ and final/."""
+    out: str
+    args: dict  # the resolved arguments, saved beside every checkpoint
+    procs: Processes
+    keep_checkpoints: int = 2
+
+    @property
+    def last_dir(self) -> str:
+        return os.path.join(self.out, "last")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.out, "log.jsonl")
+
+    def write_log(self, row: dict):
+        """One JSON object per step, appended by the first process."""
+        if self.procs.master:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def train_state(run: Run, step: int, total: int, model, trainable: list, opt, **extra) -> dict:
+    """What --resume needs besides the model it starts from: the trainable weights (by name), the
+    optimizer, the step and the schedule length; `extra` adds a script's own (RNG states...)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {"step": step, "total_steps": total, "args": run.args, "optimizer": opt.state_dict(),
+            "trainable": {names[id(p)]: p.detach().cpu() for p in trainable}, **extra}
+
+
+def start_or_resume(run: Run, resume: bool, total: int, model, trainable: list, opt, must_match=(),
+                    warn_if_changed=(), schedule_flags="--steps"):
+    """A fresh run starts at step 0 with an empty log. With --resume, the trainable weights and the
+    optimizer come back from <out>/last: arguments that define the trainable weights (`must_match`)
+    must be the same, others that changed (`warn_if_changed`) are reported, the schedule must have
+    the same length, and log lines of steps after the checkpoint are dropped.
+    -> (step, the loaded train state or None)."""
+    if not resume:
+        if run.procs.master:
+            if os.path.exists(run.log_path):
+                os.remove(run.log_path)
+            os.makedirs(run.out, exist_ok=True)
+        return 0, None
+    st = load_train_state(run.last_dir)
+    saved, now = st["args"], run.args
+    for k in must_match:
+        if saved.get(k) != now.get(k):
+            raise SystemExit(f"{run.last_dir}: --{k.replace('_', '-')} was {saved.get(k)!r}, now {now.get(k)!r}; "
+                             "resume with the same value")
+    for k in warn_if_changed:
+        if saved.get(k) != now.get(k):
+            run.procs.log(f"warning: --{k.replace('_', '-')} was {saved.get(k)!r} in {run.last_dir}, now {now.get(k)!r}")
+    if st["total_steps"] != total:
+        raise SystemExit(f"{run.last_dir}: schedule was {st['total_steps']} steps, now {total}; resume with the same "
+                         f"{schedule_flags}")
+    names = {id(p): n for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in trainable:
+            p.copy_(st["trainable"][names[id(p)]].to(p.device))
+    opt.load_state_dict(st["optimizer"])
+    step = st["step"]
+    run.procs.log(f"resumed from {run.last_dir} at step {step}")
+    if run.procs.master and os.path.exists(run.log_path):
+        keep = [line for line in open(run.log_path) if line.strip() and json.loads(line)["step"] <= step]
+        M.write_atomic(run.log_path, "".join(keep))
+    return step, st
+
+
+def save_step(run: Run, step: int, model, tok, state: dict):
+    """step-N/ (adapter + train state for a LoRA run, the whole model otherwise), copied to last/;
+    step-N/ beyond the newest --keep-checkpoints are deleted. First process only."""
+    if not run.procs.master:
+        return
+    path = os.path.join(run.out, f"step-{step:05d}")
+    save_checkpoint(path, model, tok, run.args, state, full=False)
+    copy_checkpoint(path, run.last_dir)
+    prune_checkpoints(run.out, run.keep_checkpoints)
+    run.procs.log(f"saved {path} and {run.last_dir}")
+
+
+def save_final(run: Run, model, tok):
+    """final/: the HF-layout model with LoRA merged (rerank.py and transformers load it) + adapter."""
+    if run.procs.master:
+        path = os.path.join(run.out, "final")
+        save_checkpoint(path, model, tok, run.args, None)
+        run.procs.log(f"saved {path}")
