@@ -716,11 +716,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.model is None and not os.path.isdir(builtin):
         sys.exit(f"error: {builtin} does not exist; convert the built-in model first: python data/convert_smollm2.py")
-    sys.modules.setdefault("model", sys.modules[__name__])  # model_fast imports `model`: this very module
-    import model_fast
-
-    model, tok = load(args.model or builtin, verbose=True)  # its device line goes to stderr
-    model_fast.enable_fast_paths(model, inference_layout=True)
+    model, tok = load(args.model or builtin, verbose=True)  # its device line goes to stderr (plain paths)
     prompt = tok.chat([{"role": "user", "content": args.question}])
     out = generate(model, [tok.encode(prompt)], args.max_new_tokens, stop_ids=[tok.im_end],
                    pad_id=tok.pad_id)

@@ -101,6 +101,8 @@ def parse_args(argv=None):
     g.add_argument("--rr-neg-above", type=float, default=-1.0, help="r_RR case 2: negative not below every positive")
     g.add_argument("--rr-neg-below", type=float, default=1.0, help="r_RR case 3: base - scale * (s - t)^2 / 100")
     g.add_argument("--rr-neg-scale", type=float, default=1.0, help="r_RR case 3: weight of (s - t)^2 / 100")
+    g.add_argument("--rr-ties", default="above", choices=["above", "half"],
+                   help="r_RR: a negative tied with the worst positive rollout counts as above it, or half way")
     g.add_argument("--unparsed-reward", type=float, default=-2.0, help="reward of a completion with no score (all rewards)")
     g.add_argument("--ndcg-k", type=int, default=0, help="cutoff of the pooled nDCG (0: 10 * G, i.e. ~10 documents)")
     g = ap.add_argument_group("model")
@@ -167,13 +169,20 @@ class RRWeights:
                  puts a negative at or above some positive is always worse than one that does not.
       negative below every positive: 1 - (s - t)^2 / 100 in [0, 1]; (s - t)^2 <= 100 on 0..10,
                  so this stays >= 0 and is largest when the score matches the reference's t.
-      unparseable: -2, the worst outcome of all."""
+      unparseable: -2, the worst outcome of all.
+    ties: a negative tied with the worst-ranked positive rollout is not ordered correctly, but
+      not wrongly either. "above" counts it as ranked above (-1); "half" gives it the mean of the
+      two negative cases (as AUC counts a tie half). With the 0/10 answers of a binary-trained
+      model, "above" penalises every negative of a query as soon as one positive rollout samples 0
+      (its zero and its ten both get -1: no signal in that document's group); "half" keeps the
+      zero better than the ten."""
     pos_base: float = 1.0
     pos_scale: float = 1.0
     neg_above: float = -1.0
     neg_below: float = 1.0
     neg_scale: float = 1.0
     unparsed: float = -2.0
+    ties: str = "above"
 
 
 def reward_rr(scores: list, positive: list, ref: list, w: RRWeights = RRWeights()):
@@ -183,8 +192,9 @@ def reward_rr(scores: list, positive: list, ref: list, w: RRWeights = RRWeights(
     document is relevant; ref: t, the reference model's score for its document.
     phi = competition rank among all parsed rollouts of the query (unparseable ones excluded).
     A negative is "ranked above (any) positive" when phi <= the rank of the worst-ranked parsed
-    positive rollout: strictly above it, or tied with it (a tie is not a correct ordering; the
-    two cases then split the negatives exactly into "not below" and "below all positives").
+    positive rollout: strictly above it, or tied with it (w.ties "above": a tie is not a correct
+    ordering; the two cases then split the negatives exactly into "not below" and "below all
+    positives"; w.ties "half": a tie gets the mean of the two, case "neg_tied").
     With no parsed positive rollout at all, every parsed negative counts as below all positives."""
     ranks = competition_ranks(scores)
     pos_ranks = [r for r, p in zip(ranks, positive) if p and r is not None]
@@ -195,8 +205,11 @@ def reward_rr(scores: list, positive: list, ref: list, w: RRWeights = RRWeights(
             rewards.append(w.unparsed), cases.append("unparsed")
         elif p:
             rewards.append(w.pos_base + w.pos_scale / r), cases.append("pos")
-        elif worst is not None and r <= worst:
+        elif worst is not None and (r < worst or (r == worst and w.ties == "above")):
             rewards.append(w.neg_above), cases.append("neg_above")
+        elif worst is not None and r == worst:
+            below = w.neg_below - w.neg_scale * (s - t) ** 2 / 100
+            rewards.append((w.neg_above + below) / 2), cases.append("neg_tied")
         else:
             rewards.append(w.neg_below - w.neg_scale * (s - t) ** 2 / 100), cases.append("neg_below")
     return rewards, cases
@@ -242,7 +255,7 @@ def query_rewards(args, scores, grades, ref):
     """Dispatch on --reward for the N*G rollouts of one query (flat lists)."""
     if args.reward == "rr":
         w = RRWeights(args.rr_pos_base, args.rr_pos_scale, args.rr_neg_above, args.rr_neg_below,
-                      args.rr_neg_scale, args.unparsed_reward)
+                      args.rr_neg_scale, args.unparsed_reward, args.rr_ties)
         return reward_rr(scores, [g > 0 for g in grades], ref, w)
     if args.reward == "ndcg":
         return reward_ndcg(scores, grades, args.ndcg_k or 10 * args.group_size, args.unparsed_reward)
@@ -557,7 +570,7 @@ def update_policy(policy, opt, trainable, groups: list, adv, old, ref, step: int
     return sums
 
 
-CASES = ("pos", "neg_above", "neg_below", "neg", "unparsed")  # every reward's cases, in log order
+CASES = ("pos", "neg_above", "neg_tied", "neg_below", "neg", "unparsed")  # every reward's cases, in log order
 
 
 def step_row(step: int, groups: list, kept: int, upd: dict, lr: float, seconds: float, procs, device) -> dict:

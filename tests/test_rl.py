@@ -130,6 +130,20 @@ def test_rr_reward_every_case_by_hand():
     assert rewards == pytest.approx(expected)
 
 
+def test_rr_ties_half_way_keep_signal_when_a_positive_rollout_samples_zero():
+    # one document's group: positive rollouts 10, 0; negative rollouts 10, 0 (t = 8)
+    scores, positive, ref = [10, 0, 10, 0], [True, True, False, False], [0, 0, 8.0, 8.0]
+    rewards, cases = rl.reward_rr(scores, positive, ref)  # ties "above": both negatives -1
+    assert cases[2:] == ["neg_above", "neg_above"] and rewards[2] == rewards[3] == -1.0
+    rewards, cases = rl.reward_rr(scores, positive, ref, rl.RRWeights(ties="half"))
+    assert cases[2:] == ["neg_above", "neg_tied"]
+    assert rewards[2:] == pytest.approx([-1.0, (-1.0 + 1 - (0 - 8.0) ** 2 / 100) / 2])
+    assert rewards[3] > rewards[2]  # the zero is better than the ten: the group carries a signal
+    # with every positive rollout at 10, a negative at 10 is tied with the worst positive
+    rewards, cases = rl.reward_rr([10, 10, 0], [True, False, False], [0, 8.0, 8.0], rl.RRWeights(ties="half"))
+    assert cases == ["pos", "neg_tied", "neg_below"] and rewards[2] > rewards[1]
+
+
 def test_rr_reward_constants_come_from_the_weights():
     w = rl.RRWeights(pos_base=0.5, pos_scale=2.0, neg_above=-3.0, neg_below=0.7, neg_scale=10.0, unparsed=-9.0)
     rewards, _ = rl.reward_rr([8, 9, 1, None], [True, False, False, False], [0, 0, 6.0, 0], w)
