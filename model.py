@@ -13,6 +13,7 @@ plain one; measured speed paths live in model_fast.py, switched on by
 Public API (used by every other script):
     model, tok = load(path)                      # HF-layout dir -> (Transformer, Tokenizer)
     save(model, tok, path)                       # same layout, written atomically
+    cfg = load_config(path); files = weight_files(path)  # a checkpoint's parts, for loaders that shard
     logits = model(ids, attention_mask)          # (B, T, V); last_only=True -> (B, 1, V)
     h = model.hidden(ids, attention_mask)        # (B, T, C): the final normed hidden states
     cache, logits = prefill(model, prompts, extra=n)  # KV cache, (B, V) logits after each prompt
@@ -299,7 +300,8 @@ class Transformer(nn.Module):
         """Logits (B, T, V) from `hidden` (same arguments), or (B, 1, V) at column T-1 with last_only.
         head=False returns the hidden states themselves, for a caller that applies lm_head at a few
         positions (completion_logprobs) and must still call forward: a DistributedDataParallel
-        wrapper syncs gradients only for what runs through its forward."""
+        wrapper syncs gradients only for what runs through its forward, and an FSDP-sharded model
+        gathers its weights in forward's hooks."""
         x = self.hidden(input_ids, attention_mask, cache, last_only)
         return self.lm_head(x) if head else x
 
@@ -350,7 +352,7 @@ def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
     cache = KVCache(model.config, len(unique), P + T + extra, device, dtype)
     if P:  # the prefix once, with batch size 1, then its keys and values copied into every row
         head = KVCache(model.config, 1, P, device, dtype)
-        model.hidden(torch.tensor([unique[0][:P]], device=device), cache=head)
+        model(torch.tensor([unique[0][:P]], device=device), cache=head, head=False)  # forward: see Transformer.forward
         for i in range(len(cache.k)):
             cache.k[i][:, :, :P], cache.v[i][:, :, :P] = head.k[i], head.v[i]
         cache.mask[:, :P], cache.length = True, P
@@ -435,7 +437,8 @@ def token_logprobs(logits, tokens, temperature=1.0):
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def completion_logprobs(model, prompts, completions, temperature: float = 1.0, first_ids=None):
+def completion_logprobs(model, prompts, completions, temperature: float = 1.0, first_ids=None,
+                        shared_prefix: bool = True):
     """(B, N) fp32 log p(completion token j | prompt + completion[:j]) and the (B, N) bool mask of
     real completion tokens (column j < len(completion), the end token included; from the lengths,
     not the ids). With `first_ids` (K token ids) also their (B, K) log-probs at each row's first
@@ -445,15 +448,17 @@ def completion_logprobs(model, prompts, completions, temperature: float = 1.0, f
     repeated in several rows (RL's G samples) once; same values and gradients as full rows
     (tested). The rest is left-padded, so completions end at the last column, and logits are
     computed only where they predict a completion token, never at the full (B, T, V). Every pass
-    goes through model's forward (head=False), so a DistributedDataParallel wrapper syncs gradients."""
+    goes through model's forward (head=False), so a DistributedDataParallel wrapper syncs gradients.
+    shared_prefix=False runs every row whole (prompt + completion) in one forward call: FSDP needs
+    every process to make the same calls, and how many the sharing makes depends on the prompts."""
     assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     unique = sorted(set(map(tuple, prompts)))
-    P = common_prefix_length(unique)
+    P = common_prefix_length(unique) if shared_prefix else 0
     # rows: what runs on top of the shared prefix. With repeated prompts, each distinct prompt's
     # remainder but its last token runs once ("heads"); its rows hold [last prompt token] + completion
-    if len(unique) < len(prompts):
+    if shared_prefix and len(unique) < len(prompts):
         heads = [list(p[P:-1]) for p in unique]
         rows = [[p[-1]] + list(c) for p, c in zip(prompts, completions)]
     else:
@@ -577,11 +582,9 @@ class Tokenizer:
 # ----------------------------------------------------------------------------- load and save
 
 
-def load(path: str, device=None, dtype=None, verbose=False):
-    """Load an HF-layout checkpoint directory -> (Transformer, Tokenizer). Built on the meta device
-    (no throwaway random init), filled from safetensors with HF names, strict key check."""
-    from safetensors.torch import load_file
-
+def load_config(path: str) -> Config:
+    """The Config of an HF-layout checkpoint directory, after checking that config.json and
+    tokenizer.json are there."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a checkpoint directory (expected config.json, "
                                 "model.safetensors and tokenizer.json inside)")
@@ -590,20 +593,32 @@ def load(path: str, device=None, dtype=None, verbose=False):
             raise FileNotFoundError(f"{path}: {name} is missing")
     cfg_file = os.path.join(path, "config.json")
     try:
-        cfg = Config.from_hf(json.load(open(cfg_file)), cfg_file)
+        return Config.from_hf(json.load(open(cfg_file)), cfg_file)
     except (json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"{cfg_file}: unreadable config ({type(e).__name__}: {e})") from None
-    device, dtype = pick_device(device, dtype, verbose=verbose)
+
+
+def weight_files(path: str) -> list[str]:
+    """The safetensors files of a checkpoint directory: model.safetensors, or the files that
+    model.safetensors.index.json lists (large models come in several)."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
-        files = sorted(set(json.load(open(index))["weight_map"].values()))
-    elif os.path.exists(os.path.join(path, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+        return [os.path.join(path, f) for f in sorted(set(json.load(open(index))["weight_map"].values()))]
+    if os.path.exists(os.path.join(path, "model.safetensors")):
+        return [os.path.join(path, "model.safetensors")]
+    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def load(path: str, device=None, dtype=None, verbose=False):
+    """Load an HF-layout checkpoint directory -> (Transformer, Tokenizer). Built on the meta device
+    (no throwaway random init), filled from safetensors with HF names, strict key check."""
+    from safetensors.torch import load_file
+
+    cfg = load_config(path)
+    device, dtype = pick_device(device, dtype, verbose=verbose)
     state = {}
-    for f in files:
-        state.update(load_file(os.path.join(path, f), device="cpu"))
+    for f in weight_files(path):
+        state.update(load_file(f, device="cpu"))
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
     with torch.device("meta"):
@@ -668,18 +683,24 @@ def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = Non
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    cfg = model.config.to_hf()
-    cfg["torch_dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
     with atomic_output(path) as tmp:
         os.makedirs(tmp)
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        for name, obj in {"config.json": cfg, **(extra or {})}.items():
-            with open(os.path.join(tmp, name), "w") as f:
-                json.dump(obj, f, indent=2)
-        tok.save(tmp)
-        for name in ("generation_config.json", "special_tokens_map.json"):
-            if os.path.exists(os.path.join(tok.path, name)):
-                shutil.copy(os.path.join(tok.path, name), tmp)
+        save_config(model.config, tok, tmp, next(iter(state.values())).dtype, extra)
+
+
+def save_config(cfg: Config, tok: Tokenizer, path: str, dtype: torch.dtype, extra: dict | None = None):
+    """Everything of an HF-layout directory but the weights, into the existing directory `path`:
+    config.json (torch_dtype: `dtype`), the tokenizer files and `extra` (file name -> JSON-able)."""
+    hf = cfg.to_hf()
+    hf["torch_dtype"] = str(dtype).replace("torch.", "")
+    for name, obj in {"config.json": hf, **(extra or {})}.items():
+        with open(os.path.join(path, name), "w") as f:
+            json.dump(obj, f, indent=2)
+    tok.save(path)
+    for name in ("generation_config.json", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(tok.path, name)):
+            shutil.copy(os.path.join(tok.path, name), path)
 
 
 def apply_adapter(model: Transformer, path: str):

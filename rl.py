@@ -12,6 +12,7 @@ Run:
     python rl.py --model runs/sft/final --out runs/rl --steps 200 --eval-every 25    # a real run
     python rl.py --resume --out runs/rl ...                  # continue exactly from runs/rl/last
     torchrun --nproc_per_node 2 rl.py ...                    # data parallel (gloo on CPU, nccl on CUDA)
+    torchrun --nproc_per_node 8 rl.py --lora-rank 0 --lr 1e-6 --sharding fsdp ...  # the paper's sizes (README)
 
 The variant, written out (GRPO with token-level, "DAPO-style" normalisation):
     A_i      = (r_i - mean(r_group)) / (std(r_group) + eps)       group = the G rollouts of one prompt
@@ -27,13 +28,16 @@ Output directory (--out), the same layout as sft.py:
     log.jsonl              one JSON object per step (reward, cases, KL, clip fraction, dev nDCG@10)
     ref_scores.<rank>.json the reference model's expected score t per (query, document), cached
     step-00050/, last/     HF-layout checkpoints (LoRA merged) + args.json + adapter.safetensors +
-                           train_state.pt (trainable weights, optimizer, step)
+                           train_state.pt (trainable weights, optimizer, step); --sharding fsdp:
+                           sharded/ instead, every process's shards of the weights and AdamW state
+                           (tools/consolidate.py makes an HF-layout model of it)
     final/                 the finished model
 
 Where this deviates from the paper (ERank, arXiv 2509.00520):
   - policy: LoRA (rank 16, alpha 32) by default, lr 1e-5; the paper trains all parameters at
-    lr 1e-6 (`--lora-rank 0 --lr 1e-6` does that). With LoRA the reference is the same network
-    with the adapters switched off (no second copy in memory).
+    lr 1e-6 (`--lora-rank 0 --lr 1e-6` does that; `--sharding fsdp` at the paper's 4B-32B sizes,
+    the frozen reference sharded too). With LoRA the reference is the same network with the
+    adapters switched off (no second copy in memory).
   - fast mode by default: the prompt ends with "<answer>" and a rollout is "7</answer><|im_end|>";
     the paper's rollouts reason first (`--thinking` does that, max --max-new-tokens tokens).
   - sizes: N, G, the batch and the mini-batch are flags; the paper's N = 20, G = 5, 1,280 prompts
@@ -65,8 +69,8 @@ import model as M
 import model_fast
 from eval import dev_ndcg, ndcg_at_k
 from rerank import HelpFormatter, Reranker, parse_answer
-from training import (LoRALinear, Run, add_lora, autocast_for, cosine_lr, finish_processes, save_final, save_step,
-                      start_or_resume, start_processes, train_state)
+from training import (LoRALinear, Run, add_lora, autocast_for, check_sharding, cosine_lr, finish_processes, gathered,
+                      is_sharded, load_sharded, save_final, save_step, start_or_resume, start_processes, train_state)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -111,6 +115,12 @@ def parse_args(argv=None):
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="autocast dtype (default: bf16 on CUDA; "
                    "fp32 on CPU). Weights, LoRA, optimizer state, rewards and log-probs stay fp32 either way")
+    g.add_argument("--sharding", default="ddp", choices=["ddp", "fsdp"],
+                   help="under torchrun: ddp = every process holds the whole policy, reference, gradients and "
+                   "AdamW state; fsdp = each holds 1/N of them (FSDP2; full parameters only, --lora-rank 0): the "
+                   "paper's 4B-32B models")
+    g.add_argument("--cpu-offload", action="store_true", help="with --sharding fsdp on CUDA: the shards of the "
+                   "weights, gradients and AdamW state live in CPU memory (slower; for when they do not fit)")
     g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full parameters")
     g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
     g.add_argument("--lora-layers", type=int, default=0, help="LoRA on the last N decoder blocks only (0 = all)")
@@ -474,20 +484,21 @@ def rollout(policy, tok, data, step: int, args, procs, rollout_rr, ref_rr, ref_s
     """Steps 1 and 2: G sampled completions for every (query, document) of this process's queries
     (query j of the step goes to process j % world), rewarded within each query's pooled ranking."""
     keys = data.step_keys(step, args.queries_per_step)
-    groups = []
-    for j in range(procs.rank, args.queries_per_step, procs.world):
-        q = data.query(keys[j])
-        prompts = rollout_rr.prompts_for(q.text, q.docs, None)
-        with autocast():  # sampling and t run in the training dtype too (bf16: ~2x faster on CPU)
-            qg = rollout_query(policy, tok, q, j, prompts, args, step, rollout_rr.stop_ids)
-        t = [0.0] * len(q.docs)
-        if args.reward == "rr":
-            fast = ref_rr.prompts_for(q.text, q.docs, None) if args.thinking else prompts
-            with reference(), autocast():
-                t = ref_scores.fill(ref_rr, q, fast)
-        groups += reward_query(args, qg, t)
+    mine = [(j, data.query(keys[j])) for j in range(procs.rank, args.queries_per_step, procs.world)]
+    prompts = [rollout_rr.prompts_for(q.text, q.docs, None) for _, q in mine]
+    # all sampling first, then all of t: a sharded policy, then reference, is gathered once for its
+    # part (training.gathered), not once per token. Both run in the training dtype (bf16: ~2x faster on CPU)
+    with gathered(policy), autocast():
+        sampled = [rollout_query(policy, tok, q, j, p, args, step, rollout_rr.stop_ids)
+                   for (j, q), p in zip(mine, prompts)]
+    t = [[0.0] * len(q.docs) for _, q in mine]
+    if args.reward == "rr":
+        with reference() as ref_net, gathered(ref_net), autocast():
+            for n, (_, q) in enumerate(mine):
+                fast = ref_rr.prompts_for(q.text, q.docs, None) if args.thinking else prompts[n]
+                t[n] = ref_scores.fill(ref_rr, q, fast)
     ref_scores.save()
-    return groups
+    return [g for qg, tq in zip(sampled, t) for g in reward_query(args, qg, tq)]
 
 
 @torch.no_grad()
@@ -495,23 +506,28 @@ def logprobs_before_update(policy, reference, groups: list, args, autocast, on_p
     """Step 3: log-probs of the rollout policy and of the frozen reference, before any update ->
     (old, ref): for each group, G (len(completion),) tensors, or None when not needed. With one
     update per rollout batch (on_policy) the rollout policy IS the policy being differentiated:
-    logp_old is then logp detached (rho = 1 exactly) and needs no pass here."""
+    logp_old is then logp detached (rho = 1 exactly) and needs no pass here. A sharded model is
+    gathered once for its pass (processes hold different numbers of groups)."""
     G = args.group_size
     per_pass = max(1, args.micro_batch_size // G)  # groups per forward pass
-    old = [] if not on_policy else None
-    ref = [] if args.beta > 0 else None
-    with autocast():
+
+    def completion_logps(net):
+        out = []
         for lo in range(0, len(groups), per_pass):
             chunk = groups[lo:lo + per_pass]
-            prompts = [g.prompt for g in chunk for _ in range(G)]
-            comps = [c for g in chunk for c in g.completions]
-            if old is not None:
-                lp, _ = M.completion_logprobs(policy, prompts, comps, args.temperature)
-                old += [[lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)] for n, g in enumerate(chunk)]
-            if ref is not None:
-                with reference() as ref_net:
-                    lp, _ = M.completion_logprobs(ref_net, prompts, comps, args.temperature)
-                ref += [[lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)] for n, g in enumerate(chunk)]
+            lp, _ = M.completion_logprobs(net, [g.prompt for g in chunk for _ in range(G)],
+                                          [c for g in chunk for c in g.completions], args.temperature)
+            out += [[lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)] for n, g in enumerate(chunk)]
+        return out
+
+    old = ref = None
+    with autocast():
+        if not on_policy:
+            with gathered(policy):
+                old = completion_logps(policy)
+        if args.beta > 0:
+            with reference() as ref_net, gathered(ref_net):
+                ref = completion_logps(ref_net)
     return old, ref
 
 
@@ -522,8 +538,12 @@ def update_policy(policy, opt, trainable, groups: list, adv, old, ref, step: int
     (query, document) slots, the same on every process; each process works on its own groups
     within a slice, and the loss is divided by the slice's global completion-token count.
     groups: the groups that carry signal; adv (len(groups), G); old, ref: from
-    logprobs_before_update. -> this process's sums {"loss", "updates", "kl", "clipped", "tokens"}."""
+    logprobs_before_update. -> this process's sums {"loss", "updates", "kl", "clipped", "tokens"}.
+    Sharded (FSDP), every forward and backward is a collective: each process makes as many passes
+    as the busiest one (a process out of rows makes passes with a zero loss), each pass one forward
+    call (no shared-prefix cache), and FSDP reduces the gradients in backward."""
     G, N, Q, B = args.group_size, args.docs_per_query, args.queries_per_step, args.micro_batch_size
+    sharded = is_sharded(policy)
     at = {g.query * N + g.doc: n for n, g in enumerate(groups)}  # slot -> index into groups
     sums = {"loss": 0.0, "updates": 0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
     policy.train()
@@ -542,22 +562,33 @@ def update_policy(policy, opt, trainable, groups: list, adv, old, ref, step: int
                 continue
             opt.zero_grad(set_to_none=True)
             objective = 0.0
-            for lo in range(0, len(rows), B):
+            passes = torch.tensor(math.ceil(len(rows) / B), device=device)
+            if sharded:
+                dist.all_reduce(passes, op=dist.ReduceOp.MAX)
+            for lo in range(0, int(passes) * B, B):
                 mb = rows[lo:lo + B]
+                if not mb:  # sharded, this process is out of rows: a zero loss keeps the collectives in step
+                    with autocast():
+                        logp, _ = M.completion_logprobs(policy, [[0]], [[0]], shared_prefix=False)
+                    (logp.sum() * 0).backward()
+                    continue
                 with autocast():
                     logp, mask = M.completion_logprobs(policy, [groups[n].prompt for n, _ in mb],
-                                                       [groups[n].completions[i] for n, i in mb], args.temperature)
+                                                       [groups[n].completions[i] for n, i in mb], args.temperature,
+                                                       shared_prefix=not sharded)
                 C = logp.shape[1]
                 padded = lambda ts: torch.stack([F.pad(t, (0, C - len(t))) for t in ts])  # (B, C)
                 logp_old = logp.detach() if old is None else padded([old[n][i] for n, i in mb])
                 logp_ref = padded([ref[n][i] for n, i in mb]) if ref is not None else None
                 a = torch.stack([adv[n, i] for n, i in mb]).to(device)
                 t = grpo_token_sums(logp, logp_old, logp_ref, a, mask, args.clip_eps, args.beta)
-                (-t["objective"] / n_tok.item()).backward()
+                # T counts every process's tokens, so gradients must sum over processes; FSDP averages
+                # them (as DDP would): scale by world
+                (-t["objective"] * (procs.world if sharded else 1) / n_tok.item()).backward()
                 objective += float(t["objective"].detach())
                 for k in ("kl", "clipped", "tokens"):
                     sums[k] += float(t[k])
-            if procs.ddp:
+            if procs.ddp and not sharded:  # FSDP has reduced them in backward
                 all_reduce_grads(trainable)
             for p in trainable:
                 if p.grad is None:
@@ -617,6 +648,7 @@ def main(argv=None):
     args.device, log = procs.device, procs.log
     if args.queries_per_step < procs.world:
         raise SystemExit(f"--queries-per-step {args.queries_per_step} is below the process count {procs.world}")
+    sharded = check_sharding(args, procs)
 
     # fp32 weights, LoRA and optimizer state everywhere; matrix products under autocast in the
     # chosen dtype (bf16 on CUDA by default; on CPU when asked)
@@ -632,14 +664,18 @@ def main(argv=None):
         raise SystemExit(f"--model {args.model}: no such checkpoint directory (train one with sft.py, "
                          "or pass models/SmolLM2-135M-Instruct to try the pipeline)")
     torch.manual_seed(args.seed)
-    policy, tok = M.load(args.model, device=device, dtype=torch.float32)
+    if sharded:  # each process keeps 1/world of each model's weights (and of the policy's gradients, AdamW state)
+        load = lambda: load_sharded(args.model, procs, device, dtype, args.cpu_offload)
+    else:
+        load = lambda: M.load(args.model, device=device, dtype=torch.float32)
+    policy, tok = load()
     model_fast.enable_fast_paths(policy)  # less memory in backward; faster CPU decoding in rollouts
     if args.lora_rank > 0:
         trainable = add_lora(policy, args.lora_rank, args.lora_alpha, last_layers=args.lora_layers)
         reference = lambda: adapters_off(policy)  # same base weights, adapters off
     else:
         trainable = [p for p in policy.parameters() if p.requires_grad]
-        ref_model, _ = M.load(args.model, device=device, dtype=torch.float32)
+        ref_model, _ = load()
         model_fast.enable_fast_paths(ref_model)
         ref_model.requires_grad_(False)
         reference = lambda: contextlib.nullcontext(ref_model)
@@ -674,17 +710,20 @@ def main(argv=None):
 
     dev_cache = {}
 
-    def dev():
-        with autocast():
+    def dev() -> dict:  # called by every process (a sharded policy is gathered); the first evaluates
+        with gathered(policy), autocast():
+            if not procs.master:
+                return {}
             return dev_ndcg(policy, tok, args.dev_data, args.dev_split, args.dev_queries, args.dev_top_k,
                             args.max_doc_tokens, args.max_query_tokens, args.bm25_cache, dev_cache)
 
-    if args.eval_every and step == 0 and procs.master:
+    if args.eval_every and step == 0:
         t0 = time.perf_counter()
         d = dev()
-        log(f"eval  {0:05d}/{total:05d} | dev nDCG@10 {d['dev_ndcg10']:.4f} (expected score "
-            f"{d['dev_ndcg10_expected']:.4f}) | {time.perf_counter() - t0:.1f}s", flush=True)
-        run.write_log({"step": 0, "dev_ndcg10": d["dev_ndcg10"], "dev_ndcg10_expected": d["dev_ndcg10_expected"]})
+        if procs.master:
+            log(f"eval  {0:05d}/{total:05d} | dev nDCG@10 {d['dev_ndcg10']:.4f} (expected score "
+                f"{d['dev_ndcg10_expected']:.4f}) | {time.perf_counter() - t0:.1f}s", flush=True)
+            run.write_log({"step": 0, "dev_ndcg10": d["dev_ndcg10"], "dev_ndcg10_expected": d["dev_ndcg10_expected"]})
 
     # loop: rollout -> rewards -> advantages -> update_policy -> log
     on_policy = args.mini_batches * args.ppo_epochs == 1
@@ -708,7 +747,7 @@ def main(argv=None):
             g = groups[0]
             tail = tok.decode(g.prompt)[-60:].replace("\n", "\\n")
             log(f"sample | ...{tail} -> {g.texts[0]!r} -> score {g.scores[0]} (grade {g.grade}) -> reward {g.rewards[0]:.3f}")
-        if procs.master and args.eval_every and (step % args.eval_every == 0 or step == total):
+        if args.eval_every and (step % args.eval_every == 0 or step == total):
             row.update(dev())
         extra = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
                  if "dev_ndcg10" in row else "")

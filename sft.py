@@ -15,6 +15,7 @@ Run:
     python sft.py --epochs 1 --eval-every 50 --out runs/sft  # a real run (see --help)
     python sft.py --resume --out runs/sft                    # continue exactly from runs/sft/last
     torchrun --nproc_per_node 2 sft.py ...                   # data parallel (gloo on CPU, nccl on CUDA)
+    torchrun --nproc_per_node 8 sft.py --lora-rank 0 --sharding fsdp ...  # the paper's sizes (README)
 
 Input records, one JSON object a line:
     {"query": str, "doc": str, "score": int 0..10, "instruction": str?, "reasoning": str?}
@@ -31,6 +32,8 @@ Output directory (--out):
     step-00050/, last/   args.json + train_state.pt (trainable weights, optimizer, step, RNG
                          states) + adapter.safetensors with LoRA; full fine-tuning also writes the
                          HF-layout model. The newest --keep-checkpoints step-N/ are kept.
+                         --sharding fsdp: sharded/ instead, every process's shards of the weights
+                         and AdamW state (tools/consolidate.py makes an HF-layout model of it)
     final/               the finished model: HF layout (LoRA merged into the weights, loadable by
                          rerank.py and transformers) + adapter.safetensors (no train_state.pt)
 
@@ -70,8 +73,9 @@ from data.beir import DataFormatError, read_jsonl
 from eval import auc, dev_ndcg
 from model import completion_logprobs
 from rerank import HelpFormatter, build_prompt, completion_text, parse_answer, truncate, truncate_batch
-from training import (Run, add_lora, autocast_for, cosine_lr, finish_processes, rng_state, save_final, save_step,
-                      set_rng_state, start_or_resume, start_processes, train_state)
+from training import (Run, add_lora, autocast_for, check_sharding, clip_grad_norm, cosine_lr, finish_processes,
+                      gathered, load_sharded, rng_state, save_final, save_step, set_rng_state, start_or_resume,
+                      start_processes, train_state)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -99,6 +103,12 @@ def parse_args(argv=None):
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="autocast dtype (default: bf16 on CUDA; "
                    "fp32 on CPU). Weights, LoRA, optimizer state, loss and log-probs stay fp32 either way")
+    g.add_argument("--sharding", default="ddp", choices=["ddp", "fsdp"],
+                   help="under torchrun: ddp = every process holds the whole model, its gradients and AdamW "
+                   "state; fsdp = each holds 1/N of them (FSDP2; full fine-tuning only, --lora-rank 0): "
+                   "the paper's 4B-32B models")
+    g.add_argument("--cpu-offload", action="store_true", help="with --sharding fsdp on CUDA: the shards of the "
+                   "weights, gradients and AdamW state live in CPU memory (slower; for when they do not fit)")
     g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full fine-tuning")
     g.add_argument("--lora-layers", type=int, default=0, help="LoRA on the last N decoder blocks only (0 = all); "
                    "backward then stops at the first adapted block")
@@ -259,6 +269,7 @@ def main(argv=None):
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {procs.world}")
     if args.init_adapter and not os.path.isfile(args.init_adapter):
         raise SystemExit(f"error: --init-adapter {args.init_adapter}: no such file")
+    sharded = check_sharding(args, procs)
     # master weights, LoRA and optimizer state in fp32 everywhere; matrix products under autocast
     # in the chosen dtype (bf16 on CUDA by default; on CPU when asked)
     device, dtype = M.pick_device(args.device, args.dtype, verbose=procs.master)
@@ -277,7 +288,10 @@ def main(argv=None):
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    model, tok = M.load(args.model, device=device, dtype=torch.float32)
+    if sharded:  # each process keeps 1/world of the weights, their gradients and AdamW state
+        model, tok = load_sharded(args.model, procs, device, dtype, args.cpu_offload)
+    else:
+        model, tok = M.load(args.model, device=device, dtype=torch.float32)
     model_fast.enable_fast_paths(model)  # less memory in backward; faster CPU decoding in dev evaluation
     if args.init_adapter:
         try:
@@ -295,7 +309,7 @@ def main(argv=None):
         f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full fine-tuning'}"
         f"{', last %d blocks' % args.lora_layers if args.lora_rank and args.lora_layers else ''})")
     net = model
-    if procs.ddp:
+    if procs.ddp and not sharded:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # data (records were read and checked before the model was loaded)
@@ -348,20 +362,22 @@ def main(argv=None):
         tokens = 0
         signal = []  # (first answer token's loss, expected score, relevant?) of this step's fast-mode records
         for j, mb in enumerate(micro):
-            sync = contextlib.nullcontext() if (not procs.ddp or j == len(micro) - 1) else net.no_sync()
+            # DDP syncs gradients on the last micro-batch only (FSDP reduce-scatters each one's)
+            sync = net.no_sync() if net is not model and j < len(micro) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast():
                     logps, mask, first = completion_logprobs(net, [encoded[i][0] for i in mb],
-                                                             [encoded[i][1] for i in mb], first_ids=digit_ids)
+                                                             [encoded[i][1] for i in mb], first_ids=digit_ids,
+                                                             shared_prefix=not sharded)
                 nll = -(logps * mask).sum()
-                # DDP averages gradients over processes: scale by world so they sum instead
+                # DDP and FSDP average gradients over processes: scale by world so they sum instead
                 (nll * procs.world / n_target).backward()
             loss_sum += nll.detach()
             tokens += sum(lengths[i] for i in mb)
             expected, first_nll = first_digit_score(first).tolist(), (-logps[:, 0].detach()).tolist()
             signal += [(first_nll[row], expected[row], records[i]["score"] >= 5)
                        for row, i in enumerate(mb) if fast[i]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip))
+        grad_norm = clip_grad_norm(trainable, args.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64)
@@ -382,10 +398,12 @@ def main(argv=None):
                 recent_auc = (recent_auc + [batch_auc])[-20:]
             if recent_auc:
                 row["auc"] = sum(recent_auc) / len(recent_auc)
-        if procs.master and args.eval_every and (step % args.eval_every == 0 or step == total):
-            with autocast():
-                row.update(dev_ndcg(model, tok, args.dev_data, args.dev_split, args.dev_queries, args.dev_top_k,
-                                    args.max_doc_tokens, args.max_query_tokens, args.bm25_cache, dev_cache))
+        if args.eval_every and (step % args.eval_every == 0 or step == total):
+            with gathered(model), autocast():  # sharded: every process gathers, the first evaluates
+                if procs.master:
+                    row.update(dev_ndcg(model, tok, args.dev_data, args.dev_split, args.dev_queries,
+                                        args.dev_top_k, args.max_doc_tokens, args.max_query_tokens, args.bm25_cache,
+                                        dev_cache))
         extra = "".join([f" | answer loss {row['answer_loss']:.4f}" if "answer_loss" in row else "",
                          f" | AUC {row['auc']:.3f}" if "auc" in row else ""])
         if "dev_ndcg10" in row:
@@ -395,9 +413,11 @@ def main(argv=None):
         log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f}{extra} | lr {lr:.1e} | grad {grad_norm:.3f} | "
             f"{row['tok_s']:.0f} tok/s | {dt:.1f}s", flush=True)
         run.write_log(row)
-        if procs.master and args.sample_every and step % args.sample_every == 0:
+        if args.sample_every and step % args.sample_every == 0:
             i = batch[0]
-            log(sample_line(model, tok, encoded[i][0], encoded[i][1], max_new_tokens=len(encoded[i][1]) + 4))
+            with gathered(model):
+                if procs.master:
+                    log(sample_line(model, tok, encoded[i][0], encoded[i][1], max_new_tokens=len(encoded[i][1]) + 4))
         if (args.save_every and step % args.save_every == 0) or (step == stop and stop < total):
             save_step(run, step, model, tok, train_state(run, step, total, model, trainable, opt, rng=rng_state(),
                                                          data={"epoch": step // steps_per_epoch,

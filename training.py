@@ -7,6 +7,12 @@ with exact resume. Each training script reads as its algorithm and calls these.
     step = start_or_resume(run, trainable, opt, ...)  # <out>/last, or a fresh log
     save_step(run, step, model, tok, state)           # step-N/ + last/, old step-N/ pruned
     save_final(run, model, tok)                       # final/: HF layout, LoRA merged
+
+--sharding fsdp (full-parameter training at sizes one device cannot hold):
+    model, tok = load_sharded(path, procs, device, dtype)  # each process keeps 1/world (FSDP2)
+    with gathered(model): generate(model, ...)        # whole weights for a while: local forwards
+    norm = clip_grad_norm(params, 1.0)                # the global norm over all shards
+    consolidate("runs/x/step-00050", "out")           # a sharded checkpoint -> HF layout
 """
 import contextlib
 import json
@@ -14,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +84,116 @@ def autocast_for(device: torch.device, dtype: torch.dtype):
     if dtype in (torch.bfloat16, torch.float16):
         return lambda: torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext
+
+
+# ----------------------------------------------------------------------------- sharding (FSDP2)
+#
+# --sharding fsdp: each process keeps 1/world of every weight, gradient and AdamW moment
+# (torch.distributed.fsdp.fully_shard); DDP, the default, keeps all of them on every process, 16
+# bytes a parameter, which the paper's 4B-32B models do not fit (README, "Training at the paper's
+# sizes"). Each decoder block is one FSDP unit, gathered whole just before it runs and freed after;
+# the root unit is the rest (embeddings, final norm, lm_head: a tied lm_head stays one tensor).
+# Every forward and backward is a collective: all processes must make the same calls, in the same
+# order. Where they cannot (generation: rows stop at different tokens; a process with fewer rows),
+# `gathered` gathers the whole model once, and the forwards inside need no collectives.
+
+
+def check_sharding(args, procs: Processes) -> bool:
+    """--sharding and --cpu-offload against the rest of the command line -> whether to shard:
+    --sharding fsdp with more than one process (with one, there is nothing to shard)."""
+    if args.sharding == "fsdp":
+        if args.lora_rank > 0:
+            raise SystemExit("--sharding fsdp trains all parameters: add --lora-rank 0 (LoRA's trainable state is "
+                             "small; the default --sharding ddp fits it)")
+        if getattr(args, "init_adapter", None):
+            raise SystemExit("--init-adapter is for LoRA runs; it does not combine with --sharding fsdp")
+        if not procs.ddp:
+            procs.log("--sharding fsdp with one process: nothing to shard, the model stays whole")
+    if args.cpu_offload:
+        cuda = (procs.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        if args.sharding != "fsdp" or not cuda:
+            raise SystemExit("--cpu-offload moves FSDP's shards off the GPU: it needs --sharding fsdp on CUDA")
+    return args.sharding == "fsdp" and procs.ddp
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def load_sharded(path: str, procs: Processes, device: torch.device, dtype: torch.dtype, cpu_offload: bool = False):
+    """-> (model, tok): the HF-layout checkpoint at `path`, sharded over all processes. The model
+    is built on the meta device (no memory), sharded, and each process then reads from the
+    safetensors files only its own slice of each weight, one tensor at a time: no process holds
+    the whole model. Weights stay fp32 (the master copy AdamW updates). With a bf16 `dtype` they
+    are gathered and computed in bf16 and gradients reduced in fp32 (FSDP's mixed precision);
+    cpu_offload keeps the shards (weights, gradients, AdamW state) in CPU memory, CUDA only."""
+    from safetensors import safe_open
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    cfg, tok = M.load_config(path), M.Tokenizer(path)
+    with torch.device("meta"):
+        model = M.Transformer(cfg)
+    mesh = init_device_mesh(device.type, (procs.world,))
+    # RoPE tables and the additive mask stay as the model makes them (fp32 tables, as unsharded)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False) \
+        if dtype == torch.bfloat16 else MixedPrecisionPolicy(cast_forward_inputs=False)
+    kw = {"mesh": mesh, "mp_policy": mp, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
+    for block in model.model.layers:
+        fully_shard(block, reshard_after_forward=True, **kw)
+    # the root stays gathered after forward: backward needs it at once, and completion_logprobs
+    # applies lm_head to forward's output (outside forward)
+    fully_shard(model, reshard_after_forward=False, **kw)
+    model.to_empty(device="cpu" if cpu_offload else device)
+    where = {}
+    for f in M.weight_files(path):
+        with safe_open(f, framework="pt") as r:
+            where.update({k: f for k in r.keys()})
+    params = dict(model.named_parameters())  # a tied lm_head.weight is listed once, as embed_tokens
+    missing = sorted(set(params) - set(where))
+    if missing:
+        raise ValueError(f"{path}: checkpoint does not match config.json ({cfg.model_type}); "
+                         f"missing keys {missing[:8]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            with safe_open(where[name], framework="pt") as r:
+                w = r.get_tensor(name).to(p.device, torch.float32)
+            if w.shape != p.shape:
+                raise ValueError(f"{path}: {name} has shape {tuple(w.shape)}, config says {tuple(p.shape)}")
+            mine = distribute_tensor(w, p.device_mesh, p.placements, src_data_rank=None)  # a local slice, no traffic
+            p.to_local().copy_(mine.to_local())
+    return model.eval(), tok
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """The whole weights of a sharded model on every process for the duration: one all-gather per
+    FSDP unit on entry, none in the forwards inside, so each process may then run as many as it
+    needs (generation: one per token, until its own rows stop). Every process must enter it
+    together. Costs the whole model's memory (bf16 under mixed precision) while it lasts. Nothing
+    for an unsharded model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield model
+    finally:
+        for m in units:  # back to load_sharded's setting: the root stays gathered after forward
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """clip_grad_norm_ -> the norm before clipping, as a float. Under FSDP each process holds a
+    slice of each gradient (a DTensor) and the norm is computed over all of them (an all-reduce)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -212,8 +329,17 @@ def load_train_state(path: str) -> dict:
 
 
 def copy_checkpoint(src: str, dst: str):
+    """dst: the same files as src, hard-linked where the filesystem allows (no second copy on disk:
+    a 32B model's sharded checkpoint is ~0.5 TB), copied otherwise. Checkpoint files are never
+    changed once written (a new checkpoint is a new directory), so the links are safe."""
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
     with M.atomic_output(dst) as tmp:
-        shutil.copytree(src, tmp)
+        shutil.copytree(src, tmp, copy_function=link_or_copy)
 
 
 def prune_checkpoints(out: str, keep: int):
@@ -248,7 +374,12 @@ class Run:
 
 def train_state(run: Run, step: int, total: int, model, trainable: list, opt, **extra) -> dict:
     """What --resume needs besides the model it starts from: the trainable weights (by name), the
-    optimizer, the step and the schedule length; `extra` adds a script's own (RNG states...)."""
+    optimizer, the step and the schedule length; `extra` adds a script's own (RNG states...).
+    A sharded model's weights and optimizer are not copied here: save_step has every process
+    write its own shards of them."""
+    if is_sharded(model):
+        return {"step": step, "total_steps": total, "args": run.args, "sharded": {"model": model, "optimizer": opt},
+                **extra}
     names = {id(p): n for n, p in model.named_parameters()}
     return {"step": step, "total_steps": total, "args": run.args, "optimizer": opt.state_dict(),
             "trainable": {names[id(p)]: p.detach().cpu() for p in trainable}, **extra}
@@ -279,11 +410,19 @@ def start_or_resume(run: Run, resume: bool, total: int, model, trainable: list, 
     if st["total_steps"] != total:
         raise SystemExit(f"{run.last_dir}: schedule was {st['total_steps']} steps, now {total}; resume with the same "
                          f"{schedule_flags}")
-    names = {id(p): n for n, p in model.named_parameters()}
-    with torch.no_grad():
-        for p in trainable:
-            p.copy_(st["trainable"][names[id(p)]].to(p.device))
-    opt.load_state_dict(st["optimizer"])
+    if os.path.isdir(os.path.join(run.last_dir, "sharded")):  # written by --sharding fsdp
+        load_sharded_checkpoint(run.last_dir, model, opt)
+        rngs = st.get("rng_by_rank")
+        if rngs and len(rngs) == run.procs.world:  # each process continues its own random streams
+            st["rng"] = rngs[run.procs.rank]
+    elif is_sharded(model):
+        raise SystemExit(f"{run.last_dir}: written by an unsharded run; resume it with --sharding ddp")
+    else:
+        names = {id(p): n for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for p in trainable:
+                p.copy_(st["trainable"][names[id(p)]].to(p.device))
+        opt.load_state_dict(st["optimizer"])
     step = st["step"]
     run.procs.log(f"resumed from {run.last_dir} at step {step}")
     if run.procs.master and os.path.exists(run.log_path):
@@ -294,19 +433,109 @@ def start_or_resume(run: Run, resume: bool, total: int, model, trainable: list, 
 
 def save_step(run: Run, step: int, model, tok, state: dict):
     """step-N/ (adapter + train state for a LoRA run, the whole model otherwise), copied to last/;
-    step-N/ beyond the newest --keep-checkpoints are deleted. First process only."""
+    step-N/ beyond the newest --keep-checkpoints are deleted. Called on every process: the first
+    writes it, or, for a sharded model, each process its own shards."""
+    path = os.path.join(run.out, f"step-{step:05d}")
+    if "sharded" in state:
+        save_sharded_checkpoint(path, run, tok, state)
+    elif run.procs.master:
+        save_checkpoint(path, model, tok, run.args, state, full=False)
     if not run.procs.master:
         return
-    path = os.path.join(run.out, f"step-{step:05d}")
-    save_checkpoint(path, model, tok, run.args, state, full=False)
     copy_checkpoint(path, run.last_dir)
     prune_checkpoints(run.out, run.keep_checkpoints)
     run.procs.log(f"saved {path} and {run.last_dir}")
 
 
 def save_final(run: Run, model, tok):
-    """final/: the HF-layout model with LoRA merged (rerank.py and transformers load it) + adapter."""
-    if run.procs.master:
-        path = os.path.join(run.out, "final")
+    """final/: the HF-layout model with LoRA merged (rerank.py and transformers load it) + adapter.
+    A sharded model is gathered whole onto the first process's CPU first (call it on all)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    path = os.path.join(run.out, "final")
+    if is_sharded(model):
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if run.procs.master:
+            M.save(model, tok, path, state=state, extra={"args.json": run.args, "train_info.json": {}})
+    elif run.procs.master:
         save_checkpoint(path, model, tok, run.args, None)
-        run.procs.log(f"saved {path}")
+    run.procs.log(f"saved {path}")
+
+
+# -- sharded checkpoints (--sharding fsdp), through torch.distributed.checkpoint (DCP)
+
+
+@contextlib.contextmanager
+def atomic_output_all(path: str, procs: Processes):
+    """model.atomic_output for a directory that every process writes into: the first process makes
+    the temporary directory and tells the others; once all have written (a barrier) it renames it
+    onto `path`, and nobody goes on before that (a second barrier)."""
+    if procs.master:
+        with M.atomic_output(path) as staging:
+            os.makedirs(staging)
+            dist.broadcast_object_list([staging])
+            yield staging
+            dist.barrier()
+    else:
+        box = [None]
+        dist.broadcast_object_list(box)
+        yield box[0]
+        dist.barrier()
+    dist.barrier()
+
+
+def save_sharded_checkpoint(path: str, run: Run, tok, state: dict):
+    """One atomic directory written by all processes:
+        sharded/          the weights and the AdamW state by parameter name, each process writing
+                          its own shards (DCP; it reads them back into any number of processes)
+        train_state.pt    the rest of `state` (step, schedule, ...) + every process's RNG state
+        config.json, tokenizer files, args.json, train_info.json: what consolidate needs to turn
+                          sharded/ into an HF-layout model (tools/consolidate.py)"""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model, opt = state["sharded"]["model"], state["sharded"]["optimizer"]
+    weights, optim = get_state_dict(model, opt)  # this process's shards, by name
+    rngs = [None] * run.procs.world
+    dist.all_gather_object(rngs, state.get("rng"))
+    with atomic_output_all(path, run.procs) as staging:
+        dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=os.path.join(staging, "sharded"))
+        if run.procs.master:
+            rest = {k: v for k, v in state.items() if k != "sharded"}
+            if rest.get("rng") is not None:
+                rest["rng_by_rank"] = rngs
+            torch.save(rest, os.path.join(staging, "train_state.pt"))
+            info = {k: state[k] for k in ("step", "total_steps")}
+            M.save_config(model.config, tok, staging, torch.float32, {"args.json": run.args, "train_info.json": info})
+
+
+def load_sharded_checkpoint(path: str, model, opt):
+    """The weights and optimizer state of save_sharded_checkpoint, into this process's shards."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    weights, optim = get_state_dict(model, opt)
+    dcp.load({"model": weights, "optimizer": optim}, checkpoint_id=os.path.join(path, "sharded"))
+    set_state_dict(model, opt, model_state_dict=weights, optim_state_dict=optim)
+
+
+def consolidate(path: str, out: str):
+    """A sharded checkpoint directory (step-N/ or last/ of a --sharding fsdp run) -> an HF-layout
+    model at `out` that rerank.py, model.load and transformers open. One process, no process
+    group; the whole model in CPU memory (fp32)."""
+    import torch.distributed.checkpoint as dcp
+
+    if not os.path.isdir(os.path.join(path, "sharded")):
+        raise FileNotFoundError(f"{path}/sharded: missing; expected a checkpoint of a --sharding fsdp run")
+    cfg, tok = M.load_config(path), M.Tokenizer(path)
+    with torch.device("meta"):
+        model = M.Transformer(cfg)
+    model.to_empty(device="cpu")
+    model.tie_weights()
+    state = model.state_dict()  # a tied lm_head.weight is the embed_tokens tensor: loaded once, under both names
+    with warnings.catch_warnings():  # "loading in a single process": as intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": state}, checkpoint_id=os.path.join(path, "sharded"), no_dist=True)
+    extra = {n: json.load(open(os.path.join(path, n))) for n in ("args.json", "train_info.json")
+             if os.path.exists(os.path.join(path, n))}
+    M.save(model, tok, out, extra=extra)

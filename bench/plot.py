@@ -4,7 +4,7 @@
     python bench/plot.py --sft runs/sft --rl runs/rl-rr runs/rl-ndcg --tables runs/results/*.json
 
 Writes docs/sft_curve.png (SFT loss, first answer token's loss, AUC and dev nDCG@10 against
-examples seen), docs/rl_reward.png (mean RL reward per step, one
+examples seen), docs/rl_reward.png (mean RL reward per step and dev nDCG@10, one
 line per run) and docs/results.png (nDCG@10 of every system in the evaluation tables).
 """
 import argparse
@@ -121,16 +121,24 @@ def main():
     rows = [r for r in read_log(args.sft) if "loss" in r]
     if rows:
         plot_sft(plt, rows, args)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     drawn = False
-    for run in args.rl:
-        rows = [r for r in read_log(run) if "reward" in r]
-        if rows:
-            ax.plot([r["step"] for r in rows], smooth([r["reward"] for r in rows]), label=os.path.basename(run))
+    for i, run in enumerate(args.rl):
+        rows = read_log(run)
+        steps = [r for r in rows if "reward" in r]
+        if steps:
+            ax.plot([r["step"] for r in steps], smooth([r["reward"] for r in steps]), color=f"C{i}",
+                    label=os.path.basename(run))
+            dev = [(r["step"], r["dev_ndcg10"]) for r in rows if "dev_ndcg10" in r]
+            ax2.plot([d[0] for d in dev], [d[1] for d in dev], "o-", color=f"C{i}", label=os.path.basename(run))
             drawn = True
     if drawn:
-        ax.set(xlabel="step", ylabel="mean reward (mean of 5 steps)", title="RL reward")
-        ax.legend()
+        ax.set(xlabel="step", ylabel="mean reward (mean of 5 steps)", title="RL reward (each reward its own scale)")
+        ax.legend(fontsize=8)
+        if args.bm25_dev is not None:
+            ax2.axhline(args.bm25_dev, color="gray", ls="--", label="BM25")
+        ax2.set(xlabel="step", ylabel="dev nDCG@10 (s x P(s))", title="dev nDCG@10 (step 0 = the SFT model)")
+        ax2.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "rl_reward.png"), dpi=120)
     # eval.py writes one table (BM25 + one system) per run: merge those of one dataset/split
