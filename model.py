@@ -299,9 +299,10 @@ class Transformer(nn.Module):
     def forward(self, input_ids, attention_mask=None, cache=None, last_only=False, head=True):
         """Logits (B, T, V) from `hidden` (same arguments), or (B, 1, V) at column T-1 with last_only.
         head=False returns the hidden states themselves, for a caller that applies lm_head at a few
-        positions (completion_logprobs) and must still call forward: a DistributedDataParallel
-        wrapper syncs gradients only for what runs through its forward, and an FSDP-sharded model
-        gathers its weights in forward's hooks."""
+        positions only (completion_logprobs: never the full (B, T, V)) but must still call forward:
+        a DistributedDataParallel wrapper prepares its gradient sync in forward, and an FSDP-sharded
+        model gathers its weights in forward's hooks (lm_head, used afterwards, is a parameter of
+        the root, which stays gathered; DDP's per-parameter hooks sync its gradient too)."""
         x = self.hidden(input_ids, attention_mask, cache, last_only)
         return self.lm_head(x) if head else x
 
@@ -647,7 +648,7 @@ def atomic_output(path):
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp, old = (os.path.join(parent, f".{kind}-{os.getpid()}-{name}") for kind in ("tmp", "old"))
-    _remove(tmp, old)  # leftovers of an interrupted run
+    _remove(tmp, old)  # left by an earlier process with the same id
     try:
         yield Path(tmp) if isinstance(path, Path) else tmp
         if os.path.isdir(tmp) and os.path.isdir(path):  # a directory cannot be renamed over another

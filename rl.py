@@ -562,10 +562,12 @@ def update_policy(policy, opt, trainable, groups: list, adv, old, ref, step: int
                 continue
             opt.zero_grad(set_to_none=True)
             objective = 0.0
-            passes = torch.tensor(math.ceil(len(rows) / B), device=device)
-            if sharded:
-                dist.all_reduce(passes, op=dist.ReduceOp.MAX)
-            for lo in range(0, int(passes) * B, B):
+            passes = math.ceil(len(rows) / B)
+            if sharded:  # every process makes as many passes as the busiest one
+                t_passes = torch.tensor(passes, device=device)
+                dist.all_reduce(t_passes, op=dist.ReduceOp.MAX)
+                passes = int(t_passes)
+            for lo in range(0, passes * B, B):
                 mb = rows[lo:lo + B]
                 if not mb:  # sharded, this process is out of rows: a zero loss keeps the collectives in step
                     with autocast():
@@ -699,14 +701,15 @@ def main(argv=None):
         f"{args.docs_per_query} documents x {args.group_size} rollouts; schedule {total} steps, warmup {warmup}")
     ref_scores = RefScores(args.out, procs.rank, {"model": os.path.abspath(args.model),
                                                   "max_doc_tokens": args.max_doc_tokens,
-                                                  "max_query_tokens": args.max_query_tokens})
+                                                  "max_query_tokens": args.max_query_tokens,
+                                                  "autocast": resolved["autocast"]})
 
     # optimizer and (maybe) resume
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     run = Run(args.out, resolved, procs, args.keep_checkpoints)
     step, _ = start_or_resume(run, args.resume, total, policy, trainable, opt, must_match=("lora_rank", "lora_layers"),
-                              warn_if_changed=("model", "data", "reward", "lora_alpha", "group_size", "docs_per_query",
-                                               "seed", "lr"))
+                              warn_if_changed=("model", "data", "reward", "rr_ties", "lora_alpha", "group_size",
+                                               "docs_per_query", "seed", "lr", "sharding"))
 
     dev_cache = {}
 

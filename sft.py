@@ -380,7 +380,7 @@ def main(argv=None):
         grad_norm = clip_grad_norm(trainable, args.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64)
+        stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64, device=device)  # NCCL: CUDA tensors
         if procs.ddp:
             dist.all_reduce(stats)
             shards = [None] * procs.world

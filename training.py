@@ -4,7 +4,7 @@ with exact resume. Each training script reads as its algorithm and calls these.
     procs = start_processes(args.device)              # torchrun: gloo on CPU, nccl on CUDA
     autocast = autocast_for(device, dtype)            # bf16/fp16 matrix products; fp32 weights
     trainable = add_lora(model, rank, alpha, last_layers=10)
-    step = start_or_resume(run, trainable, opt, ...)  # <out>/last, or a fresh log
+    step, state = start_or_resume(run, resume, total, model, trainable, opt)  # <out>/last, or a fresh log
     save_step(run, step, model, tok, state)           # step-N/ + last/, old step-N/ pruned
     save_final(run, model, tok)                       # final/: HF layout, LoRA merged
 
@@ -468,20 +468,36 @@ def save_final(run: Run, model, tok):
 @contextlib.contextmanager
 def atomic_output_all(path: str, procs: Processes):
     """model.atomic_output for a directory that every process writes into: the first process makes
-    the temporary directory and tells the others; once all have written (a barrier) it renames it
-    onto `path`, and nobody goes on before that (a second barrier)."""
+    the temporary directory and tells the others; once all have written, the first renames it onto
+    `path`, and nobody goes on before that. If any process fails writing, all of them raise (none
+    waits forever for a write that will not come) and the temporary directory is removed."""
+    failed = None
+
+    def all_ok() -> bool:  # every process learns whether any process failed
+        flags = [None] * procs.world
+        dist.all_gather_object(flags, failed is not None)
+        return not any(flags)
+
     if procs.master:
         with M.atomic_output(path) as staging:
             os.makedirs(staging)
             dist.broadcast_object_list([staging])
-            yield staging
-            dist.barrier()
+            try:
+                yield staging
+            except BaseException as e:
+                failed = e
+            if not all_ok():
+                raise failed or RuntimeError(f"{path}: another process failed writing its shards")
     else:
         box = [None]
         dist.broadcast_object_list(box)
-        yield box[0]
-        dist.barrier()
-    dist.barrier()
+        try:
+            yield box[0]
+        except BaseException as e:
+            failed = e
+        if not all_ok():
+            raise failed or RuntimeError(f"{path}: another process failed writing its shards")
+    dist.barrier()  # renamed: every process may read `path` now
 
 
 def save_sharded_checkpoint(path: str, run: Run, tok, state: dict):
