@@ -11,6 +11,8 @@ Run:
     python rl.py --max-steps 3 --docs-per-query 8 --group-size 4 --model models/SmolLM2-135M-Instruct
     python rl.py --model runs/sft/final --out runs/rl --steps 200 --eval-every 25    # a real run
     python rl.py --resume --out runs/rl ...                  # continue exactly from runs/rl/last
+    python rl.py --model models/SmolLM2-135M-Instruct --init-adapter weights/erank-135m-q4/adapter.safetensors \
+        --match-length ...                                   # from a committed SFT adapter; length-matched negatives
     torchrun --nproc_per_node 2 rl.py ...                    # data parallel (gloo on CPU, nccl on CUDA)
     torchrun --nproc_per_node 8 rl.py --lora-rank 0 --lr 1e-6 --sharding fsdp ...  # the paper's sizes (README)
 
@@ -85,6 +87,9 @@ def parse_args(argv=None):
     g.add_argument("--split", default="train", help="qrels split to train on (never pyfaq, never test)")
     g.add_argument("--docs-per-query", type=int, default=20, help="N: candidate documents per query (paper: 20)")
     g.add_argument("--positives", type=int, default=1, help="at most this many positives among the N (paper: 1)")
+    g.add_argument("--match-length", action="store_true", help="cut each negative to its leading sentences, about "
+                   "as many words as the query's first positive (as data/make_sft.py --match-length): without "
+                   "it, a short document is likely the answer, and the policy can learn that instead of reading")
     g.add_argument("--max-doc-tokens", type=int, default=192, help="documents are truncated to this many tokens")
     g.add_argument("--max-query-tokens", type=int, default=256, help="queries are truncated to this many tokens")
     g.add_argument("--bm25-cache", default=None, help="BM25 index cache directory (default: data/cache/bm25)")
@@ -124,6 +129,9 @@ def parse_args(argv=None):
     g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full parameters")
     g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
     g.add_argument("--lora-layers", type=int, default=0, help="LoRA on the last N decoder blocks only (0 = all)")
+    g.add_argument("--init-adapter", default=None, help="adapter.safetensors merged into --model before training, "
+                   "as in sft.py (start from a committed SFT adapter: the policy and the reference are --model "
+                   "plus it)")
     g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
                    help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
                    "less memory, slower")
@@ -339,11 +347,12 @@ class TrainData:
     (mining is per query and seeded by query, so it does not depend on which other queries or
     which process ask)."""
 
-    def __init__(self, dirs: list, split: str, n_docs: int, positives: int, seed: int, bm25_cache=None):
+    def __init__(self, dirs: list, split: str, n_docs: int, positives: int, seed: int, bm25_cache=None,
+                 match_length=False):
         from data.beir import load_corpus, load_qrels, load_queries
         from data.bm25 import BM25, DEFAULT_CACHE
 
-        self.n_docs, self.positives, self.seed = n_docs, positives, seed
+        self.n_docs, self.positives, self.seed, self.match_length = n_docs, positives, seed, match_length
         self.sets, self.keys = {}, []
         for d in dirs:
             name = os.path.basename(os.path.normpath(d))
@@ -386,6 +395,12 @@ class TrainData:
         picked = c["pos"][:self.positives] + [(d, 0) for d in neg]
         docs = [{"id": d, "title": s["corpus"][d].get("title", ""), "text": s["corpus"][d]["text"], "grade": g}
                 for d, g in picked]
+        if self.match_length and self.positives and c["pos"]:  # as make_sft.py --match-length: negatives cut to the positive's words
+            from data.make_sft import leading_sentences
+
+            words = len(docs[0]["text"].split())
+            for doc in docs[len(c["pos"][:self.positives]):]:
+                doc["text"] = leading_sentences(doc["text"], words)
         return Query(key, qid, s["queries"][qid], docs)
 
 
@@ -665,11 +680,21 @@ def main(argv=None):
     if not os.path.isdir(args.model):
         raise SystemExit(f"--model {args.model}: no such checkpoint directory (train one with sft.py, "
                          "or pass models/SmolLM2-135M-Instruct to try the pipeline)")
+    if args.init_adapter and not os.path.isfile(args.init_adapter):
+        raise SystemExit(f"error: --init-adapter {args.init_adapter}: no such file")
     torch.manual_seed(args.seed)
-    if sharded:  # each process keeps 1/world of each model's weights (and of the policy's gradients, AdamW state)
-        load = lambda: load_sharded(args.model, procs, device, dtype, args.cpu_offload)
-    else:
-        load = lambda: M.load(args.model, device=device, dtype=torch.float32)
+
+    def load():
+        if sharded:  # each process keeps 1/world of each model's weights (and of the policy's gradients, AdamW state)
+            return load_sharded(args.model, procs, device, dtype, args.cpu_offload)
+        model, tok = M.load(args.model, device=device, dtype=torch.float32)
+        if args.init_adapter:
+            try:
+                M.apply_adapter(model, args.init_adapter)
+            except ValueError as e:
+                raise SystemExit(f"error: --init-adapter {e}") from None
+        return model, tok
+
     policy, tok = load()
     model_fast.enable_fast_paths(policy)  # less memory in backward; faster CPU decoding in rollouts
     if args.lora_rank > 0:
@@ -695,11 +720,14 @@ def main(argv=None):
         f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full parameters'})")
 
     # data
-    data = TrainData(args.data.split(","), args.split, args.docs_per_query, args.positives, args.seed, args.bm25_cache)
+    data = TrainData(args.data.split(","), args.split, args.docs_per_query, args.positives, args.seed, args.bm25_cache,
+                     args.match_length)
     total, warmup = args.steps, int(args.warmup * args.steps)
     log(f"data {args.data} ({args.split}): {len(data.keys)} queries; {args.queries_per_step} per step x "
         f"{args.docs_per_query} documents x {args.group_size} rollouts; schedule {total} steps, warmup {warmup}")
     ref_scores = RefScores(args.out, procs.rank, {"model": os.path.abspath(args.model),
+                                                  "init_adapter": args.init_adapter and os.path.abspath(args.init_adapter),
+                                                  "match_length": args.match_length,
                                                   "max_doc_tokens": args.max_doc_tokens,
                                                   "max_query_tokens": args.max_query_tokens,
                                                   "autocast": resolved["autocast"]})
@@ -707,9 +735,10 @@ def main(argv=None):
     # optimizer and (maybe) resume
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     run = Run(args.out, resolved, procs, args.keep_checkpoints)
-    step, _ = start_or_resume(run, args.resume, total, policy, trainable, opt, must_match=("lora_rank", "lora_layers"),
-                              warn_if_changed=("model", "data", "reward", "rr_ties", "lora_alpha", "group_size",
-                                               "docs_per_query", "seed", "lr", "sharding"))
+    step, _ = start_or_resume(run, args.resume, total, policy, trainable, opt,
+                              must_match=("lora_rank", "lora_layers", "init_adapter"),
+                              warn_if_changed=("model", "data", "match_length", "reward", "rr_ties", "lora_alpha",
+                                               "group_size", "docs_per_query", "seed", "lr", "sharding"))
 
     dev_cache = {}
 

@@ -343,10 +343,27 @@ def copy_checkpoint(src: str, dst: str):
 
 
 def prune_checkpoints(out: str, keep: int):
-    """Delete all but the newest `keep` step-N/ directories of a run (each is a full model)."""
+    """Delete all but the newest `keep` step-N/ directories of a run (each is a full model), and
+    the half-written .tmp-PID-*/.old-PID-* leftovers of processes that were killed mid-write."""
     steps = sorted(d for d in os.listdir(out) if d.startswith("step-") and d[5:].isdigit())
     for d in steps[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+    for d in os.listdir(out):
+        kind, _, rest = d.partition("-")
+        pid = rest.partition("-")[0]
+        if kind in (".tmp", ".old") and pid.isdigit() and not _process_alive(int(pid)):
+            path = os.path.join(out, d)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
 
 
 @dataclass

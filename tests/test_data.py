@@ -344,3 +344,35 @@ def test_max_negatives_and_thinking_share(tmp_path, monkeypatch):
     assert all(sorted(v) == [0, 10] for v in per_query.values()), per_query  # the positive and one of two negatives
     thinking = [r for r in recs if "reasoning" in r]
     assert 0 < len(thinking) < len(recs) and all(r["reasoning"] == "" for r in thinking)
+
+
+def test_leading_sentences_cut_at_a_sentence_end_within_the_words():
+    from data.make_sft import leading_sentences
+    text = "ls(1)\nls lists files. Entries are sorted. Long options need arguments too."
+    assert leading_sentences(text, 100) == text  # short enough already
+    assert leading_sentences(text, 7) == "ls(1)\nls lists files. Entries are sorted."  # 7 words, the title line kept
+    assert leading_sentences(text, 6) == "ls(1)\nls lists files."
+    assert leading_sentences("one two three four five. six.", 2) == "one two three four five."  # at least one sentence
+    assert leading_sentences("no sentence end at all here", 2) == "no sentence end at all here"
+
+
+def test_match_length_cuts_negatives_to_the_positives_words(tmp_path, monkeypatch):
+    from data import make_sft
+    write_tiny_sets(tmp_path, (("alpha", 6),))
+    long = " ".join(f"Sentence {k} about topic words." for k in range(20))  # 100 words of whole sentences
+    docs = [{"_id": f"alpha{i}", "title": "", "text": f"topic{i} is answered here by a short text of eleven words." if i < 3 else long + f" topic{i % 3}"}
+            for i in range(6)]
+    write(tmp_path / "alpha" / "corpus.jsonl", "\n".join(json.dumps(d) for d in docs) + "\n")
+    write(tmp_path / "alpha" / "qrels" / "train.tsv",
+          "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\talpha{i}\t2\n" for i in range(3)))
+    monkeypatch.setattr(make_sft.BM25, "from_dir", lambda d: BM25.from_corpus(load_corpus(d)))
+    runs = {}
+    for flag in ([], ["--match-length"]):
+        out = tmp_path / f"sft{len(flag)}.jsonl"
+        make_sft.main(["--root", str(tmp_path), "--datasets", "alpha", "--n-hard", "3", "--n-medium", "0",
+                       "--mapping", "binary", "--out", str(out)] + flag)
+        runs[bool(flag)] = [json.loads(line) for line in out.read_text().splitlines()]
+    for matched in (False, True):
+        neg_words = [len(r["doc"].split()) for r in runs[matched] if r["score"] == 0 and r["docid"] >= "alpha3"]
+        assert neg_words and all(n == (10 if matched else 101) for n in neg_words), (matched, neg_words)
+    assert [r["docid"] for r in runs[False]] == [r["docid"] for r in runs[True]]  # the same records, cut

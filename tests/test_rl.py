@@ -342,6 +342,23 @@ def test_training_data_gives_one_positive_and_mined_negatives(toy):
     assert all(qword(int(q.qid[1:])) in d["text"] for d in q.docs)
 
 
+def test_match_length_cuts_the_negatives_to_the_positives_words(tmp_path):
+    root = tmp_path / "data"
+    os.makedirs(root / "qrels")
+    long = " ".join(f"Sentence {k} on the topic." for k in range(8))  # 40 words in sentences
+    docs = [{"_id": "pos", "title": "", "text": "The topic, answered in ten words or so."}] + [
+        {"_id": f"neg{k}", "title": "", "text": f"topic {k}. " + long} for k in range(5)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "topic"}) + "\n")
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tpos\t1\n")
+    plain, matched = (rl.TrainData([str(root)], "train", 4, 1, 0, str(tmp_path / "bm25"), match_length=m).query("data/q1")
+                      for m in (False, True))
+    assert [d["id"] for d in plain.docs] == [d["id"] for d in matched.docs] and plain.docs[0]["id"] == "pos"
+    assert matched.docs[0]["text"] == plain.docs[0]["text"]  # the positive is whole
+    for a, b in zip(plain.docs[1:], matched.docs[1:]):
+        assert len(a["text"].split()) == 42 and len(b["text"].split()) == 7, b["text"]  # two whole sentences fit in 8
+
+
 def test_resume_continues_exactly(toy, tmp_path):
     common = ["--steps", "3", "--lora-rank", "4", "--lora-alpha", "8", "--mini-batches", "2", "--lr", "1e-2",
               "--group-size", "2"]
@@ -359,6 +376,31 @@ def test_resume_continues_exactly(toy, tmp_path):
     assert any(not torch.equal(start[k], a[k]) for k in start)
     args = json.load(open(tmp_path / "straight" / "final" / "args.json"))
     assert args["reward"] == "rr" and args["group_size"] == 2 and args["max_new_tokens"] == 1
+
+
+def test_init_adapter_starts_from_the_model_plus_the_adapter(toy, tmp_path):
+    """--model BASE --init-adapter A trains exactly as --model (BASE with A merged) does."""
+    from safetensors.torch import save_file
+
+    model, tok = M.load(toy["model"])
+    torch.manual_seed(1)
+    adapter = {}
+    for name, mod in model.named_modules():
+        if name.endswith(("q_proj", "down_proj")):
+            adapter[f"{name}.lora_A"] = torch.randn(2, mod.weight.shape[1]) * 0.1
+            adapter[f"{name}.lora_B"] = torch.randn(mod.weight.shape[0], 2) * 0.1
+    save_file(adapter, str(tmp_path / "adapter.safetensors"))
+    M.apply_adapter(model, str(tmp_path / "adapter.safetensors"))
+    M.save(model, tok, str(tmp_path / "merged"))
+    common = ["--steps", "2", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-2", "--group-size", "2"]
+    rl.main(toy_args(toy, tmp_path / "a", *common, "--init-adapter", str(tmp_path / "adapter.safetensors")))
+    rl.main(toy_args(toy, tmp_path / "b", *common) + ["--model", str(tmp_path / "merged")])
+    a, b = weights(tmp_path / "a" / "final"), weights(tmp_path / "b" / "final")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["model.layers.0.mlp.down_proj.weight"], weights(toy["model"])["model.layers.0.mlp.down_proj.weight"])
+    with pytest.raises(SystemExit, match="no such file"):
+        rl.main(toy_args(toy, tmp_path / "c", *common, "--init-adapter", str(tmp_path / "missing.safetensors")))
 
 
 def free_port():
