@@ -87,8 +87,8 @@ def parse_args(argv=None):
     g.add_argument("--split", default="train", help="qrels split to train on (never pyfaq, never test)")
     g.add_argument("--docs-per-query", type=int, default=20, help="N: candidate documents per query (paper: 20)")
     g.add_argument("--positives", type=int, default=1, help="at most this many positives among the N (paper: 1)")
-    g.add_argument("--match-length", action="store_true", help="cut each negative to its leading sentences, about "
-                   "as many words as the query's first positive (as data/make_sft.py --match-length): without "
+    g.add_argument("--match-length", action="store_true", help="cut each negative's text to its leading sentences, "
+                   "nearest in words to the first positive's text (as data/make_sft.py --match-length): without "
                    "it, a short document is likely the answer, and the policy can learn that instead of reading")
     g.add_argument("--max-doc-tokens", type=int, default=192, help="documents are truncated to this many tokens")
     g.add_argument("--max-query-tokens", type=int, default=256, help="queries are truncated to this many tokens")
@@ -395,7 +395,7 @@ class TrainData:
         picked = c["pos"][:self.positives] + [(d, 0) for d in neg]
         docs = [{"id": d, "title": s["corpus"][d].get("title", ""), "text": s["corpus"][d]["text"], "grade": g}
                 for d, g in picked]
-        if self.match_length and self.positives and c["pos"]:  # as make_sft.py --match-length: negatives cut to the positive's words
+        if self.match_length and self.positives and c["pos"]:  # as make_sft.py --match-length (titles stay whole)
             from data.make_sft import leading_sentences
 
             words = len(docs[0]["text"].split())
@@ -682,6 +682,11 @@ def main(argv=None):
                          "or pass models/SmolLM2-135M-Instruct to try the pipeline)")
     if args.init_adapter and not os.path.isfile(args.init_adapter):
         raise SystemExit(f"error: --init-adapter {args.init_adapter}: no such file")
+    # the adapter is known by its content: a file re-exported in place is another starting point
+    if args.init_adapter:
+        resolved["init_adapter_sha256"] = hashlib.sha256(open(args.init_adapter, "rb").read()).hexdigest()
+    else:
+        resolved["init_adapter_sha256"] = None
     torch.manual_seed(args.seed)
 
     def load():
@@ -726,7 +731,7 @@ def main(argv=None):
     log(f"data {args.data} ({args.split}): {len(data.keys)} queries; {args.queries_per_step} per step x "
         f"{args.docs_per_query} documents x {args.group_size} rollouts; schedule {total} steps, warmup {warmup}")
     ref_scores = RefScores(args.out, procs.rank, {"model": os.path.abspath(args.model),
-                                                  "init_adapter": args.init_adapter and os.path.abspath(args.init_adapter),
+                                                  "init_adapter": resolved["init_adapter_sha256"],
                                                   "match_length": args.match_length,
                                                   "max_doc_tokens": args.max_doc_tokens,
                                                   "max_query_tokens": args.max_query_tokens,
@@ -736,8 +741,8 @@ def main(argv=None):
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     run = Run(args.out, resolved, procs, args.keep_checkpoints)
     step, _ = start_or_resume(run, args.resume, total, policy, trainable, opt,
-                              must_match=("lora_rank", "lora_layers", "init_adapter"),
-                              warn_if_changed=("model", "data", "match_length", "reward", "rr_ties", "lora_alpha",
+                              must_match=("lora_rank", "lora_layers", "init_adapter_sha256"),
+                              warn_if_changed=("model", "init_adapter", "data", "match_length", "reward", "rr_ties", "lora_alpha",
                                                "group_size", "docs_per_query", "seed", "lr", "sharding"))
 
     dev_cache = {}

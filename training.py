@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -342,17 +343,23 @@ def copy_checkpoint(src: str, dst: str):
         shutil.copytree(src, tmp, copy_function=link_or_copy)
 
 
+STARTED = time.time()  # when this process started: see prune_checkpoints
+
+
 def prune_checkpoints(out: str, keep: int):
     """Delete all but the newest `keep` step-N/ directories of a run (each is a full model), and
-    the half-written .tmp-PID-*/.old-PID-* leftovers of processes that were killed mid-write."""
+    the .tmp-PID-*/.old-PID-* leftovers of a write that a killed process left (model.atomic_output):
+    only those older than this process, so a write of this run (on another node: its process id
+    means nothing here) is never touched."""
     steps = sorted(d for d in os.listdir(out) if d.startswith("step-") and d[5:].isdigit())
     for d in steps[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(out, d), ignore_errors=True)
     for d in os.listdir(out):
         kind, _, rest = d.partition("-")
         pid = rest.partition("-")[0]
-        if kind in (".tmp", ".old") and pid.isdigit() and not _process_alive(int(pid)):
-            path = os.path.join(out, d)
+        path = os.path.join(out, d)
+        if kind in (".tmp", ".old") and pid.isdigit() and not _process_alive(int(pid)) \
+                and os.path.getmtime(path) < STARTED:
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 

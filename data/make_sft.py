@@ -33,9 +33,9 @@ counts are printed per dataset and bucket.
 
 Lengths: in the built-in datasets an answer is usually shorter than the other sections of its
 manual (faqs train: 16 % of positives under 40 words, 3 % of negatives), so a model can learn
-"short means relevant" instead of reading. --match-length cuts each negative to its leading
-sentences, about as many words as the query's first positive (leading_sentences), so within a
-query the length no longer tells them apart.
+"short means relevant" instead of reading. --match-length cuts each negative's text to its
+leading sentences, nearest in words to the text of the query's first positive
+(leading_sentences; titles stay whole), so within a query length no longer tells them apart.
 
 Deterministic: queries are sampled (--max-queries) and negatives drawn with seeded generators.
 Output: JSONL records {"query", "doc", "score", "dataset", "qid", "docid", "label"} written
@@ -76,15 +76,15 @@ def doc_text(d: dict) -> str:
 
 
 def leading_sentences(text: str, words: int) -> str:
-    """The first sentences of `text` that fit in `words` words (the first one alone if even it
-    does not fit; the whole text if it fits already), cut from `text` itself: a title line stays
-    a line, and a cut document ends at a sentence end as a whole one does."""
+    """The leading sentences of `text` whose length is nearest `words` words (at least one; the
+    whole text if it is no longer than that), cut from `text` itself at a sentence end: '.', '!'
+    or '?' before white space. A text without one is left whole."""
     if len(text.split()) <= words:
         return text
-    ends = [m.end() for m in re.finditer(r"[.!?:](?=\s)|\n", text)]  # sentence and line ends
-    fits = [e for e in ends if len(text[:e].split()) <= words]
-    cut = fits[-1] if fits else ends[0] if ends else len(text)
-    return text[:cut].rstrip()
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", text)]
+    if not ends:
+        return text
+    return text[:min(ends, key=lambda e: abs(len(text[:e].split()) - words))]
 
 
 def parse_dataset_spec(spec: str, default_cap: int) -> tuple[str, int]:
@@ -101,8 +101,8 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
                  n_hard=2, n_medium=1, n_easy=0, seed=0, progress=True, near_dup=0.5, max_negatives=0,
                  match_length=False):
     """-> (records, dropped): dropped counts the near-duplicate negatives removed, per bucket.
-    match_length: each negative is cut to its leading sentences, about as many words as the
-    query's first positive (see --match-length)."""
+    match_length: each negative's text is cut to its leading sentences, nearest in words to the
+    text of the query's first positive (see --match-length); titles are not cut."""
     name = Path(data_dir).resolve().name
     if name == "pyfaq":
         raise SystemExit(f"{data_dir}: pyfaq is the held-out test set; never train on it")
@@ -127,9 +127,10 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
         negs = m["neg"]
         if max_negatives and len(negs) > max_negatives:  # a seeded choice among the mined buckets
             negs = sorted(random.Random(f"{seed}:{m['qid']}").sample(negs, max_negatives), key=negs.index)
-        target = len(doc_text(corpus[pos[0][0]]).split()) if match_length and pos else None
+        target = len(corpus[pos[0][0]]["text"].split()) if match_length and pos else None
         for d, bucket in negs:
-            doc = doc_text(corpus[d]) if target is None else leading_sentences(doc_text(corpus[d]), target)
+            doc = corpus[d] if target is None else {**corpus[d], "text": leading_sentences(corpus[d]["text"], target)}
+            doc = doc_text(doc)  # the title stays whole: only the text is cut
             out.append({"query": m["query"], "doc": doc, "score": score_for(mapping, bucket=bucket),
                         "dataset": name, "qid": m["qid"], "docid": d, "label": bucket})
     return out, dropped
@@ -158,8 +159,8 @@ def main(argv=None):
     g.add_argument("--near-dup", type=float, default=0.5,
                    help="drop negatives this similar to a positive (word 5-gram Jaccard; 0 = keep all)")
     g.add_argument("--match-length", action="store_true",
-                   help="cut each negative to its leading sentences, about as many words as the query's first "
-                   "positive: in the built-in datasets answers are shorter than other sections, so without "
+                   help="cut each negative's text to its leading sentences, nearest in words to the query's first "
+                   "positive's text: in the built-in datasets answers are shorter than other sections, so without "
                    "this a document's length alone tells positives from negatives")
     g.add_argument("--thinking-share", type=float, default=0.0,
                    help="this share of records (seeded) in the thinking format: the thinking-mode prompt, then "

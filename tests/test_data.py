@@ -346,22 +346,23 @@ def test_max_negatives_and_thinking_share(tmp_path, monkeypatch):
     assert 0 < len(thinking) < len(recs) and all(r["reasoning"] == "" for r in thinking)
 
 
-def test_leading_sentences_cut_at_a_sentence_end_within_the_words():
+def test_leading_sentences_cut_at_the_sentence_end_nearest_the_words():
     from data.make_sft import leading_sentences
-    text = "ls(1)\nls lists files. Entries are sorted. Long options need arguments too."
+    text = "ls lists files. Entries are sorted. Long options need arguments too."  # ends after 3, 6, 11 words
     assert leading_sentences(text, 100) == text  # short enough already
-    assert leading_sentences(text, 7) == "ls(1)\nls lists files. Entries are sorted."  # 7 words, the title line kept
-    assert leading_sentences(text, 6) == "ls(1)\nls lists files."
-    assert leading_sentences("one two three four five. six.", 2) == "one two three four five."  # at least one sentence
-    assert leading_sentences("no sentence end at all here", 2) == "no sentence end at all here"
+    assert leading_sentences(text, 4) == "ls lists files."  # 3 is nearer 4 than 6 is
+    assert leading_sentences(text, 5) == "ls lists files. Entries are sorted."  # 6 is nearer 5 than 3 is
+    assert leading_sentences(text, 1) == "ls lists files."  # at least one sentence
+    assert leading_sentences("Try this: run it now and see the result", 2) == "Try this: run it now and see the result"
+    assert leading_sentences("See:\nthe list below. More.", 1) == "See:\nthe list below."  # ':' and line ends are not sentence ends
 
 
 def test_match_length_cuts_negatives_to_the_positives_words(tmp_path, monkeypatch):
     from data import make_sft
     write_tiny_sets(tmp_path, (("alpha", 6),))
     long = " ".join(f"Sentence {k} about topic words." for k in range(20))  # 100 words of whole sentences
-    docs = [{"_id": f"alpha{i}", "title": "", "text": f"topic{i} is answered here by a short text of eleven words." if i < 3 else long + f" topic{i % 3}"}
-            for i in range(6)]
+    docs = [{"_id": f"alpha{i}", "title": "" if i < 3 else "A title", "text": f"topic{i} is answered here by a short "
+             "text of eleven words." if i < 3 else long + f" topic{i % 3}"} for i in range(6)]
     write(tmp_path / "alpha" / "corpus.jsonl", "\n".join(json.dumps(d) for d in docs) + "\n")
     write(tmp_path / "alpha" / "qrels" / "train.tsv",
           "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\talpha{i}\t2\n" for i in range(3)))
@@ -373,6 +374,8 @@ def test_match_length_cuts_negatives_to_the_positives_words(tmp_path, monkeypatc
                        "--mapping", "binary", "--out", str(out)] + flag)
         runs[bool(flag)] = [json.loads(line) for line in out.read_text().splitlines()]
     for matched in (False, True):
-        neg_words = [len(r["doc"].split()) for r in runs[matched] if r["score"] == 0 and r["docid"] >= "alpha3"]
-        assert neg_words and all(n == (10 if matched else 101) for n in neg_words), (matched, neg_words)
+        negs = [r["doc"] for r in runs[matched] if r["score"] == 0 and r["docid"] >= "alpha3"]
+        assert negs and all(d.startswith("A title\n") for d in negs)  # the title is never cut
+        words = [len(d.split("\n", 1)[1].split()) for d in negs]
+        assert all(n == (10 if matched else 101) for n in words), (matched, words)
     assert [r["docid"] for r in runs[False]] == [r["docid"] for r in runs[True]]  # the same records, cut

@@ -588,16 +588,20 @@ def test_old_checkpoints_are_pruned(tmp_path):
     assert os.path.isdir(out / "last") and os.path.isdir(out / "final")
 
 
-def test_leftovers_of_a_killed_write_are_pruned_but_not_a_live_one(tmp_path):
+def test_leftovers_of_a_killed_write_are_pruned_but_not_a_write_of_this_run(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that no longer runs
     (tmp_path / f".tmp-{dead.pid}-step-00007").mkdir()
     (tmp_path / f".old-{dead.pid}-last").mkdir()
     (tmp_path / f".tmp-{dead.pid}-log.jsonl").write_text("half")
+    for name in os.listdir(tmp_path):  # left before this process started
+        os.utime(tmp_path / name, (training.STARTED - 60, training.STARTED - 60))
     live = tmp_path / f".tmp-{os.getpid()}-step-00008"  # this process: a write in progress
     live.mkdir()
+    other_node = tmp_path / f".tmp-{dead.pid}-ref_scores.1.json"  # started after this process: another node's
+    other_node.write_text("{}")
     training.prune_checkpoints(str(tmp_path), keep=2)
-    assert sorted(os.listdir(tmp_path)) == [live.name]
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other_node.name])
 
 
 def test_a_run_continues_from_a_committed_adapter(tmp_path):

@@ -8,8 +8,8 @@ Each checkpoint written by sft.py / rl.py with LoRA holds `adapter.safetensors`:
 '<module>.lora_A' (r, in) and '<module>.lora_B' (out, r) with the LoRA scale folded into B, a
 delta W += B @ A relative to the model that run started from. SFT starts from the base model and
 RL from the SFT model, so the total delta is B1 @ A1 + B2 @ A2, which is exactly one adapter of
-rank r1 + r2: A = [A1; A2] stacked along r, B = [B1, B2]. Stored in fp16 (half the bytes; the
-rounding is far below what changes a ranking: the README's numbers are measured on this file).
+rank r1 + r2: A = [A1; A2] stacked along r, B = [B1, B2]. Stored in fp16 (half the bytes); the
+README's numbers for the default model are measured on this file, not on the run it came from.
 """
 import argparse
 import hashlib
