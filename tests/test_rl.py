@@ -401,6 +401,12 @@ def test_init_adapter_starts_from_the_model_plus_the_adapter(toy, tmp_path):
     assert not torch.equal(a["model.layers.0.mlp.down_proj.weight"], weights(toy["model"])["model.layers.0.mlp.down_proj.weight"])
     with pytest.raises(SystemExit, match="no such file"):
         rl.main(toy_args(toy, tmp_path / "c", *common, "--init-adapter", str(tmp_path / "missing.safetensors")))
+    # an adapter re-exported in place is another starting point: --resume refuses it
+    rl.main(toy_args(toy, tmp_path / "d", *common, "--max-steps", "1", "--save-every", "1",
+                     "--init-adapter", str(tmp_path / "adapter.safetensors")))
+    save_file({k: 2 * v for k, v in adapter.items()}, str(tmp_path / "adapter.safetensors"))
+    with pytest.raises(SystemExit, match="--init-adapter-sha256 was"):
+        rl.main(toy_args(toy, tmp_path / "d", *common, "--resume", "--init-adapter", str(tmp_path / "adapter.safetensors")))
 
 
 def free_port():
