@@ -24,7 +24,7 @@ from pathlib import Path
 
 from data.beir import (DataFormatError, load_corpus, load_qrels, load_queries, read_beir_qrels, read_trec_qrels,
                        read_trec_run, write_trec_run)
-from model import write_atomic
+from files import write_atomic
 
 
 # ---------------------------------------------------------------- ranking order
@@ -235,7 +235,9 @@ def parse_args(argv=None):
     g.add_argument("--max-doc-tokens", type=rerank.positive_int, default=512, help="document truncation budget")
     g.add_argument("--batch-tokens", type=rerank.positive_int, default=16384, help="tokens per batch (memory bound)")
     g.add_argument("--device", help="cpu, cuda ... (default: CUDA if available)")
-    g.add_argument("--dtype", help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bf16 on CUDA and on CPUs with native bf16 matrix instructions "
+                   "(AVX512-BF16, AMX-BF16), else fp32")
     g.add_argument("--name", help="label of the reranker in the table and run file names (default: from --model)")
     g.add_argument("--json", help="also write the table's numbers to this JSON file")
     args = p.parse_args(argv)
@@ -244,21 +246,41 @@ def parse_args(argv=None):
     return args
 
 
+# the built-in datasets (data/build_datasets.py): directory name -> its --only choice
+BUILT_IN_DATASETS = {"manpages": "manpages", "foldoc": "foldoc", "pyfaq": "pyfaq", "faqs": "faqs",
+                     "faqs-heldout": "faqs", "faqs-heldout-eq30": "faqs"}
+
+
+def dataset_problem(data_dir, flag="--data") -> str | None:
+    """Why `data_dir` is not a BEIR-format dataset (None when it is one), with the command that
+    builds it when it names a built-in dataset (data/beir/NAME). Used by eval.py and bench/."""
+    data = Path(data_dir)
+    if all((data / name).is_file() for name in ("corpus.jsonl", "queries.jsonl")):
+        return None
+    what = "no such directory" if not data.is_dir() else "corpus.jsonl or queries.jsonl is missing"
+    if data.parent.name == "beir" and data.name in BUILT_IN_DATASETS:
+        here = Path(__file__).resolve().parent / "data" / "beir" / data.name
+        if here.is_dir() and here != data.resolve():
+            return f"{flag} {data}: {what}; the built-in dataset is at {here}"
+        return (f"{flag} {data}: {what}; it is a built-in dataset, build it first with: "
+                f"python data/build_datasets.py --only {BUILT_IN_DATASETS[data.name]}")
+    return f"{flag} {data}: {what} (expected a BEIR-format dataset: corpus.jsonl, queries.jsonl, qrels/)"
+
+
 def check_inputs(args):
     """Everything that can be checked without the index or the model, so bad input fails at once."""
     import rerank
 
+    rerank.check_output_path("--json", args.json)
     if args.data is None:
         for flag, path in (("--qrels", args.qrels), ("--run", args.run)):
             if not Path(path).is_file():
                 raise rerank.InputError(f"{flag} {path}: no such file")
         return
     data = Path(args.data)
-    if not data.is_dir():
-        raise rerank.InputError(f"--data {data}: no such directory (expected a BEIR-format dataset)")
-    for name in ("corpus.jsonl", "queries.jsonl"):
-        if not (data / name).is_file():
-            raise rerank.InputError(f"--data {data}: {name} is missing (expected a BEIR-format dataset)")
+    problem = dataset_problem(data)
+    if problem:
+        raise rerank.InputError(problem)
     if not (data / "qrels" / f"{args.split}.tsv").is_file():
         have = sorted(p.stem for p in (data / "qrels").glob("*.tsv"))
         raise rerank.InputError(f"--split {args.split}: {data / 'qrels' / (args.split + '.tsv')} does not exist "
@@ -266,6 +288,7 @@ def check_inputs(args):
     if not args.bm25_only:
         if args.score == "expected" and args.thinking:
             raise rerank.InputError("--score expected needs fast mode (the distribution over 0..10); drop --thinking")
+        rerank.check_device(args.device)
         rerank.check_model_arg(args.model)
 
 
@@ -367,16 +390,17 @@ def pairs_per_second(st):
     return st["pairs"] / max(st["seconds"], 1e-9)
 
 
-def model_key(args, path):
+def model_key(args, path, dtype=None):
     """Identifies a (checkpoint, settings) pair for the scored-pair cache. --score and --fusion are
-    not part of it: the cache keeps what both need."""
+    not part of it: the cache keeps what both need. dtype: the one the model was loaded in (what
+    --dtype auto chose on this machine), else --dtype as given."""
     import hashlib
     import os
 
     weights = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
     ident = [CACHE_VERSION, os.path.abspath(path)] + [f"{os.path.getsize(w)}:{os.path.getmtime(w)}" for w in weights]
     ident += [args.thinking, args.max_new_tokens, args.max_query_tokens, args.max_doc_tokens, args.instruction,
-              args.top_k, args.dtype, args.device]
+              args.top_k, dtype or args.dtype, args.device]
     return hashlib.sha1(repr(ident).encode()).hexdigest()[:12]
 
 
@@ -418,8 +442,9 @@ def evaluate_dataset(args):
         label = args.name or Path(path).name + ("-expected" if args.score == "expected" else "") + (
             f"-fusion{args.fusion:g}" if args.fusion is not None else "")
         model_dir = Path(path).resolve()
+        loaded = str(next(reranker.model.parameters()).dtype).replace("torch.", "")  # what --dtype auto chose
         cache = (Path(args.runs_dir) / "cache" /
-                 f"{name}-{args.split}-{model_dir.parent.name}-{model_dir.name}-{model_key(args, path)}.jsonl")
+                 f"{name}-{args.split}-{model_dir.parent.name}-{model_dir.name}-{model_key(args, path, loaded)}.jsonl")
         corpus, queries = load_corpus(Path(args.data)), load_queries(Path(args.data))
         reranked, stats = rerank_run(reranker, queries, corpus, run, k, cache, args.score, args.fusion)
         rr_out = Path(args.runs_dir) / f"{name}-{args.split}-{label}.trec"

@@ -8,38 +8,41 @@ One implementation, three families, switched by config flags:
 Parameter names are Hugging Face's, so loading a checkpoint is an identity mapping plus a strict
 check, and `save` writes a directory that transformers can open too. The computation here is the
 plain one; measured speed paths live in model_fast.py, switched on by
-`model_fast.enable_fast_paths(model)`. This module imports nothing of the project.
+`model_fast.enable_fast_paths(model)`. Of the project it imports only files.py (whole-or-nothing writes).
 
 Public API (used by every other script):
     model, tok = load(path)                      # HF-layout dir -> (Transformer, Tokenizer)
     save(model, tok, path)                       # same layout, written atomically
-    cfg = load_config(path); files = weight_files(path)  # a checkpoint's parts, for loaders that shard
+    cfg = load_config(path); paths = weight_files(path)  # a checkpoint's parts, for loaders that shard
     logits = model(ids, attention_mask)          # (B, T, V); last_only=True -> (B, 1, V)
     h = model.hidden(ids, attention_mask)        # (B, T, C): the final normed hidden states
     cache, logits = prefill(model, prompts, extra=n)  # KV cache, (B, V) logits after each prompt
+    cache, h = cache_prompts(model, prompts, ...)  # the same work (shared once), also with gradients
     logits = decode_one_token(model, cache, tokens)   # (B, V) after one more token per row
     out = generate(model, prompts, max_new_tokens=..., stop_ids=..., temperature=..., seeds=...)
-    logps, mask = completion_logprobs(model, prompts, completions)  # SFT's and RL's log-probs
+    logits, mask = completion_logits(model, prompts, completions)  # where they predict completion tokens
+    logps, mask = completion_logprobs(model, prompts, completions)  # (B, N) fp32, temperature applied
     text = tok.chat([{"role": "user", "content": "hi"}], enable_thinking=False)
     device, dtype = pick_device()
-    with atomic_output(path) as tmp: ...         # a file or directory appears whole or not at all
-    write_atomic(path, text)                     # one file, the same way
 
 Run `python model.py "What is the capital of France?"` for a short chat demo with the built-in
 model (converted once by `python data/convert_smollm2.py`).
 """
-import contextlib
+import copy
+import functools
 import json
 import os
 import re
 import shutil
 import sys
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import files
+
 
 # ----------------------------------------------------------------------------- config
 
@@ -180,7 +183,7 @@ class Attention(nn.Module):
         if cfg.qk_norm:  # Qwen3: normalise each head *before* RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        q, k = apply_rope(q, cos[:, T - Tq:], sin[:, T - Tq:]), apply_rope(k, cos, sin)
+        q, k = self.rope(q, cos[:, T - Tq:], sin[:, T - Tq:]), self.rope(k, cos, sin)
         if cache is not None:  # write this step's keys after the filled slots, attend to all of them
             L = cache.length
             cache.k[layer][:, :, L:L + T] = k
@@ -188,6 +191,10 @@ class Attention(nn.Module):
             k, v = cache.k[layer][:, :, :L + T], cache.v[layer][:, :, :L + T]
         y = self.attend(q, k, v, mask[:, :, T - Tq:])  # (B, H, Tq, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
+
+    def rope(self, x, cos, sin):
+        """apply_rope (a method, as attend is: model_fast computes the same values faster)."""
+        return apply_rope(x, cos, sin)
 
     def attend(self, q, k, v, mask):
         """softmax(q k^T / sqrt(D) + mask) v: q (B, H, Tq, D), k and v (B, Hkv, S, D), mask additive
@@ -249,9 +256,9 @@ class Transformer(nn.Module):
         self.model = Decoder(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
-        # training memory: the MLP half of the first N blocks is recomputed in backward (True = all).
+        # training memory: the MLP half of the first N blocks is recomputed in backward (0 = none).
         # The attention half is stored, so a KV cache (shared prompt prefixes) works with it.
-        self.gradient_checkpointing = 0
+        self.gradient_checkpointing: int = 0
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:  # one tensor, two names; saved once (as embed_tokens)
@@ -287,8 +294,7 @@ class Transformer(nn.Module):
         # additive form, built once here (the attention kernel would convert a bool mask per layer)
         x = self.model.embed_tokens(input_ids)
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=dev).masked_fill_(~visible, float("-inf"))
-        n_ckpt = len(self.model.layers) if self.gradient_checkpointing is True else int(self.gradient_checkpointing)
-        n_ckpt = n_ckpt if self.training and torch.is_grad_enabled() else 0
+        n_ckpt = self.gradient_checkpointing if self.training and torch.is_grad_enabled() else 0
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, mask, cache, i, checkpoint=i < n_ckpt,
                       last_only=last_only and i == len(self.model.layers) - 1)
@@ -299,10 +305,8 @@ class Transformer(nn.Module):
     def forward(self, input_ids, attention_mask=None, cache=None, last_only=False, head=True):
         """Logits (B, T, V) from `hidden` (same arguments), or (B, 1, V) at column T-1 with last_only.
         head=False returns the hidden states themselves, for a caller that applies lm_head at a few
-        positions only (completion_logprobs: never the full (B, T, V)) but must still call forward:
-        a DistributedDataParallel wrapper prepares its gradient sync in forward, and an FSDP-sharded
-        model gathers its weights in forward's hooks (lm_head, used afterwards, is a parameter of
-        the root, which stays gathered; DDP's per-parameter hooks sync its gradient too)."""
+        positions only (completion_logits: never the full (B, T, V)). Such callers still go through
+        forward, not `hidden`: data-parallel wrappers hook into forward (training.py)."""
         x = self.hidden(input_ids, attention_mask, cache, last_only)
         return self.lm_head(x) if head else x
 
@@ -337,33 +341,53 @@ def common_prefix_length(prompts) -> int:
     return P
 
 
-@torch.no_grad()
-def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
-    """Run the prompts through the model once -> (cache, last-token logits (B, V)).
-    Work shared between rows is done once: the longest common prefix of all prompts is prefilled
-    with batch size 1 and copied to every row, and identical prompts are prefilled once and
-    their cache rows repeated. `extra` reserves cache slots for tokens generated afterwards."""
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    unique = sorted(set(map(tuple, prompts)))
-    row_of = {p: i for i, p in enumerate(unique)}
-    assert all(len(p) > 0 for p in unique), "empty prompt"
+def cache_prompts(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0, hold_last: bool = False):
+    """Run the prompts into a new KV cache, each piece of work shared between rows done once ->
+    (cache, h), h (B, C) the final hidden state at each prompt's last cached token:
+      - the longest prefix common to all prompts (ERank's system turn, task header and query) runs
+        with batch size 1, and its keys and values are copied into every row's slots;
+      - each distinct prompt's remainder runs once, and its cache row is repeated for the prompts
+        equal to it (RL's G samples of one document).
+    hold_last=True leaves each prompt's last token out of the cache, for a caller that runs it
+    followed by a completion (completion_logits). `extra` reserves slots for the tokens that
+    follow. Gradients flow through it when enabled; every pass goes through the model's forward
+    (see Transformer.forward)."""
+    core = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    device, dtype = next(core.parameters()).device, next(core.parameters()).dtype
+    assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+    # distinct prompts in order of first appearance: when all are distinct, each keeps its row and
+    # the cache needs no reordering afterwards (a copy of all of it)
+    unique = list(dict.fromkeys(map(tuple, prompts)))
     P = common_prefix_length(unique)
-    suffixes = [list(p[P:]) for p in unique]
-    T = max(len(s) for s in suffixes)
-    cache = KVCache(model.config, len(unique), P + T + extra, device, dtype)
-    if P:  # the prefix once, with batch size 1, then its keys and values copied into every row
-        head = KVCache(model.config, 1, P, device, dtype)
-        model(torch.tensor([unique[0][:P]], device=device), cache=head, head=False)  # forward: see Transformer.forward
+    rest = [list(p[P:len(p) - hold_last]) for p in unique]  # what each distinct prompt adds to the prefix
+    T = max(map(len, rest))
+    cache = KVCache(core.config, len(unique), P + T + extra, device, dtype)
+    if P:  # copied slot by slot: cheaper than repeating a whole preallocated cache
+        head = KVCache(core.config, 1, P, device, dtype)
+        model(torch.tensor([unique[0][:P]], device=device), cache=head, head=False)
         for i in range(len(cache.k)):
             cache.k[i][:, :, :P], cache.v[i][:, :, :P] = head.k[i], head.v[i]
         cache.mask[:, :P], cache.length = True, P
-    ids, mask = _left_pad(suffixes, pad_id, device)
-    logits = model(ids, mask, cache=cache, last_only=True)[:, -1]  # (B, V)
+    h = None
+    if T:
+        ids, mask = _left_pad(rest, pad_id, device)
+        h = model(ids, mask, cache=cache, last_only=True, head=False)[:, -1]  # (U, C)
+    row_of = {p: i for i, p in enumerate(unique)}
     rows = torch.tensor([row_of[tuple(p)] for p in prompts], device=device)
-    if len(unique) != len(prompts) or not torch.equal(rows, torch.arange(len(prompts), device=device)):
+    # with gradients the caller writes into the cache next, and writing into a tensor that backward
+    # still needs is an error: select copies. Without gradients, a copy only where rows differ
+    if torch.is_grad_enabled() or not torch.equal(rows, torch.arange(len(unique), device=device)):
         cache.select(rows)
-        logits = logits[rows]
-    return cache, logits
+        h = None if h is None else h[rows]
+    return cache, h
+
+
+@torch.no_grad()
+def prefill(model, prompts: list[list[int]], extra: int = 0, pad_id: int = 0):
+    """Run the prompts through the model once (shared work once: cache_prompts) -> (cache, logits
+    (B, V) after each prompt). `extra` reserves cache slots for tokens generated afterwards."""
+    cache, h = cache_prompts(model, prompts, extra, pad_id)
+    return cache, model.lm_head(h)
 
 
 @torch.no_grad()
@@ -438,44 +462,25 @@ def token_logprobs(logits, tokens, temperature=1.0):
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def completion_logprobs(model, prompts, completions, temperature: float = 1.0, first_ids=None,
-                        shared_prefix: bool = True):
-    """(B, N) fp32 log p(completion token j | prompt + completion[:j]) and the (B, N) bool mask of
-    real completion tokens (column j < len(completion), the end token included; from the lengths,
-    not the ids). With `first_ids` (K token ids) also their (B, K) log-probs at each row's first
-    completion position (sft.py's view of the answer distribution, from the same pass).
-    Work shared between rows runs once, with gradients, into a KV cache: the prefix common to all
-    prompts (ERank's system turn and task header, ~70 tokens) with batch size 1, and a prompt
-    repeated in several rows (RL's G samples) once; same values and gradients as full rows
-    (tested). The rest is left-padded, so completions end at the last column, and logits are
-    computed only where they predict a completion token, never at the full (B, T, V). Every pass
-    goes through model's forward (head=False), so a DistributedDataParallel wrapper syncs gradients.
-    shared_prefix=False runs every row whole (prompt + completion) in one forward call: FSDP needs
-    every process to make the same calls, and how many the sharing makes depends on the prompts."""
+def completion_logits(model, prompts, completions, shared_prefix: bool = True):
+    """The logits that predict each completion token -> (logits (K, V), mask (B, N)).
+    mask: the real completion tokens (column j < len(completion), the end token included; from
+    the lengths, not the ids). logits[k] predicts the k-th True entry of mask in row-major order,
+    the order of `x[mask]`: row 0's completion tokens, then row 1's, ... (K = sum of lengths).
+    Work shared between rows runs once, with gradients (cache_prompts); the rows then hold each
+    prompt's last token and its completion, left-padded, so completions end at the last column,
+    and lm_head runs only where it predicts a completion token, never at the full (B, T, V).
+    Same values and gradients as full rows (tested). shared_prefix=False runs every row whole
+    (prompt + completion) in one forward call: FSDP needs every process to make the same calls,
+    and how many the sharing makes depends on the prompts."""
     assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    unique = sorted(set(map(tuple, prompts)))
-    P = common_prefix_length(unique) if shared_prefix else 0
-    # rows: what runs on top of the shared prefix. With repeated prompts, each distinct prompt's
-    # remainder but its last token runs once ("heads"); its rows hold [last prompt token] + completion
-    if shared_prefix and len(unique) < len(prompts):
-        heads = [list(p[P:-1]) for p in unique]
+    device = next(core.parameters()).device
+    if shared_prefix:
+        cache, _ = cache_prompts(model, prompts, extra=1 + max(map(len, completions), default=0), hold_last=True)
         rows = [[p[-1]] + list(c) for p, c in zip(prompts, completions)]
     else:
-        heads, rows = [], [list(p[P:]) + list(c) for p, c in zip(prompts, completions)]
-    Th = max(map(len, heads), default=0)
-    cache = None
-    if P or Th:
-        cache = KVCache(core.config, 1, P + Th + max(map(len, rows)), device, dtype)
-        if P:
-            model(torch.tensor([unique[0][:P]], device=device), cache=cache, head=False)
-        cache.select(torch.zeros(len(heads) if Th else len(prompts), dtype=torch.long, device=device))
-        if Th:
-            ids, attn = _left_pad(heads, 0, device)
-            model(ids, attn, cache=cache, head=False)  # fills the cache; output unused
-            row_of = {p: i for i, p in enumerate(unique)}
-            cache.select(torch.tensor([row_of[tuple(p)] for p in prompts], device=device))
+        cache, rows = None, [list(p) + list(c) for p, c in zip(prompts, completions)]
     ids, attn = _left_pad(rows, 0, device)  # (B, T)
     B, T = ids.shape
     lengths = torch.tensor([len(c) for c in completions], device=device)  # (B,)
@@ -483,32 +488,72 @@ def completion_logprobs(model, prompts, completions, temperature: float = 1.0, f
     at = torch.zeros_like(target)
     at[:, :-1] = target[:, 1:]  # (B, T): the positions that predict them
     h = model(ids, attn, cache=cache, head=False)  # (B, T, C)
-    logits = core.lm_head(h[at])  # (sum(lengths), V), row-major like ids[target]
-    lp = token_logprobs(logits, ids[target], temperature)  # (sum(lengths),) fp32
     N = int(lengths.max()) if B else 0
     mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
-    out = torch.zeros(B, N, device=device, dtype=lp.dtype)
-    out[mask] = lp  # row-major order again: row i's completion tokens 0..len-1
-    if first_ids is None:
-        return out, mask
-    starts = lengths.cumsum(0) - lengths  # (B,) each row's first completion position in `logits`
-    first = torch.log_softmax(logits[starts].detach().float(), -1)[:, first_ids]  # (B, K)
-    return out, mask, first
+    return core.lm_head(h[at]), mask  # (K, V): row-major, as ids[target]
+
+
+def completion_logprobs(model, prompts, completions, temperature: float = 1.0, shared_prefix: bool = True):
+    """(B, N) fp32 log p(completion token j | prompt + completion[:j]), temperature applied, and
+    the (B, N) bool mask of real completion tokens: completion_logits, then token_logprobs."""
+    logits, mask = completion_logits(model, prompts, completions, shared_prefix)
+    tokens = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=logits.device)
+    out = torch.zeros(mask.shape, device=logits.device)
+    out[mask] = token_logprobs(logits, tokens, temperature)  # row i's completion tokens 0..len-1
+    return out, mask
 
 
 # ----------------------------------------------------------------------------- device and dtype
 
 
+def cpu_flags(cpuinfo="/proc/cpuinfo") -> set[str]:
+    """This CPU's instruction-set extensions, in Linux's /proc/cpuinfo spelling (avx512_bf16,
+    amx_bf16, ...): from the cpuinfo library inside PyTorch where this version exposes it (any OS;
+    a private function, hence the care), else from /proc/cpuinfo; an empty set when neither says."""
+    info = getattr(getattr(torch._C, "_cpu", None), "_get_cpu_capability", lambda: None)()
+    if isinstance(info, dict):
+        return {name for name, present in info.items() if present is True}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_bf16_reason() -> str | None:
+    """Why bf16 is the fast dtype on this CPU ('AMX-BF16', ...), or None where it is not: bf16
+    matrix products are native only with AMX-BF16 or AVX512-BF16 (x86); elsewhere PyTorch converts
+    them to fp32 and back, slower than fp32 itself. Other CPUs with bf16 instructions (Arm's BF16)
+    are not measured here, so they keep fp32."""
+    flags = cpu_flags()
+    found = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    return " and ".join(found) if found else None
+
+
 def pick_device(device=None, dtype=None, verbose=True):
-    """The one place that decides device and dtype: CUDA with bf16 where supported, else CPU fp32."""
+    """The one place that decides device and dtype, and says why on stderr.
+    dtype None: bf16 on CUDA where supported, else fp32 (training's default: sft.py, rl.py).
+    dtype "auto": the fastest dtype that ranks as well (docs/speed_bf16.md): bf16 on CUDA where
+    supported and on CPUs with native bf16 matrix instructions (cpu_bf16_reason), else fp32
+    (rerank.py's and eval.py's default). Anything else ("float32", torch.bfloat16 ...) is used as given."""
     if device is None:
         device, why = ("cuda", "CUDA is available") if torch.cuda.is_available() else ("cpu", "no CUDA")
     else:
         why = "asked for"
     device = torch.device(device)
-    if dtype is None:
+    if dtype == "auto" and device.type == "cpu":
+        native = cpu_bf16_reason()
+        dtype, dwhy = ((torch.bfloat16, f"auto: native bf16 matrix instructions on this CPU, {native}; "
+                        "--dtype float32 for fp32") if native else
+                       (torch.float32, "auto: this CPU has no native bf16 matrix instructions "
+                        "(AVX512-BF16 or AMX-BF16)"))
+    elif dtype is None or dtype == "auto":
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        dtype, dwhy = (torch.bfloat16, "bf16 is supported") if bf16 else (torch.float32, "fp32 default")
+        dwhy = ("auto: " if dtype == "auto" else "") + ("bf16 is supported" if bf16 else "fp32 default")
+        dtype = torch.bfloat16 if bf16 else torch.float32
     else:
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         dwhy = "asked for"
@@ -545,11 +590,23 @@ class Tokenizer:
         if self.pad_id is None:
             self.pad_id = self.im_end
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, plain=False) -> list[int]:
+        """Token ids of text. A control token written in the text ("<|im_end|>") becomes that control
+        token, as a chat template's own markers need; plain=True encodes it as the characters it is
+        made of, as text from a user needs (a document quoting "<|im_end|>" must not end its turn)."""
+        return self.encode_batch([text], plain)[0]
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+    def encode_batch(self, texts: list[str], plain=False) -> list[list[int]]:
+        tok = self.plain_tok if plain else self.tok
+        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+    @functools.cached_property
+    def plain_tok(self):
+        """A second copy of the tokenizer that reads control tokens in text as plain characters
+        (a copy, not a switch on the first one, so threads encoding at the same time cannot mix)."""
+        plain = copy.deepcopy(self.tok)
+        plain.encode_special_tokens = True
+        return plain
 
     def decode(self, ids, skip_special_tokens=False) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -563,16 +620,36 @@ class Tokenizer:
         """ChatML text for system/user/assistant messages, as the checkpoint's template renders it.
         enable_thinking=False inserts the empty think block of Qwen3's template; for templates
         without that switch it is inserted by hand, so both families see the same scoring format."""
-        out = []
+        return "".join(self.chat_parts(messages, add_generation_prompt, enable_thinking))
+
+    def chat_parts(self, messages: list[dict], add_generation_prompt=True, enable_thinking=True) -> list[str]:
+        """chat()'s text cut at the template's own markers: [text, "<|im_start|>", text, "<|im_end|>",
+        text, ...], text at even positions (possibly ""), a marker at odd ones. encode_parts keeps
+        the markers as control tokens and encodes everything between them, messages included, as
+        plain text."""
+        turns = list(messages)
         if self.default_system and (not messages or messages[0]["role"] != "system"):
-            out.append(f"<|im_start|>system\n{self.default_system}<|im_end|>\n")
-        for m in messages:
-            out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
+            turns.insert(0, {"role": "system", "content": self.default_system})
+        parts = [""]
+        for m in turns:
+            parts += ["<|im_start|>", f"{m['role']}\n{m['content']}", "<|im_end|>", "\n"]
         if add_generation_prompt:
-            out.append("<|im_start|>assistant\n")
-            if not enable_thinking:
-                out.append("<think>\n\n</think>\n\n")
-        return "".join(out)
+            parts += ["<|im_start|>", "assistant\n" + ("" if enable_thinking else "<think>\n\n</think>\n\n")]
+        return parts
+
+    def encode_parts(self, many: list[list[str]]) -> list[list[int]]:
+        """Ids of chat_parts-shaped lists: markers (odd positions) as control tokens, text between them
+        as plain text. The tokenizer splits text at control tokens before anything else, so for text
+        without control-token strings these are exactly the ids of encode("".join(parts))."""
+        texts = [t for parts in many for t in parts[0::2]]
+        encoded = iter(self.encode_batch(texts, plain=True))
+        out = []
+        for parts in many:
+            ids = []
+            for i, part in enumerate(parts):
+                ids += [self.tok.token_to_id(part)] if i % 2 else next(encoded)
+            out.append(ids)
+        return out
 
     def save(self, path: str):
         self.tok.save(os.path.join(path, "tokenizer.json"))
@@ -639,41 +716,6 @@ def load(path: str, device=None, dtype=None, verbose=False):
     return model.eval(), Tokenizer(path)
 
 
-@contextlib.contextmanager
-def atomic_output(path):
-    """Make `path` (a file or a directory) appear whole or not at all. Yields a temporary sibling
-    path of the same type (nothing there yet: create the file or directory at it); on success it
-    is renamed onto `path`, an old directory there removed only once the new one is in place; on
-    an error or an interrupt it is removed and `path` left as it was."""
-    parent, name = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp, old = (os.path.join(parent, f".{kind}-{os.getpid()}-{name}") for kind in ("tmp", "old"))
-    _remove(tmp, old)  # left by an earlier process with the same id
-    try:
-        yield Path(tmp) if isinstance(path, Path) else tmp
-        if os.path.isdir(tmp) and os.path.isdir(path):  # a directory cannot be renamed over another
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(old) and not os.path.lexists(path):
-            os.replace(old, path)  # the new one did not arrive: the old one goes back
-        _remove(tmp, old)
-
-
-def _remove(*paths):
-    for p in paths:
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, ignore_errors=True)
-        elif os.path.lexists(p):
-            os.remove(p)
-
-
-def write_atomic(path, data: str | bytes):
-    """One whole file through atomic_output: str written as UTF-8 (line ends as given), or bytes."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-
-
 def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = None, state=None):
     """Write an HF-layout directory (config.json, model.safetensors, tokenizer files) atomically.
     `extra` maps file names to JSON-able objects written alongside (training args, metrics);
@@ -684,7 +726,7 @@ def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = Non
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    with atomic_output(path) as tmp:
+    with files.atomic_output(path) as tmp:
         os.makedirs(tmp)
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         save_config(model.config, tok, tmp, next(iter(state.values())).dtype, extra)
@@ -702,24 +744,6 @@ def save_config(cfg: Config, tok: Tokenizer, path: str, dtype: torch.dtype, extr
     for name in ("generation_config.json", "special_tokens_map.json"):
         if os.path.exists(os.path.join(tok.path, name)):
             shutil.copy(os.path.join(tok.path, name), path)
-
-
-def apply_adapter(model: Transformer, path: str):
-    """Add a low-rank delta to the weights in place: W += B @ A for every pair of keys
-    '<module>.lora_A' (r, in) and '<module>.lora_B' (out, r) in an adapter.safetensors file
-    (the LoRA scale is already folded into B). Several adapters concatenated along r add up."""
-    from safetensors.torch import load_file
-
-    delta = load_file(path)
-    modules = dict(model.named_modules())
-    for key in sorted(k for k in delta if k.endswith(".lora_A")):
-        name = key[: -len(".lora_A")]
-        if name not in modules or f"{name}.lora_B" not in delta:
-            raise ValueError(f"{path}: {key} does not match a linear layer of this model (or lora_B is missing)")
-        w = modules[name].weight
-        with torch.no_grad():
-            w += (delta[f"{name}.lora_B"].float() @ delta[key].float()).to(w.device, w.dtype)
-    return model
 
 
 # ----------------------------------------------------------------------------- demo

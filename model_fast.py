@@ -10,6 +10,7 @@ and was kept because it measured faster or smaller:
 
   - FastAttention: one query per row on CPU (a decoding step) -> decode_attention, which reads
     each cached key and value once per group of query heads instead of once per query head;
+    without gradients, RoPE in halves written straight into its output (rope_in_halves);
   - FastMLP: with gradients -> SwiGLU, an autograd function that stores one (tokens,
     intermediate) tensor less per layer for backward (bench/bench_sft.py); without gradients on
     CPU -> forward_in_slices, bounded memory and fewer page faults (bench/bench_layout.py);
@@ -58,7 +59,30 @@ def decode_attention(q, k, v, mask):
     return (p @ v).view(B, H, 1, D)
 
 
+def rope_in_halves(x, cos, sin):
+    """model.apply_rope's values (x (B, H, T, D), cos and sin (B, T, D) fp32) in fewer passes over
+    memory: each half of the head dimension is rotated straight into the output,
+        out[:D/2] = x1 cos - x2 sin,    out[D/2:] = x2 cos + x1 sin,
+    in fp32 and rounded once to x's dtype, as apply_rope does (cos and sin hold each frequency in
+    both halves, so their first half is all of them). apply_rope builds the full-width rotated copy
+    cat(-x2, x1) first: three passes more, which in bf16 are a tenth of fast-mode scoring
+    (docs/speed_bf16.md). Writes into `out`: inference only."""
+    d = x.shape[-1] // 2
+    h = x.float()  # no copy in fp32
+    x1, x2 = h[..., :d], h[..., d:]
+    c, s = cos[:, None, :, :d], sin[:, None, :, :d]  # (B, 1, T, D/2)
+    out = torch.empty_like(x)
+    torch.sub(x1 * c, x2 * s, out=out[..., :d])
+    torch.add(x2 * c, x1 * s, out=out[..., d:])
+    return out
+
+
 class FastAttention(M.Attention):
+    def rope(self, x, cos, sin):
+        if torch.is_grad_enabled():  # autograd does not go through out=
+            return super().rope(x, cos, sin)
+        return rope_in_halves(x, cos, sin)
+
     def attend(self, q, k, v, mask):
         if q.shape[2] == 1 and q.device.type == "cpu":  # one query per row on CPU: a decoding step
             return decode_attention(q, k, v, mask)

@@ -4,11 +4,15 @@
     python rerank.py query.json --thinking            # generate <think>...</think><answer>s</answer>
     python rerank.py q.jsonl --model Alibaba-NLP/ERank-4B --output ranked.json --trec run.txt
     python rerank.py --run bm25.trec --beir data/beir/pyfaq --top-k 100 --trec reranked.trec
+    cat queries.jsonl | python rerank.py - --quiet --output ranked.json     # - reads standard input
 
 Input: a JSON object {"query", "instruction"?, "documents": [str | {"id", "text", "title"?,
-"score"?}]}, a list of them, or JSONL of them; or a TREC run plus a BEIR directory.
+"score"?}]}, a list of them, or JSONL of them; or a TREC run plus a BEIR directory. Queries are
+scored in groups whose pairs share batches (Reranker.rerank_many); serve.py serves the same
+scores over HTTP. From another program: `pip install -e /path/to/clone`, then
+`from erank import Reranker` (erank/__init__.py).
 
-How a score is made (ERank, arXiv 2509.00520, section 3 of the method notes):
+How a score is made (ERank, arXiv 2509.00520: the paper's inference score, s x P(s)):
   - thinking mode: greedy generation of <think>...</think><answer>s</answer>; final = s * P(s),
     where P(s) is the product of the probabilities of the tokens that spell s. Qwen3 splits
     "10" into "1" and "0", so P(10) = P("1") * P("0" | "1") (the paper does not say; this is the
@@ -33,6 +37,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import urllib.error
@@ -42,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+import files
 import model as M
 import model_fast
 
@@ -119,9 +125,18 @@ def fusion_weight(text: str) -> float:
 
 def build_prompt(tok, query: str, doc: str, instruction: str | None = None, thinking=False) -> str:
     """The full chat text up to where the model writes. Fast mode ends with '<answer>'."""
+    return "".join(prompt_parts(tok, query, doc, instruction, thinking))
+
+
+def prompt_parts(tok, query: str, doc: str, instruction: str | None = None, thinking=False) -> list[str]:
+    """build_prompt's text as Tokenizer.chat_parts cuts it (text between the chat markers), for
+    Tokenizer.encode_parts: the query and the document are then encoded as plain text, so a
+    "<|im_end|>" written inside them is ordinary characters and cannot end the turn."""
     user = PROMPT.format(instruction=instruction or DEFAULT_INSTRUCTION, query=query, doc=doc)
-    text = tok.chat([{"role": "user", "content": user}], enable_thinking=thinking)
-    return text if thinking else text + "<answer>"
+    parts = tok.chat_parts([{"role": "user", "content": user}], enable_thinking=thinking)
+    if not thinking:
+        parts[-1] += "<answer>"
+    return parts
 
 
 def completion_text(score: int, reasoning: str | None = None) -> str:
@@ -149,10 +164,13 @@ def truncate_batch(tok, texts: list[str], max_tokens: int) -> list[tuple[str, bo
     """Each text cut to its first `max_tokens` tokens (decoded back to text), and whether it was cut.
     The one truncation of queries and documents, for inference here and for training (sft.py), so
     the model trains on the same tokens it is later given. One encode_batch call over the distinct
-    texts: training records repeat their queries and documents."""
+    texts: training records repeat their queries and documents.
+    A query keeps its start too, although a long query may end with its question: the models were
+    trained on start-kept text, no query of the built-in datasets reaches the 256-token default
+    (the longest, foldoc's, are 241 tokens), and keeping the end instead has not been measured."""
     distinct = list(dict.fromkeys(texts))
     cut = {}
-    for text, ids in zip(distinct, tok.encode_batch(distinct)):
+    for text, ids in zip(distinct, tok.encode_batch(distinct, plain=True)):  # counted as the prompt encodes them
         cut[text] = (text, False) if len(ids) <= max_tokens else (tok.decode(ids[:max_tokens]), True)
     return [cut[t] for t in texts]
 
@@ -230,8 +248,10 @@ def default_model() -> str:
     if not (os.path.exists(stamp) and json.load(open(stamp)) == digest):
         print(f"merging {os.path.relpath(TRAINED_ADAPTER, ROOT)} into the base model -> {out}", file=sys.stderr)
         model, tok = M.load(base, device="cpu", dtype=torch.float32)
-        M.apply_adapter(model, TRAINED_ADAPTER)
+        files.apply_adapter(model, TRAINED_ADAPTER)
         M.save(model, tok, out, extra={"adapter.sha256": digest})
+        # safetensors creates the weights readable by their owner only; give them config.json's mode
+        shutil.copymode(os.path.join(out, "config.json"), os.path.join(out, "model.safetensors"))
     return out
 
 
@@ -272,15 +292,20 @@ def hub_download(repo_id: str, cache: str = CACHE, base_url: str = HUB_URL) -> s
         os.replace(part, dest)
         return True
 
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        fetch(name)
-    fetch("generation_config.json", required=False)
-    if fetch("model.safetensors.index.json", required=False):
-        index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
-        for shard in sorted(set(index["weight_map"].values())):
-            fetch(shard)
-    else:
-        fetch("model.safetensors")
+    try:
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            fetch(name)
+        fetch("generation_config.json", required=False)
+        if fetch("model.safetensors.index.json", required=False):
+            index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
+            for shard in sorted(set(index["weight_map"].values())):
+                fetch(shard)
+        else:
+            fetch("model.safetensors")
+    except BaseException:
+        if not os.listdir(out):  # nothing arrived: leave no empty folder (files that did stay, to resume)
+            os.rmdir(out)
+        raise
     return out
 
 
@@ -318,8 +343,20 @@ class Scored:
     text: str  # generated completion (thinking mode) or ''
 
 
+@dataclass
+class Prepared:
+    """One query checked and made into prompts (Reranker.prepare), ready for Reranker.rank."""
+    query: str
+    docs: list[dict]  # the documents, normalised, in input order
+    full: list[int]  # positions of the documents that are scored (the others are empty)
+    prompts: list[list[int]]  # their prompts' token ids
+    query_cut: bool  # the query was truncated
+    docs_cut: int  # how many documents were truncated
+
+
 class Reranker:
-    """Load once, then `rerank(query, documents)` -> records sorted best first."""
+    """Load once, then `rerank(query, documents)` -> records sorted best first, or
+    `rerank_many([{"query", "documents"}, ...])` for many queries batched together."""
 
     def __init__(self, model=None, device=None, dtype=None, thinking=False, max_new_tokens=1024,
                  max_query_tokens=256, max_doc_tokens=512, batch_tokens=16384, score="answer",
@@ -328,6 +365,7 @@ class Reranker:
             raise InputError(f"--score {score}: expected 'answer' or 'expected'")
         if score == "expected" and thinking:
             raise InputError("--score expected needs fast mode (the distribution over 0..10); drop --thinking")
+        check_device(device)
         path = resolve_model(model) if model is None or isinstance(model, str) else None
         if path is not None:
             try:
@@ -369,11 +407,22 @@ class Reranker:
         if batch:
             yield batch
 
+    def answer_logits(self, h):
+        """fp32 logits (B, V) from final hidden states h (B, C), the answer tokens' columns computed
+        in fp32. A bf16 lm_head rounds a logit between 16 and 32 to a multiple of 1/8, which moves
+        P(10) against P(0) by up to 13 % and flips answers where the two are close
+        (docs/speed_bf16.md); the other logits only enter the softmax's normaliser."""
+        logits = self.model.lm_head(h).float()
+        if h.dtype != torch.float32:
+            ids = sorted(set(self.digit_ids) | set(self.ten_ids))
+            logits[:, ids] = h.float() @ self.model.lm_head.weight[ids].float().T
+        return logits
+
     @torch.no_grad()
     def score_fast(self, prompts) -> list[Scored]:
         """One prefill per batch; the answer distribution is read at the last prompt position."""
-        cache, logits = M.prefill(self.model, prompts, extra=1, pad_id=self.tok.pad_id)
-        p = torch.softmax(logits.float(), -1)  # (B, V)
+        cache, h = M.cache_prompts(self.model, prompts, extra=1, pad_id=self.tok.pad_id)  # h (B, C)
+        p = torch.softmax(self.answer_logits(h), -1)  # (B, V)
         pd = p[:, self.digit_ids]  # (B, 10): P(first token = d)
         first = pd.argmax(-1)  # greedy restricted to the eleven answers
         if len(self.ten_ids) == 1:
@@ -382,8 +431,9 @@ class Reranker:
             answer = dist.argmax(-1)
             prob = dist.gather(1, answer[:, None])[:, 0]
         else:  # one more step with "1" appended: P("0" | "1") and P(another digit | "1")
-            one = torch.full((len(prompts),), self.digit_ids[1], device=logits.device)
-            q = torch.softmax(M.decode_one_token(self.model, cache, one).float(), -1)
+            one = torch.full((len(prompts), 1), self.digit_ids[1], device=h.device)
+            h1 = self.model(one, cache=cache, last_only=True, head=False)[:, -1]  # decode_one_token's step
+            q = torch.softmax(self.answer_logits(h1), -1)
             q0, qd = q[:, self.digit_ids[0]], q[:, self.digit_ids].sum(-1)
             p10 = pd[:, 1] * q0
             dist = torch.cat([pd, p10[:, None]], -1)
@@ -397,8 +447,10 @@ class Reranker:
 
     @torch.no_grad()
     def score_thinking(self, prompts) -> list[Scored]:
-        # progress within the batch: a forward hook counts the decoding steps (one per new token)
-        bar = tqdm(total=self.max_new_tokens, desc=f"generating ({len(prompts)} pairs)", unit="token",
+        # progress within the batch: a forward hook counts the decoding steps (one per new token).
+        # No total: most rows stop long before --max-new-tokens, so a bar to that limit would show a
+        # wildly long time left; the count and the rate (tokens/s) are what can be known.
+        bar = tqdm(desc=f"generating ({len(prompts)} pairs, at most {self.max_new_tokens} tokens)", unit="token",
                    leave=False, disable=not self.verbose)
 
         def count_step(module, args, output):  # a decoding step feeds one token per row
@@ -450,37 +502,71 @@ class Reranker:
         bar.close()
         return results
 
-    def prompts_for(self, query, docs, instruction):
-        query, cut = truncate(self.tok, query, self.max_query_tokens)
-        self.stats["truncated_queries"] += cut
+    def build_prompts(self, query, docs, instruction) -> tuple[list[list[int]], bool, int]:
+        """(prompt token ids, whether the query was cut, how many documents were cut). The query and
+        the documents are encoded as plain text (see prompt_parts). Changes no state."""
+        query, query_cut = truncate(self.tok, query, self.max_query_tokens)
         bodies = [(d["title"] + "\n" + d["text"]) if d.get("title") else d["text"] for d in docs]
-        texts = []
+        parts, docs_cut = [], 0
         for body, cut in truncate_batch(self.tok, bodies, self.max_doc_tokens):
-            self.stats["truncated_docs"] += cut
-            texts.append(build_prompt(self.tok, query, body, instruction or self.instruction, self.thinking))
-        return self.tok.encode_batch(texts)
+            docs_cut += cut
+            parts.append(prompt_parts(self.tok, query, body, instruction or self.instruction, self.thinking))
+        return self.tok.encode_parts(parts), query_cut, docs_cut
 
-    def rerank(self, query: str, documents: list, instruction: str | None = None) -> list[dict]:
-        """documents: strings or {"id", "text", "title"?, "score"?}. Returns records best first.
-        Empty documents are not scored: they come last with "empty": True (and a warning)."""
-        check_text(query, "query")
-        docs = [normalise_doc(d, i) for i, d in enumerate(documents)]
-        check_unique_ids(docs)
+    def prompts_for(self, query, docs, instruction):
+        """build_prompts' ids, counting the truncations in self.stats."""
+        prompts, query_cut, docs_cut = self.build_prompts(query, docs, instruction)
+        self.stats["truncated_queries"] += query_cut
+        self.stats["truncated_docs"] += docs_cut
+        return prompts
+
+    def prepare(self, query: str, documents: list, instruction: str | None = None, where: str = "") -> "Prepared":
+        """Check one query's input (errors name `where`, the field and the document) and build its
+        prompts. No model call and no shared state changed, so threads can prepare at once (serve.py)."""
+        at = f"{where}: " if where else ""
+        if not isinstance(query, str):
+            raise InputError(f"{at}query: expected a string, got {type(query).__name__}")
+        check_text(query, f"{at}query")
+        if instruction is not None:
+            if not isinstance(instruction, str):
+                raise InputError(f"{at}instruction: expected a string, got {type(instruction).__name__}")
+            check_text(instruction, f"{at}instruction")
+        if not isinstance(documents, list):
+            raise InputError(f"{at}documents: expected a list, got {type(documents).__name__}")
+        docs = [normalise_doc(d, i, f"{at}documents") for i, d in enumerate(documents)]
+        check_unique_ids(docs, f"{at}documents")
         if self.fusion is not None:
             missing = [i for i, d in enumerate(docs) if "score" not in d]
             if missing:
-                raise InputError(f"documents[{missing[0]}].score: missing; --fusion needs a first-stage "
+                raise InputError(f"{at}documents[{missing[0]}].score: missing; --fusion needs a first-stage "
                                  "score on every document")
         full = [i for i, d in enumerate(docs) if not is_empty(d)]
+        if not full:
+            return Prepared(query, docs, full, [], False, 0)
+        prompts, query_cut, docs_cut = self.build_prompts(query, [docs[i] for i in full], instruction)
+        return Prepared(query, docs, full, prompts, query_cut, docs_cut)
+
+    def rank(self, prepared: list["Prepared"]) -> list[list[dict]]:
+        """Score the prompts of all the prepared queries together, batched across queries (one list,
+        sorted by length and cut by the token budget), and return each query's records best first.
+        A pair's score does not depend on the pairs it is batched with (tested)."""
+        prompts = [p for job in prepared for p in job.prompts]
         t0 = time.perf_counter()
-        scored = self.score_prompts(self.prompts_for(query, [docs[i] for i in full], instruction)) if full else []
+        scored = iter(self.score_prompts(prompts) if prompts else [])
         seconds = time.perf_counter() - t0
         if not self.stats["first_pairs"]:
-            self.stats["first_pairs"], self.stats["first_seconds"] = len(full), seconds
+            self.stats["first_pairs"], self.stats["first_seconds"] = len(prompts), seconds
         self.stats["seconds"] += seconds
-        self.stats["pairs"] += len(full)
+        self.stats["pairs"] += len(prompts)
+        return [self.records(job, [next(scored) for _ in job.full]) for job in prepared]
+
+    def records(self, job: "Prepared", scored: list[Scored]) -> list[dict]:
+        """One query's output records, best first, from the scores of its non-empty documents."""
+        docs = job.docs
+        self.stats["truncated_queries"] += job.query_cut
+        self.stats["truncated_docs"] += job.docs_cut
         records = [{"id": d["id"], "position": i, "answer": None, "prob": 0.0, "empty": True} for i, d in enumerate(docs)]
-        for i, r in zip(full, scored):
+        for i, r in zip(job.full, scored):
             records[i] = {"id": docs[i]["id"], "position": i, "answer": r.answer, "prob": r.prob}
             if not self.thinking:
                 records[i]["expected"] = r.expected
@@ -492,11 +578,32 @@ class Reranker:
         empty = [r["id"] for r in records if r.get("empty")]
         self.stats["empty"] += len(empty)
         if empty and self.verbose:
-            print(f"warning: query {query[:60]!r}: {len(empty)} empty document(s) not scored, ranked last: "
+            print(f"warning: query {job.query[:60]!r}: {len(empty)} empty document(s) not scored, ranked last: "
                   f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}", file=sys.stderr)
         if self.fusion is not None:
             fuse(records, [d["score"] for d in docs], self.fusion)
         return sort_records(records)
+
+    def rerank(self, query: str, documents: list, instruction: str | None = None) -> list[dict]:
+        """documents: strings or {"id", "text", "title"?, "score"?}. Returns records best first.
+        Empty documents are not scored: they come last with "empty": True (and a warning)."""
+        return self.rank([self.prepare(query, documents, instruction)])[0]
+
+    def rerank_many(self, queries: list[dict]) -> list[list[dict]]:
+        """Many queries in one call: [{"query", "documents", "instruction"?}, ...] -> one list of
+        records per query, in order. Their pairs share batches, which fills them when each query has
+        few documents. Errors name the query by its position (queries[3]: documents[1].text ...)."""
+        if not isinstance(queries, list):
+            raise InputError(f"queries: expected a list of {{'query', 'documents'}} objects, "
+                             f"got {type(queries).__name__}")
+        jobs = []
+        for n, q in enumerate(queries):
+            if not isinstance(q, dict):
+                raise InputError(f"queries[{n}]: expected an object with 'query' and 'documents'")
+            if "query" not in q or "documents" not in q:
+                raise InputError(f"queries[{n}]: field '{'query' if 'query' not in q else 'documents'}' is missing")
+            jobs.append(self.prepare(q["query"], q["documents"], q.get("instruction"), where=f"queries[{n}]"))
+        return self.rank(jobs)
 
 
 # ----------------------------------------------------------------------------- input and output
@@ -558,9 +665,13 @@ def check_unique_ids(docs: list[dict], where="documents"):
 
 
 def read_queries(path: str) -> list[dict]:
-    """A JSON object, a JSON list of objects, or JSONL; each checked and normalised."""
+    """A JSON object, a JSON list of objects, or JSONL; each checked and normalised. The path "-"
+    reads standard input (named "<stdin>" in messages)."""
     try:
-        data = open(path, "rb").read()
+        if path == "-":
+            path, data = "<stdin>", sys.stdin.buffer.read()
+        else:
+            data = open(path, "rb").read()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     try:
@@ -681,18 +792,57 @@ def print_ranking(item, records, width=70):
         print(f"{r['rank']:>4} {r['score']:>7.3f} {ans:>6} {r['prob']:>5.2f}  {r['id']}: {snippet}")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Rerank documents for queries with an ERank model.",
-                                 formatter_class=HelpFormatter)
-    g = ap.add_argument_group("input")
-    g.add_argument("input", nargs="?", help="JSON / JSONL file of queries with documents")
-    g.add_argument("--run", help="TREC run to rerank (with --beir)")
-    g.add_argument("--beir", help="BEIR directory holding the run's queries and corpus")
-    g.add_argument("--top-k", type=positive_int, default=100, help="documents per query taken from --run")
+def check_device(device: str | None):
+    """Refuse a --device this machine does not have before the model loads (torch would fail
+    later, with an AssertionError about how it was compiled)."""
+    if device is None:
+        return
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a device (expected cpu, cuda or cuda:N)") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise InputError(f"--device {device}: {why}; use --device cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {device}: not supported (expected cpu, cuda or cuda:N)")
+
+
+def check_output_path(flag: str, path: str | None):
+    """Refuse an output path that cannot be written before anything is scored: an existing
+    directory, or a parent that is a file or not writable."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise InputError(f"{flag} {path}: is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # missing directories are created when the file is written
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"{flag} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+
+
+def add_model_args(ap):
+    """--model, --device, --dtype (rerank.py and serve.py)."""
     g = ap.add_argument_group("model")
     g.add_argument("--model", help="HF-layout directory or hub id org/name (default: built-in reranker)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
-    g.add_argument("--dtype", help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bf16 on CUDA and on CPUs with native bf16 matrix instructions "
+                   "(AVX512-BF16, AMX-BF16), else fp32 (docs/speed_bf16.md)")
+    return g
+
+
+def add_scoring_args(ap):
+    """How pairs are scored (rerank.py and serve.py)."""
     g = ap.add_argument_group("scoring")
     g.add_argument("--thinking", action="store_true", help="generate reasoning before the answer (slow)")
     g.add_argument("--max-new-tokens", type=positive_int, default=1024, help="generation limit in thinking mode")
@@ -700,11 +850,59 @@ def main(argv=None):
                    help="answer: s*P(s) (ERank); expected: sum_s s*P(s) over 0..10 (fast mode only)")
     g.add_argument("--instruction", help="relevance definition (default: the BEIR one)")
     g.add_argument("--task", choices=sorted(INSTRUCTIONS), help="use the paper's instruction for a benchmark")
+    g.add_argument("--max-query-tokens", type=positive_int, default=256,
+                   help="query truncation budget; a longer query keeps its first tokens, as in training "
+                        "(so a question at its end can be lost: see truncate_batch)")
+    g.add_argument("--max-doc-tokens", type=positive_int, default=512,
+                   help="document truncation budget; a longer document keeps its start")
+    g.add_argument("--batch-tokens", type=positive_int, default=16384, help="tokens per batch (memory bound)")
+    return g
+
+
+def check_model_args(args):
+    """The checks of add_model_args' and add_scoring_args' flags that need no model."""
+    if args.score == "expected" and args.thinking:
+        raise InputError("--score expected needs fast mode (the distribution over 0..10); drop --thinking")
+    check_device(args.device)
+    check_model_arg(args.model)
+
+
+def reranker_from_args(args, verbose=True) -> "Reranker":
+    instruction = args.instruction or (INSTRUCTIONS[args.task] if args.task else None)
+    return Reranker(args.model, args.device, args.dtype, thinking=args.thinking, max_new_tokens=args.max_new_tokens,
+                    max_query_tokens=args.max_query_tokens, max_doc_tokens=args.max_doc_tokens,
+                    batch_tokens=args.batch_tokens, score=args.score, instruction=instruction,
+                    fusion=getattr(args, "fusion", None), verbose=verbose)
+
+
+def query_chunks(items: list[dict], pairs=256):
+    """The queries in groups for Reranker.rerank_many: the first alone (its time includes the
+    one-time warm-up, which rate_line reports apart), then groups of at most `pairs` documents
+    (at least one query each), so queries with few documents still fill the batches."""
+    chunk, n = [], 0
+    for i, item in enumerate(items):
+        k = len(item["documents"])
+        if chunk and (i == 1 or n + k > pairs):
+            yield chunk
+            chunk, n = [], 0
+        chunk.append(item)
+        n += k
+    if chunk:
+        yield chunk
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Rerank documents for queries with an ERank model.",
+                                 formatter_class=HelpFormatter)
+    g = ap.add_argument_group("input")
+    g.add_argument("input", nargs="?", help="JSON / JSONL file of queries with documents; - reads standard input")
+    g.add_argument("--run", help="TREC run to rerank (with --beir)")
+    g.add_argument("--beir", help="BEIR directory holding the run's queries and corpus")
+    g.add_argument("--top-k", type=positive_int, help="documents per query taken from --run (default: 100)")
+    add_model_args(ap)
+    g = add_scoring_args(ap)
     g.add_argument("--fusion", type=fusion_weight, metavar="W",
                    help="W*z(first-stage score) + (1-W)*z(rerank score), per query (paper: 0.2; default: off)")
-    g.add_argument("--max-query-tokens", type=positive_int, default=256, help="query truncation budget")
-    g.add_argument("--max-doc-tokens", type=positive_int, default=512, help="document truncation budget")
-    g.add_argument("--batch-tokens", type=positive_int, default=16384, help="tokens per batch (memory bound)")
     g = ap.add_argument_group("output")
     g.add_argument("--output", help="also write JSON records here (the rankings are printed as well)")
     g.add_argument("--trec", help="also write a TREC run here")
@@ -715,29 +913,31 @@ def main(argv=None):
         ap.error("give an input file, or --run with --beir")
     try:
         # every check that needs no model comes first, so bad input fails in a second
-        if args.score == "expected" and args.thinking:
-            raise InputError("--score expected needs fast mode (the distribution over 0..10); drop --thinking")
+        check_model_args(args)
+        check_output_path("--output", args.output)
+        check_output_path("--trec", args.trec)
         if args.run or args.beir:
             if not (args.run and args.beir):
                 raise InputError("--run and --beir go together")
-            items = read_run_and_beir(args.run, args.beir, args.top_k)
+            if args.input:
+                raise InputError(f"{args.input}: give an input file or --run with --beir, not both")
+            items = read_run_and_beir(args.run, args.beir, args.top_k or 100)
         else:
+            if args.top_k is not None:
+                raise InputError("--top-k applies to --run only (the documents of an input file are all ranked)")
             items = read_queries(args.input)
         if args.fusion is not None:
             check_fusion_scores(items, args.input or args.run)
-        check_model_arg(args.model)
-        instruction = args.instruction or (INSTRUCTIONS[args.task] if args.task else None)
-        rr = Reranker(args.model, args.device, args.dtype, thinking=args.thinking,
-                      max_new_tokens=args.max_new_tokens, max_query_tokens=args.max_query_tokens,
-                      max_doc_tokens=args.max_doc_tokens, batch_tokens=args.batch_tokens,
-                      score=args.score, instruction=instruction, fusion=args.fusion)
+        rr = reranker_from_args(args)
         results, lines = [], []
-        for item in tqdm(items, desc="queries", disable=len(items) < 2):
-            records = rr.rerank(item["query"], item["documents"], item["instruction"])
-            results.append({"query_id": item["id"], "query": item["query"], "results": records})
-            lines += trec_lines(item["id"], records, args.tag)
-            if not args.quiet:
-                print_ranking(item, records)
+        with tqdm(total=len(items), desc="queries", unit="query", disable=len(items) < 2) as bar:
+            for chunk in query_chunks(items):
+                for item, records in zip(chunk, rr.rerank_many(chunk)):
+                    results.append({"query_id": item["id"], "query": item["query"], "results": records})
+                    lines += trec_lines(item["id"], records, args.tag)
+                    if not args.quiet:
+                        print_ranking(item, records)
+                bar.update(len(chunk))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -750,9 +950,9 @@ def main(argv=None):
               f"(scored {UNPARSED})", file=sys.stderr)
     print(rate_line(s), file=sys.stderr)
     if args.output:
-        M.write_atomic(args.output, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        files.write_atomic(args.output, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     if args.trec:
-        M.write_atomic(args.trec, "\n".join(lines) + "\n")
+        files.write_atomic(args.trec, "\n".join(lines) + "\n")
     return 0
 
 

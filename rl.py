@@ -3,7 +3,7 @@
 For each query of a step, each of its N candidate documents (>= 1 positive + BM25-mined
 negatives, data/bm25.mine_candidates on the TRAIN qrels) gets G sampled completions from the
 policy. All N*G scores of the query are ranked together and every rollout is rewarded for its
-place in that pooled ranking (r_RR, ERank section 5 of the method notes); the advantage is
+place in that pooled ranking (r_RR, the reward of the paper's RL stage); the advantage is
 group-relative over the G rollouts of one (query, document) prompt; the update is PPO-clipped
 with a k3 KL penalty to the frozen SFT model.
 
@@ -14,15 +14,16 @@ Run:
     python rl.py --model models/SmolLM2-135M-Instruct --init-adapter weights/erank-135m-q4/adapter.safetensors \
         --match-length ...                                   # from a committed SFT adapter; length-matched negatives
     torchrun --nproc_per_node 2 rl.py ...                    # data parallel (gloo on CPU, nccl on CUDA)
-    torchrun --nproc_per_node 8 rl.py --lora-rank 0 --lr 1e-6 --sharding fsdp ...  # the paper's sizes (README)
+    torchrun --nproc_per_node 8 rl.py --lora-rank 0 --lr 1e-6 --sharding fsdp ...  # the paper's sizes (docs/scaling.md)
 
 The variant, written out (GRPO with token-level, "DAPO-style" normalisation):
     A_i      = (r_i - mean(r_group)) / (std(r_group) + eps)       group = the G rollouts of one prompt
-    rho_it   = exp(logp_it - logp_old_it)                         logp_old: the rollout policy
-    k3_it    = exp(ref_it - logp_it) - (ref_it - logp_it) - 1     ref: the frozen SFT model
-    loss     = -1/T * sum_{i, t} [ min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) - beta k3_it ]
-where the sum runs over every completion token of the mini-batch (end token included) and T is
-their number across all processes. Groups whose G rewards are all equal carry no signal and are
+    rho_ij   = exp(logp_ij - logp_old_ij)                         logp_old: the rollout policy
+    k3_ij    = exp(ref_ij - logp_ij) - (ref_ij - logp_ij) - 1     ref: the frozen SFT model
+    loss     = -1/T * sum_{i, j} [ min(rho_ij A_i, clip(rho_ij, 1-eps, 1+eps) A_i) - beta k3_ij ]
+where j runs over the tokens of completion i, the sum over every completion token of the
+mini-batch (end token included), and T is their number across all processes (t, below, is
+always r_RR's reference score). Groups whose G rewards are all equal carry no signal and are
 skipped (counted as "zero-var"). The loss hovers near zero by construction (advantages have mean
 zero and rho starts at 1): the reward and dev nDCG@10 are the signals to watch, not the loss.
 
@@ -47,8 +48,8 @@ Where this deviates from the paper (ERank, arXiv 2509.00520):
   - r_RR's constants are not published; ours are in RRWeights below, with the reasoning.
   - t (reference score, case 3 of r_RR) is the SFT model's expected score sum_s s P(s) in fast
     mode, computed once per (query, document) and cached; the paper only says "reference score".
-  - where the paper is silent: a negative tied with the worst-ranked positive rollout counts as
-    "ranked above a positive" (penalised); unparseable rollouts are left out of the pooled
+  - where the paper is silent: a negative tied with the worst-ranked positive rollout gets the
+    mean of r_RR's two negative cases (--rr-ties half); unparseable rollouts are left out of the pooled
     ranking; with one update per rollout batch (the default) logp_old is the policy's own logp,
     detached, which is exact (rho = 1) and saves a forward pass.
 """
@@ -59,20 +60,22 @@ import json
 import math
 import os
 import random
-import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import files
 import model as M
 import model_fast
 from eval import dev_ndcg, ndcg_at_k
 from rerank import HelpFormatter, Reranker, parse_answer
-from training import (LoRALinear, Run, add_lora, autocast_for, check_sharding, cosine_lr, finish_processes, gathered,
-                      is_sharded, load_sharded, save_final, save_step, start_or_resume, start_processes, train_state)
+from sharding import check_sharding, gathered, is_sharded
+from training import (LoRALinear, Run, adapter_sha256, add_checkpoint_args, add_dev_args, add_model_args, autocast_for,
+                      cosine_lr, finish_run, load_start, prepare_training, resolved_args, run_cli, save_due,
+                      save_step, seed_all, set_lr, start_or_resume, start_processes, train_state)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -110,31 +113,12 @@ def parse_args(argv=None):
     g.add_argument("--rr-neg-above", type=float, default=-1.0, help="r_RR case 2: negative not below every positive")
     g.add_argument("--rr-neg-below", type=float, default=1.0, help="r_RR case 3: base - scale * (s - t)^2 / 100")
     g.add_argument("--rr-neg-scale", type=float, default=1.0, help="r_RR case 3: weight of (s - t)^2 / 100")
-    g.add_argument("--rr-ties", default="above", choices=["above", "half"],
-                   help="r_RR: a negative tied with the worst positive rollout counts as above it, or half way")
+    g.add_argument("--rr-ties", default="half", choices=["half", "above"],
+                   help="r_RR, a negative tied with the worst positive rollout: half = the mean of the two negative "
+                   "cases (the shipped run); above = counted as above it (comparison: no signal on 0/10 answers)")
     g.add_argument("--unparsed-reward", type=float, default=-2.0, help="reward of a completion with no score (all rewards)")
     g.add_argument("--ndcg-k", type=int, default=0, help="cutoff of the pooled nDCG (0: 10 * G, i.e. ~10 documents)")
-    g = ap.add_argument_group("model")
-    g.add_argument("--model", default="runs/sft/final", help="starting checkpoint = the frozen reference (an SFT output)")
-    g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                   help="autocast dtype (default: bf16 on CUDA; "
-                   "fp32 on CPU). Weights, LoRA, optimizer state, rewards and log-probs stay fp32 either way")
-    g.add_argument("--sharding", default="ddp", choices=["ddp", "fsdp"],
-                   help="under torchrun: ddp = every process holds the whole policy, reference, gradients and "
-                   "AdamW state; fsdp = each holds 1/N of them (FSDP2; full parameters only, --lora-rank 0): the "
-                   "paper's 4B-32B models")
-    g.add_argument("--cpu-offload", action="store_true", help="with --sharding fsdp on CUDA: the shards of the "
-                   "weights, gradients and AdamW state live in CPU memory (slower; for when they do not fit)")
-    g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full parameters")
-    g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
-    g.add_argument("--lora-layers", type=int, default=0, help="LoRA on the last N decoder blocks only (0 = all)")
-    g.add_argument("--init-adapter", default=None, help="adapter.safetensors merged into --model before training, "
-                   "as in sft.py (start from a committed SFT adapter: the policy and the reference are --model "
-                   "plus it)")
-    g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
-                   help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
-                   "less memory, slower")
+    add_model_args(ap, "runs/sft/final", "starting checkpoint = the frozen reference (an SFT output)")
     g = ap.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (paper: 1e-6, full parameters)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
@@ -150,18 +134,10 @@ def parse_args(argv=None):
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
     g.add_argument("--seed", type=int, default=0, help="seeds LoRA init, the query order, mining and every rollout")
     g = ap.add_argument_group("evaluation and logging")
-    g.add_argument("--dev-data", default="data/beir/manpages", help="BEIR directory whose dev qrels give dev nDCG@10")
-    g.add_argument("--dev-split", default="dev", help="qrels split used for evaluation (never pyfaq)")
-    g.add_argument("--dev-queries", type=int, default=20, help="queries evaluated (the first N by id)")
-    g.add_argument("--dev-top-k", type=int, default=20, help="BM25 candidates reranked per query")
+    add_dev_args(g)
     g.add_argument("--eval-every", type=int, default=0, help="dev nDCG@10 before training, every N steps and at the end (0 = never)")
     g.add_argument("--sample-every", type=int, default=10, help="print a prompt -> completion -> score -> reward every N steps")
-    g = ap.add_argument_group("checkpoints")
-    g.add_argument("--out", default="runs/rl", help="output directory")
-    g.add_argument("--save-every", type=int, default=50, help="write step-N/ and last/ every N steps (0 = never)")
-    g.add_argument("--keep-checkpoints", type=int, default=2, help="step-N/ directories kept (the newest; "
-                   "older ones are deleted; 0 = keep all). last/ and final/ are always kept")
-    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last")
+    add_checkpoint_args(ap, out="runs/rl", save_every=50)
     return ap.parse_args(argv)
 
 
@@ -200,7 +176,7 @@ class RRWeights:
     neg_below: float = 1.0
     neg_scale: float = 1.0
     unparsed: float = -2.0
-    ties: str = "above"
+    ties: str = "half"
 
 
 def reward_rr(scores: list, positive: list, ref: list, w: RRWeights = RRWeights()):
@@ -269,15 +245,28 @@ def reward_se(scores: list, grades: list, unparsed: float = -2.0):
     return rewards, cases
 
 
-def query_rewards(args, scores, grades, ref):
-    """Dispatch on --reward for the N*G rollouts of one query (flat lists)."""
-    if args.reward == "rr":
-        w = RRWeights(args.rr_pos_base, args.rr_pos_scale, args.rr_neg_above, args.rr_neg_below,
-                      args.rr_neg_scale, args.unparsed_reward, args.rr_ties)
-        return reward_rr(scores, [g > 0 for g in grades], ref, w)
-    if args.reward == "ndcg":
-        return reward_ndcg(scores, grades, args.ndcg_k or 10 * args.group_size, args.unparsed_reward)
-    return reward_se(scores, grades, args.unparsed_reward)
+@dataclass(frozen=True)
+class Reward:
+    """The reward a step uses (--reward) and its constants."""
+    kind: str = "rr"  # rr: r_RR; ndcg: leave-one-out nDCG of the pooled ranking; se: squared error
+    rr: RRWeights = field(default_factory=RRWeights)
+    ndcg_k: int = 50  # cutoff of the pooled nDCG, in rollouts: 10 * G is about 10 documents
+    unparsed: float = -2.0  # a completion with no score, whatever the reward
+
+    @classmethod
+    def from_args(cls, args) -> "Reward":
+        rr = RRWeights(args.rr_pos_base, args.rr_pos_scale, args.rr_neg_above, args.rr_neg_below,
+                       args.rr_neg_scale, args.unparsed_reward, args.rr_ties)
+        return cls(args.reward, rr, args.ndcg_k or 10 * args.group_size, args.unparsed_reward)
+
+
+def query_rewards(reward: Reward, scores, grades, ref):
+    """The chosen reward for the N*G rollouts of one query (flat lists) -> (rewards, cases)."""
+    if reward.kind == "rr":
+        return reward_rr(scores, [g > 0 for g in grades], ref, reward.rr)
+    if reward.kind == "ndcg":
+        return reward_ndcg(scores, grades, reward.ndcg_k, reward.unparsed)
+    return reward_se(scores, grades, reward.unparsed)
 
 
 # ----------------------------------------------------------------------------- advantages and loss
@@ -377,6 +366,12 @@ class TrainData:
             out.append(perm[i])
         return out
 
+    def process_queries(self, step: int, count: int, rank: int, world: int) -> list:
+        """This process's queries of a step, as (index within the step, Query): query j of the step
+        goes to process j % world."""
+        keys = self.step_keys(step, count)
+        return [(j, self.query(keys[j])) for j in range(rank, count, world)]
+
     def query(self, key: str) -> Query:
         from data.bm25 import mine_candidates
 
@@ -429,8 +424,62 @@ class RefScores:
     def save(self):
         if self.dirty:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            M.write_atomic(self.path, json.dumps({"meta": self.meta, "scores": self.scores}))
+            files.write_atomic(self.path, json.dumps({"meta": self.meta, "scores": self.scores}))
             self.dirty = False
+
+
+@dataclass
+class Reference:
+    """The frozen reference (the starting model), in the two places GRPO uses it: r_RR's t and
+    the log-probs of the KL term."""
+    network: object  # () -> a context manager giving the reference network (LoRA: the policy, adapters off)
+    scorer: Reranker  # the reference's expected score in fast mode: t
+    saved_t: RefScores  # t per (query, document), computed once
+
+
+# ----------------------------------------------------------------------------- settings of a step
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How rollouts are sampled."""
+    group_size: int  # G: completions per (query, document)
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    thinking: bool = False  # reason first; else the prompt ends with "<answer>" (fast mode)
+    rows_per_call: int = 128  # rows per generate call (memory bound)
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args) -> "Sampling":
+        return cls(args.group_size, args.max_new_tokens, args.temperature, args.top_p, args.thinking,
+                   args.rollout_rows, args.seed)
+
+
+@dataclass(frozen=True)
+class Update:
+    """How one rollout batch updates the policy."""
+    queries_per_step: int  # the step's Q * N (query, document) slots are cut into mini-batches
+    docs_per_query: int
+    clip_eps: float = 0.2
+    beta: float = 0.001
+    temperature: float = 1.0  # the sampling temperature: every log-prob uses it
+    mini_batches: int = 1
+    ppo_epochs: int = 1
+    micro_batch_size: int = 8
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args) -> "Update":
+        return cls(args.queries_per_step, args.docs_per_query, args.clip_eps, args.beta, args.temperature,
+                   args.mini_batches, args.ppo_epochs, args.micro_batch_size, args.grad_clip, args.seed)
+
+    @property
+    def on_policy(self) -> bool:
+        """One update per rollout batch: the rollout policy is the policy being differentiated."""
+        return self.mini_batches * self.ppo_epochs == 1
 
 
 # ----------------------------------------------------------------------------- rollouts
@@ -438,7 +487,7 @@ class RefScores:
 
 @dataclass(frozen=True)
 class Group:
-    """The G rollouts of one (query, document) prompt, and (from reward_query) their rewards."""
+    """The G rollouts of one (query, document) prompt; the later steps fill in the rest."""
     query: int  # index of the query within the step
     doc: int  # index of the document within the query
     grade: int
@@ -446,8 +495,11 @@ class Group:
     completions: list  # G lists of token ids (end token included when generated)
     texts: list  # G decoded completions
     scores: list  # G parsed scores (None = unparseable)
-    rewards: list = None  # G rewards
+    rewards: list = None  # G rewards (reward_query)
     cases: list = None  # G reward cases ("pos", "neg_above", ...)
+    advantages: torch.Tensor = None  # (G,) (with_advantages)
+    old_logps: list = None  # G (len(completion),) log-probs of the rollout policy (logprobs_before_update)
+    ref_logps: list = None  # the same under the reference
 
 
 def rollout_seed(seed: int, step: int, key: str, doc_id: str, g: int) -> int:
@@ -458,17 +510,17 @@ def rollout_seed(seed: int, step: int, key: str, doc_id: str, g: int) -> int:
 
 
 @torch.no_grad()
-def rollout_query(policy, tok, q: Query, j: int, prompts: list, args, step: int, stop_ids) -> list:
+def rollout_query(policy, tok, q: Query, j: int, prompts: list, sampling: Sampling, step: int, stop_ids) -> list:
     """G sampled completions for each of q's documents -> one Group per document. Generation
     works on whole documents (G rows sharing one prompt, prefilled once by model.generate)."""
-    G, per_call = args.group_size, max(1, args.rollout_rows // args.group_size)
+    G, per_call = sampling.group_size, max(1, sampling.rows_per_call // sampling.group_size)
     groups = []
     for lo in range(0, len(q.docs), per_call):
         docs = range(lo, min(len(q.docs), lo + per_call))
         rows = [prompts[d] for d in docs for _ in range(G)]
-        seeds = [rollout_seed(args.seed, step, q.key, q.docs[d]["id"], g) for d in docs for g in range(G)]
-        out = M.generate(policy, rows, args.max_new_tokens, stop_ids=stop_ids, temperature=args.temperature,
-                         top_p=args.top_p, seeds=seeds, pad_id=tok.pad_id)
+        seeds = [rollout_seed(sampling.seed, step, q.key, q.docs[d]["id"], g) for d in docs for g in range(G)]
+        out = M.generate(policy, rows, sampling.max_new_tokens, stop_ids=stop_ids, temperature=sampling.temperature,
+                         top_p=sampling.top_p, seeds=seeds, pad_id=tok.pad_id)
         for n, d in enumerate(docs):
             comps, texts, scores = [], [], []
             for i in range(n * G, (n + 1) * G):
@@ -476,7 +528,7 @@ def rollout_query(policy, tok, q: Query, j: int, prompts: list, args, step: int,
                 text = tok.decode(ids, skip_special_tokens=True)
                 comps.append(ids), texts.append(text)
                 # fast-mode prompts end with "<answer>": the completion continues it
-                scores.append(parse_answer(text if args.thinking else "<answer>" + text))
+                scores.append(parse_answer(text if sampling.thinking else "<answer>" + text))
             groups.append(Group(j, d, q.docs[d]["grade"], prompts[d], comps, texts, scores))
     return groups
 
@@ -484,145 +536,144 @@ def rollout_query(policy, tok, q: Query, j: int, prompts: list, args, step: int,
 # ----------------------------------------------------------------------------- one step, in named parts
 
 
-def reward_query(args, groups: list, ref: list) -> list:
+def reward_query(reward: Reward, groups: list, t: list) -> list:
     """Rewards for one query's groups: all N*G rollouts are ranked together (query_rewards) and each
-    group gets its G rewards and cases. ref: t of each document (r_RR only). -> new Groups."""
-    G = args.group_size
-    flat = [s for g in groups for s in g.scores]
-    rewards, cases = query_rewards(args, flat, [g.grade for g in groups for _ in range(G)],
-                                   [ref[g.doc] for g in groups for _ in range(G)])
-    return [replace(g, rewards=rewards[n * G:(n + 1) * G], cases=cases[n * G:(n + 1) * G])
-            for n, g in enumerate(groups)]
+    group gets its G rewards and cases. t: the reference's score of each document (r_RR only)."""
+    scores = [s for g in groups for s in g.scores]
+    grades = [g.grade for g in groups for _ in g.scores]
+    rewards, cases = query_rewards(reward, scores, grades, [t[g.doc] for g in groups for _ in g.scores])
+    out, lo = [], 0
+    for g in groups:
+        hi = lo + len(g.scores)
+        out.append(replace(g, rewards=rewards[lo:hi], cases=cases[lo:hi]))
+        lo = hi
+    return out
 
 
-def rollout(policy, tok, data, step: int, args, procs, rollout_rr, ref_rr, ref_scores, reference, autocast) -> list:
+def rollout(policy, queries: list, step: int, sampling: Sampling, reward: Reward, prompter: Reranker,
+            reference: Reference, autocast) -> list:
     """Steps 1 and 2: G sampled completions for every (query, document) of this process's queries
-    (query j of the step goes to process j % world), rewarded within each query's pooled ranking."""
-    keys = data.step_keys(step, args.queries_per_step)
-    mine = [(j, data.query(keys[j])) for j in range(procs.rank, args.queries_per_step, procs.world)]
-    prompts = [rollout_rr.prompts_for(q.text, q.docs, None) for _, q in mine]
+    (pairs (j, Query), j the query's index in the step), rewarded within each query's pooled
+    ranking. prompter builds the policy's prompts (fast or thinking mode)."""
+    prompts = [prompter.prompts_for(q.text, q.docs, None) for _, q in queries]
     # all sampling first, then all of t: a sharded policy, then reference, is gathered once for its
-    # part (training.gathered), not once per token. Both run in the training dtype (bf16: ~2x faster on CPU)
+    # part (sharding.gathered), not once per token. Both run in the training dtype (bf16: ~2x faster on CPU)
     with gathered(policy), autocast():
-        sampled = [rollout_query(policy, tok, q, j, p, args, step, rollout_rr.stop_ids)
-                   for (j, q), p in zip(mine, prompts)]
-    t = [[0.0] * len(q.docs) for _, q in mine]
-    if args.reward == "rr":
-        with reference() as ref_net, gathered(ref_net), autocast():
-            for n, (_, q) in enumerate(mine):
-                fast = ref_rr.prompts_for(q.text, q.docs, None) if args.thinking else prompts[n]
-                t[n] = ref_scores.fill(ref_rr, q, fast)
-    ref_scores.save()
-    return [g for qg, tq in zip(sampled, t) for g in reward_query(args, qg, tq)]
+        sampled = [rollout_query(policy, prompter.tok, q, j, p, sampling, step, prompter.stop_ids)
+                   for (j, q), p in zip(queries, prompts)]
+    ref_t = [[0.0] * len(q.docs) for _, q in queries]
+    if reward.kind == "rr":
+        with reference.network() as net, gathered(net), autocast():
+            for n, (_, q) in enumerate(queries):
+                fast = reference.scorer.prompts_for(q.text, q.docs, None) if sampling.thinking else prompts[n]
+                ref_t[n] = reference.saved_t.fill(reference.scorer, q, fast)
+    reference.saved_t.save()
+    return [g for groups, t in zip(sampled, ref_t) for g in reward_query(reward, groups, t)]
+
+
+def with_advantages(groups: list, eps: float) -> list:
+    """Step 3: each group's advantages (group_advantages); only the groups whose G rewards differ
+    are kept: the others carry no signal."""
+    if not groups:
+        return []
+    adv, keep = group_advantages([g.rewards for g in groups], eps)
+    return [replace(g, advantages=adv[n]) for n, g in enumerate(groups) if keep[n]]
 
 
 @torch.no_grad()
-def logprobs_before_update(policy, reference, groups: list, args, autocast, on_policy: bool):
-    """Step 3: log-probs of the rollout policy and of the frozen reference, before any update ->
-    (old, ref): for each group, G (len(completion),) tensors, or None when not needed. With one
-    update per rollout batch (on_policy) the rollout policy IS the policy being differentiated:
-    logp_old is then logp detached (rho = 1 exactly) and needs no pass here. A sharded model is
-    gathered once for its pass (processes hold different numbers of groups)."""
-    G = args.group_size
-    per_pass = max(1, args.micro_batch_size // G)  # groups per forward pass
+def logprobs_before_update(policy, reference: Reference, groups: list, cfg: Update, autocast) -> list:
+    """Step 4: log-probs of the rollout policy and of the frozen reference, before any update, into
+    each group (old_logps, ref_logps), where needed. On policy (one update per rollout batch) the
+    rollout policy IS the policy being differentiated: logp_old is then logp detached (rho = 1
+    exactly) and needs no pass here. A sharded model is gathered once for its pass (processes hold
+    different numbers of groups)."""
 
     def completion_logps(net):
-        out = []
+        out, per_pass = [], max(1, cfg.micro_batch_size // len(groups[0].completions))  # groups a pass
         for lo in range(0, len(groups), per_pass):
             chunk = groups[lo:lo + per_pass]
-            lp, _ = M.completion_logprobs(net, [g.prompt for g in chunk for _ in range(G)],
-                                          [c for g in chunk for c in g.completions], args.temperature)
-            out += [[lp[n * G + i, :len(c)] for i, c in enumerate(g.completions)] for n, g in enumerate(chunk)]
+            lp, _ = M.completion_logprobs(net, [g.prompt for g in chunk for _ in g.completions],
+                                          [c for g in chunk for c in g.completions], cfg.temperature)
+            rows = iter(lp)  # one row per (group, completion), in that order
+            out += [[next(rows)[:len(c)] for c in g.completions] for g in chunk]
         return out
 
-    old = ref = None
     with autocast():
-        if not on_policy:
+        if not cfg.on_policy:
             with gathered(policy):
-                old = completion_logps(policy)
-        if args.beta > 0:
-            with reference() as ref_net, gathered(ref_net):
-                ref = completion_logps(ref_net)
-    return old, ref
+                groups = [replace(g, old_logps=lp) for g, lp in zip(groups, completion_logps(policy) if groups else [])]
+        if cfg.beta > 0:
+            with reference.network() as net, gathered(net):
+                groups = [replace(g, ref_logps=lp) for g, lp in zip(groups, completion_logps(net) if groups else [])]
+    return groups
 
 
-def update_policy(policy, opt, trainable, groups: list, adv, old, ref, step: int, args, procs, device,
-                  autocast) -> dict:
-    """Step 4: the PPO-clipped updates of one rollout batch (--ppo-epochs passes, --mini-batches
+def update_policy(policy, opt, groups: list, step: int, cfg: Update, procs, autocast) -> dict:
+    """Step 5: the PPO-clipped updates of one rollout batch (--ppo-epochs passes, --mini-batches
     optimizer steps each). Mini-batches are fixed slices of a seeded permutation of the step's
     (query, document) slots, the same on every process; each process works on its own groups
     within a slice, and the loss is divided by the slice's global completion-token count.
-    groups: the groups that carry signal; adv (len(groups), G); old, ref: from
-    logprobs_before_update. -> this process's sums {"loss", "updates", "kl", "clipped", "tokens"}.
-    Sharded (FSDP), every forward and backward is a collective: each process makes as many passes
-    as the busiest one (a process out of rows makes passes with a zero loss), each pass one forward
-    call (no shared-prefix cache), and FSDP reduces the gradients in backward."""
-    G, N, Q, B = args.group_size, args.docs_per_query, args.queries_per_step, args.micro_batch_size
-    sharded = is_sharded(policy)
-    at = {g.query * N + g.doc: n for n, g in enumerate(groups)}  # slot -> index into groups
+    groups: those that carry signal, with their advantages and log-probs.
+    -> this process's sums {"loss", "updates", "kl", "clipped", "tokens"}."""
+    trainable = [p for group in opt.param_groups for p in group["params"]]
+    device, sharded = procs.device, is_sharded(policy)  # the compute device (FSDP may offload to the CPU)
+    at = {g.query * cfg.docs_per_query + g.doc: g for g in groups}  # slot -> its group
     sums = {"loss": 0.0, "updates": 0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
     policy.train()
-    for epoch in range(args.ppo_epochs):
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 1_009 + epoch)
-        perm = torch.randperm(Q * N, generator=gen).tolist()
-        size = math.ceil(Q * N / args.mini_batches)
-        for m in range(args.mini_batches):
-            mine = [at[s] for s in sorted(perm[m * size:(m + 1) * size]) if s in at]
-            rows = [(n, i) for n in mine for i in range(G)]  # (group, rollout)
-            n_tok = torch.tensor([float(sum(len(groups[n].completions[i]) for n, i in rows))], dtype=torch.float64,
-                                 device=device)  # on the device: NCCL reduces CUDA tensors only
-            if procs.ddp:
-                dist.all_reduce(n_tok)
-            if n_tok.item() == 0:
+    for epoch in range(cfg.ppo_epochs):
+        for slots in mini_batch_slots(step, epoch, cfg):
+            rows = [(at[s], i) for s in slots if s in at for i in range(len(at[s].completions))]  # (group, rollout)
+            n_tok = global_sum(sum(len(g.completions[i]) for g, i in rows), procs, device)
+            if n_tok == 0:
                 continue
             opt.zero_grad(set_to_none=True)
             objective = 0.0
-            passes = math.ceil(len(rows) / B)
-            if sharded:  # every process makes as many passes as the busiest one
-                t_passes = torch.tensor(passes, device=device)
-                dist.all_reduce(t_passes, op=dist.ReduceOp.MAX)
-                passes = int(t_passes)
-            for lo in range(0, passes * B, B):
-                mb = rows[lo:lo + B]
-                if not mb:  # sharded, this process is out of rows: a zero loss keeps the collectives in step
-                    with autocast():
-                        logp, _ = M.completion_logprobs(policy, [[0]], [[0]], shared_prefix=False)
-                    (logp.sum() * 0).backward()
+            for mb in micro_batches(rows, cfg.micro_batch_size, procs if sharded else None, device):
+                if not mb:  # sharded, and this process is out of rows
+                    idle_pass(policy, autocast)
                     continue
                 with autocast():
-                    logp, mask = M.completion_logprobs(policy, [groups[n].prompt for n, _ in mb],
-                                                       [groups[n].completions[i] for n, i in mb], args.temperature,
-                                                       shared_prefix=not sharded)
+                    logp, mask = M.completion_logprobs(policy, [g.prompt for g, _ in mb], [g.completions[i] for g, i in mb],
+                                                       cfg.temperature, shared_prefix=not sharded)
                 C = logp.shape[1]
-                padded = lambda ts: torch.stack([F.pad(t, (0, C - len(t))) for t in ts])  # (B, C)
-                logp_old = logp.detach() if old is None else padded([old[n][i] for n, i in mb])
-                logp_ref = padded([ref[n][i] for n, i in mb]) if ref is not None else None
-                a = torch.stack([adv[n, i] for n, i in mb]).to(device)
-                t = grpo_token_sums(logp, logp_old, logp_ref, a, mask, args.clip_eps, args.beta)
+                padded = lambda ts: torch.stack([F.pad(x, (0, C - len(x))) for x in ts])  # (B, C)
+                logp_old = logp.detach() if cfg.on_policy else padded([g.old_logps[i] for g, i in mb])
+                logp_ref = padded([g.ref_logps[i] for g, i in mb]) if cfg.beta > 0 else None
+                a = torch.stack([g.advantages[i] for g, i in mb]).to(logp.device)
+                terms = grpo_token_sums(logp, logp_old, logp_ref, a, mask, cfg.clip_eps, cfg.beta)
                 # T counts every process's tokens, so gradients must sum over processes; FSDP averages
                 # them (as DDP would): scale by world
-                (-t["objective"] * (procs.world if sharded else 1) / n_tok.item()).backward()
-                objective += float(t["objective"].detach())
+                (-terms["objective"] * (procs.world if sharded else 1) / n_tok).backward()
+                objective += float(terms["objective"].detach())
                 for k in ("kl", "clipped", "tokens"):
-                    sums[k] += float(t[k])
+                    sums[k] += float(terms[k])
             if procs.ddp and not sharded:  # FSDP has reduced them in backward
                 all_reduce_grads(trainable)
             for p in trainable:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
-            sums["loss"] += -objective / n_tok.item()
+            sums["loss"] += -objective / n_tok
             sums["updates"] += 1
     opt.zero_grad(set_to_none=True)
     return sums
+
+
+def mini_batch_slots(step: int, epoch: int, cfg: Update) -> list:
+    """The step's (query, document) slots, query * N + document, in a seeded permutation cut into
+    --mini-batches (each sorted): the same on every process."""
+    n = cfg.queries_per_step * cfg.docs_per_query
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1_009 + epoch))
+    size = math.ceil(n / cfg.mini_batches)
+    return [sorted(perm[m * size:(m + 1) * size].tolist()) for m in range(cfg.mini_batches)]
 
 
 CASES = ("pos", "neg_above", "neg_tied", "neg_below", "neg", "unparsed")  # every reward's cases, in log order
 
 
 def step_row(step: int, groups: list, kept: int, upd: dict, lr: float, seconds: float, procs, device) -> dict:
-    """Step 5: the step's log row, summed over processes (one all_reduce of named sums)."""
+    """Step 6: the step's log row, summed over processes (one all_reduce of named sums)."""
     rewards = [r for g in groups for r in g.rewards]
     sums = {"reward": sum(rewards), "reward_sq": sum(r * r for r in rewards), "rollouts": len(rewards),
             "groups": len(groups), "zero_var": len(groups) - kept,
@@ -631,9 +682,9 @@ def step_row(step: int, groups: list, kept: int, upd: dict, lr: float, seconds: 
             **{"case_" + c: sum(x == c for g in groups for x in g.cases) for c in CASES}}
     if procs.ddp:
         keys = sorted(sums)
-        t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        sums = dict(zip(keys, t.tolist()))
+        packed = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(packed)
+        sums = dict(zip(keys, packed.tolist()))
     n = max(1.0, sums["rollouts"])
     mean = sums["reward"] / n
     return {"step": step, "loss": sums["loss"] / max(1, upd["updates"]), "reward": mean,
@@ -642,6 +693,28 @@ def step_row(step: int, groups: list, kept: int, upd: dict, lr: float, seconds: 
             "unparsed": int(sums["case_unparsed"]), "groups": int(sums["groups"]), "zero_var": int(sums["zero_var"]),
             "kl": sums["kl"] / max(1.0, sums["tokens"]), "clip_frac": sums["clipped"] / max(1.0, sums["tokens"]),
             "resp_len": sums["completion_tokens"] / n, "lr": lr, "rollouts_s": n / seconds, "seconds": seconds}
+
+
+def step_line(row: dict, total: int) -> str:
+    """The greppable log line of a step."""
+    counts = " ".join(f"{c} {v}" for c, v in row["cases"].items())
+    dev = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
+           if "dev_ndcg10" in row else "")
+    return (f"step {row['step']:05d}/{total:05d} | loss {row['loss']:.4f} | reward {row['reward']:.3f}±"
+            f"{row['reward_std']:.3f} | {counts} | zero-var {row['zero_var']}/{row['groups']} | kl {row['kl']:.2e} | "
+            f"clip {row['clip_frac']:.3f} | len {row['resp_len']:.1f} | lr {row['lr']:.1e} | "
+            f"{row['rollouts_s']:.1f} rollouts/s | {row['seconds']:.1f}s{dev}")
+
+
+# -- processes: sums over all of them, and the lock step that sharding needs
+
+
+def global_sum(x: float, procs, device) -> float:
+    """x summed over processes (a float64 tensor on the device: NCCL reduces CUDA tensors only)."""
+    total = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    if procs.ddp:
+        dist.all_reduce(total)
+    return total.item()
 
 
 def all_reduce_grads(params):
@@ -654,6 +727,26 @@ def all_reduce_grads(params):
     for p in params:
         p.grad = flat[n:n + p.numel()].view_as(p).clone()
         n += p.numel()
+
+
+def micro_batches(rows: list, size: int, lockstep=None, device=None) -> list:
+    """rows cut into micro-batches of `size`. lockstep (the processes of a sharded policy): under
+    FSDP every forward and backward is a collective, so every process makes as many passes as the
+    busiest one; the extra ones are empty (see idle_pass)."""
+    passes = math.ceil(len(rows) / size)
+    if lockstep is not None:
+        most = torch.tensor(passes, device=device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        passes = int(most)
+    return [rows[lo:lo + size] for lo in range(0, passes * size, size)]
+
+
+def idle_pass(policy, autocast):
+    """A forward and backward with a zero loss: a sharded process out of rows keeps the others'
+    collectives company, in one forward call, as the real passes make them."""
+    with autocast():
+        logp, _ = M.completion_logprobs(policy, [[0]], [[0]], shared_prefix=False)
+    (logp.sum() * 0).backward()
 
 
 # ----------------------------------------------------------------------------- training
@@ -671,79 +764,49 @@ def main(argv=None):
     # chosen dtype (bf16 on CUDA by default; on CPU when asked)
     device, dtype = M.pick_device(args.device, args.dtype, verbose=procs.master)
     autocast = autocast_for(device, dtype)
-    amp = dtype in (torch.bfloat16, torch.float16)
-    if not args.max_new_tokens:
-        args.max_new_tokens = 1024 if args.thinking else 0  # fast mode: set from the tokenizer below
-    resolved = vars(args).copy()
-
-    # load: the policy (LoRA on the starting checkpoint) and the frozen reference
     if not os.path.isdir(args.model):
         raise SystemExit(f"--model {args.model}: no such checkpoint directory (train one with sft.py, "
                          "or pass models/SmolLM2-135M-Instruct to try the pipeline)")
-    if args.init_adapter and not os.path.isfile(args.init_adapter):
-        raise SystemExit(f"error: --init-adapter {args.init_adapter}: no such file")
-    # the adapter is known by its content: a file re-exported in place is another starting point
-    if args.init_adapter:
-        resolved["init_adapter_sha256"] = hashlib.sha256(open(args.init_adapter, "rb").read()).hexdigest()
-    else:
-        resolved["init_adapter_sha256"] = None
-    torch.manual_seed(args.seed)
+    adapter_sum = adapter_sha256(args.init_adapter)  # a file re-exported in place is another starting point
+    seed_all(args.seed)
 
-    def load():
-        if sharded:  # each process keeps 1/world of each model's weights (and of the policy's gradients, AdamW state)
-            return load_sharded(args.model, procs, device, dtype, args.cpu_offload)
-        model, tok = M.load(args.model, device=device, dtype=torch.float32)
-        if args.init_adapter:
-            try:
-                M.apply_adapter(model, args.init_adapter)
-            except ValueError as e:
-                raise SystemExit(f"error: --init-adapter {e}") from None
-        return model, tok
-
-    policy, tok = load()
-    model_fast.enable_fast_paths(policy)  # less memory in backward; faster CPU decoding in rollouts
-    if args.lora_rank > 0:
-        trainable = add_lora(policy, args.lora_rank, args.lora_alpha, last_layers=args.lora_layers)
-        reference = lambda: adapters_off(policy)  # same base weights, adapters off
+    # load: the policy (LoRA on the starting checkpoint) and the frozen reference
+    policy, tok = load_start(args, procs, device, dtype, sharded)
+    trainable = prepare_training(policy, args, procs)
+    if args.lora_rank > 0:  # the reference is the same base weights with the adapters off
+        ref_model, network = policy, lambda: adapters_off(policy)
     else:
-        trainable = [p for p in policy.parameters() if p.requires_grad]
-        ref_model, _ = load()
+        ref_model, _ = load_start(args, procs, device, dtype, sharded)
         model_fast.enable_fast_paths(ref_model)
         ref_model.requires_grad_(False)
-        reference = lambda: contextlib.nullcontext(ref_model)
-    policy.gradient_checkpointing = True if args.gradient_checkpointing < 0 else args.gradient_checkpointing
+        network = lambda: contextlib.nullcontext(ref_model)
     limits = {"max_doc_tokens": args.max_doc_tokens, "max_query_tokens": args.max_query_tokens, "verbose": False}
-    rollout_rr = Reranker((policy, tok), thinking=args.thinking, **limits)  # builds the rollout prompts
-    # t of r_RR: the reference's expected score in fast mode (adapters switched off while it runs)
-    ref_rr = Reranker((policy if args.lora_rank > 0 else ref_model, tok), score="expected", **limits)
-    if not args.max_new_tokens:  # "10</answer>" and the end token
-        args.max_new_tokens = len(tok.encode("10</answer>")) + 1
-    resolved.update(max_new_tokens=args.max_new_tokens, world_size=procs.world, device=str(device),
-                    autocast=str(dtype) if amp else "none (fp32)")
-    log("args " + json.dumps(resolved, sort_keys=True))
-    log(f"trainable parameters {sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in policy.parameters()):,} "
-        f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full parameters'})")
+    prompter = Reranker((policy, tok), thinking=args.thinking, **limits)  # builds the rollout prompts
+    # fast mode: "10</answer>" and the end token
+    args.max_new_tokens = args.max_new_tokens or (1024 if args.thinking else len(tok.encode("10</answer>")) + 1)
+    resolved = resolved_args(args, procs, device, dtype, init_adapter_sha256=adapter_sum)
+    sampling, reward, update = Sampling.from_args(args), Reward.from_args(args), Update.from_args(args)
 
-    # data
+    # data, and t of r_RR: the reference's expected score in fast mode, cached per (query, document)
     data = TrainData(args.data.split(","), args.split, args.docs_per_query, args.positives, args.seed, args.bm25_cache,
                      args.match_length)
     total, warmup = args.steps, int(args.warmup * args.steps)
     log(f"data {args.data} ({args.split}): {len(data.keys)} queries; {args.queries_per_step} per step x "
         f"{args.docs_per_query} documents x {args.group_size} rollouts; schedule {total} steps, warmup {warmup}")
-    ref_scores = RefScores(args.out, procs.rank, {"model": os.path.abspath(args.model),
-                                                  "init_adapter": resolved["init_adapter_sha256"],
-                                                  "match_length": args.match_length,
-                                                  "max_doc_tokens": args.max_doc_tokens,
-                                                  "max_query_tokens": args.max_query_tokens,
-                                                  "autocast": resolved["autocast"]})
+    saved_t = RefScores(args.out, procs.rank, {"model": os.path.abspath(args.model),
+                                               "init_adapter": resolved["init_adapter_sha256"],
+                                               "match_length": args.match_length, "max_doc_tokens": args.max_doc_tokens,
+                                               "max_query_tokens": args.max_query_tokens,
+                                               "autocast": resolved["autocast"]})
+    reference = Reference(network, Reranker((ref_model, tok), score="expected", **limits), saved_t)
 
     # optimizer and (maybe) resume
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     run = Run(args.out, resolved, procs, args.keep_checkpoints)
     step, _ = start_or_resume(run, args.resume, total, policy, trainable, opt,
                               must_match=("lora_rank", "lora_layers", "init_adapter_sha256"),
-                              warn_if_changed=("model", "init_adapter", "data", "match_length", "reward", "rr_ties", "lora_alpha",
-                                               "group_size", "docs_per_query", "seed", "lr", "sharding"))
+                              warn_if_changed=("model", "init_adapter", "data", "match_length", "reward", "rr_ties",
+                                               "lora_alpha", "group_size", "docs_per_query", "seed", "lr", "sharding"))
 
     dev_cache = {}
 
@@ -762,22 +825,17 @@ def main(argv=None):
                 f"{d['dev_ndcg10_expected']:.4f}) | {time.perf_counter() - t0:.1f}s", flush=True)
             run.write_log({"step": 0, "dev_ndcg10": d["dev_ndcg10"], "dev_ndcg10_expected": d["dev_ndcg10_expected"]})
 
-    # loop: rollout -> rewards -> advantages -> update_policy -> log
-    on_policy = args.mini_batches * args.ppo_epochs == 1
+    # loop: rollout -> rewards -> advantages -> log-probs -> update_policy -> log
     stop = min(total, args.max_steps) if args.max_steps else total
     while step < stop:
         t0 = time.perf_counter()
         policy.eval()
-        groups = rollout(policy, tok, data, step, args, procs, rollout_rr, ref_rr, ref_scores, reference, autocast)
-        adv, keep = group_advantages([g.rewards for g in groups], args.adv_eps) if groups else (None, [])
-        kept = [n for n, k in enumerate(keep) if k]  # groups whose G rewards differ carry the signal
-        signal = [groups[n] for n in kept]
-        old, ref = logprobs_before_update(policy, reference, signal, args, autocast, on_policy)
-        lr = cosine_lr(step, total, warmup, args.lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        upd = update_policy(policy, opt, trainable, signal, adv[kept] if kept else None, old, ref, step, args, procs,
-                            device, autocast)
+        queries = data.process_queries(step, args.queries_per_step, procs.rank, procs.world)
+        groups = rollout(policy, queries, step, sampling, reward, prompter, reference, autocast)
+        signal = with_advantages(groups, args.adv_eps)
+        signal = logprobs_before_update(policy, reference, signal, update, autocast)
+        lr = set_lr(opt, cosine_lr(step, total, warmup, args.lr))
+        upd = update_policy(policy, opt, signal, step, update, procs, autocast)
         step += 1
         row = step_row(step, groups, len(signal), upd, lr, time.perf_counter() - t0, procs, device)
         if procs.master and args.sample_every and step % args.sample_every == 0 and groups:
@@ -786,26 +844,13 @@ def main(argv=None):
             log(f"sample | ...{tail} -> {g.texts[0]!r} -> score {g.scores[0]} (grade {g.grade}) -> reward {g.rewards[0]:.3f}")
         if args.eval_every and (step % args.eval_every == 0 or step == total):
             row.update(dev())
-        extra = (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score {row['dev_ndcg10_expected']:.4f})"
-                 if "dev_ndcg10" in row else "")
-        counts = " ".join(f"{c} {v}" for c, v in row["cases"].items())
-        log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f} | reward {row['reward']:.3f}±{row['reward_std']:.3f} | "
-            f"{counts} | zero-var {row['zero_var']}/{row['groups']} | kl {row['kl']:.2e} | "
-            f"clip {row['clip_frac']:.3f} | len {row['resp_len']:.1f} | lr {lr:.1e} | "
-            f"{row['rollouts_s']:.1f} rollouts/s | {row['seconds']:.1f}s{extra}", flush=True)
+        log(step_line(row, total), flush=True)
         run.write_log(row)
-        if (args.save_every and step % args.save_every == 0) or (step == stop and stop < total):
+        if save_due(args, step, stop, total):
             save_step(run, step, policy, tok, train_state(run, step, total, policy, trainable, opt))
-    if step == total:
-        save_final(run, policy, tok)
-    finish_processes(procs)
+    finish_run(run, step, total, policy, tok)
     return policy
 
 
 if __name__ == "__main__":
-    from data.beir import DataFormatError
-    try:
-        main()
-    except (DataFormatError, FileNotFoundError) as e:  # bad input (a dataset, a checkpoint): one line
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -15,7 +15,7 @@ Run:
     python sft.py --epochs 1 --eval-every 50 --out runs/sft  # a real run (see --help)
     python sft.py --resume --out runs/sft                    # continue exactly from runs/sft/last
     torchrun --nproc_per_node 2 sft.py ...                   # data parallel (gloo on CPU, nccl on CUDA)
-    torchrun --nproc_per_node 8 sft.py --lora-rank 0 --sharding fsdp ...  # the paper's sizes (README)
+    torchrun --nproc_per_node 8 sft.py --lora-rank 0 --sharding fsdp ...  # the paper's sizes (docs/scaling.md)
 
 Input records, one JSON object a line:
     {"query": str, "doc": str, "score": int 0..10, "instruction": str?, "reasoning": str?}
@@ -43,7 +43,7 @@ with --max-doc-tokens 192 (the ERank prompt alone is ~200), about 2.8 GB added p
 an hour covers a few thousand records, not the 53k that data/make_sft.py makes by default: size
 runs with make_sft --max-queries or --max-records.
 
-Where this deviates from the paper (ERank, arXiv 2509.00520, section 4 of the method notes):
+Where this deviates from the paper (ERank, arXiv 2509.00520, its first stage: SFT on integer scores):
   - base model: the 135M SmolLM2-Instruct (the paper: Qwen3-4B/14B/32B-Base);
   - LoRA rank 16, alpha 32 by default (paper: 32 / 64), on the same "all linear layers";
   - labels: the default data (data/make_sft.py) maps human relevance grades to integer scores
@@ -56,26 +56,22 @@ Where this deviates from the paper (ERank, arXiv 2509.00520, section 4 of the me
 """
 import argparse
 import contextlib
-import json
-import os
 import random
-import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 
 import model as M
-import model_fast
 from data.beir import DataFormatError, read_jsonl
 from eval import auc, dev_ndcg
-from model import completion_logprobs
+from model import completion_logits, token_logprobs
 from rerank import HelpFormatter, build_prompt, completion_text, parse_answer, truncate, truncate_batch
-from training import (Run, add_lora, autocast_for, check_sharding, clip_grad_norm, cosine_lr, finish_processes,
-                      gathered, load_sharded, rng_state, save_final, save_step, set_rng_state, start_or_resume,
-                      start_processes, train_state)
+from sharding import check_sharding, clip_grad_norm, gathered
+from training import (Run, adapter_sha256, add_checkpoint_args, add_dev_args, add_model_args, autocast_for, cosine_lr,
+                      finish_run, load_start, prepare_training, replicated, resolved_args, rng_state, run_cli,
+                      save_due, save_step, seed_all, set_lr, set_rng_state, start_or_resume, start_processes,
+                      train_state)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -93,32 +89,14 @@ def parse_args(argv=None):
                    "length-grouped random records; use a batch and micro-batch that are multiples of the "
                    "records per query")
     g.add_argument("--length-grouping", type=int, default=0, metavar="N",
-                   help="sort records by length within chunks of N batches (less padding; 0 = random batches). "
-                   "Measured on the built-in model: random batches learnt relevance after ~2,000 examples, "
-                   "length-grouped ones (N = 16) had not after 2,800")
+                   help="sort records by length within chunks of N batches: less padding (0 = random batches, "
+                   "the measured best: docs/experiments.md)")
+    g.add_argument("--loss", default="hard", choices=["hard", "soft"],
+                   help="hard: cross-entropy on each record's integer score (the paper); soft: the first answer "
+                   "token against the record's teacher 'target' (P(10) = target, P(0) = 1 - target; "
+                   "tools/grade_minilm.py), where it has one")
     g.add_argument("--max-records", type=int, default=0, help="use a seeded sample of N records (0 = all)")
-    g = ap.add_argument_group("model")
-    g.add_argument("--model", default=None, help="HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
-    g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                   help="autocast dtype (default: bf16 on CUDA; "
-                   "fp32 on CPU). Weights, LoRA, optimizer state, loss and log-probs stay fp32 either way")
-    g.add_argument("--sharding", default="ddp", choices=["ddp", "fsdp"],
-                   help="under torchrun: ddp = every process holds the whole model, its gradients and AdamW "
-                   "state; fsdp = each holds 1/N of them (FSDP2; full fine-tuning only, --lora-rank 0): "
-                   "the paper's 4B-32B models")
-    g.add_argument("--cpu-offload", action="store_true", help="with --sharding fsdp on CUDA: the shards of the "
-                   "weights, gradients and AdamW state live in CPU memory (slower; for when they do not fit)")
-    g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = full fine-tuning")
-    g.add_argument("--lora-layers", type=int, default=0, help="LoRA on the last N decoder blocks only (0 = all); "
-                   "backward then stops at the first adapted block")
-    g.add_argument("--init-adapter", default=None, help="adapter.safetensors merged into --model before training "
-                   "(continue a run from a committed adapter: the new run's adapter is the delta on top of it; "
-                   "tools/export_adapter.py adds the two)")
-    g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
-    g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
-                   help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
-                   "less memory, slower")
+    add_model_args(ap, None, "HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
     g = ap.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (paper: 1e-4 with LoRA)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
@@ -133,19 +111,11 @@ def parse_args(argv=None):
                    "keeps its full length, so a later --resume continues it")
     g.add_argument("--seed", type=int, default=0, help="seeds LoRA init and the data order")
     g = ap.add_argument_group("evaluation and logging")
-    g.add_argument("--dev-data", default="data/beir/manpages", help="BEIR directory whose dev qrels give dev nDCG@10")
-    g.add_argument("--dev-split", default="dev", help="qrels split used for evaluation (never pyfaq)")
-    g.add_argument("--dev-queries", type=int, default=20, help="queries evaluated (the first N by id)")
-    g.add_argument("--dev-top-k", type=int, default=20, help="BM25 candidates reranked per query")
+    add_dev_args(g)
     g.add_argument("--bm25-cache", default=None, help="BM25 index cache directory (default: data/cache/bm25)")
     g.add_argument("--eval-every", type=int, default=0, help="dev nDCG@10 every N steps and at the end (0 = never)")
     g.add_argument("--sample-every", type=int, default=25, help="print prompt tail -> greedy completion every N steps")
-    g = ap.add_argument_group("checkpoints")
-    g.add_argument("--out", default="runs/sft", help="output directory")
-    g.add_argument("--save-every", type=int, default=100, help="write step-N/ and last/ every N steps (0 = never)")
-    g.add_argument("--keep-checkpoints", type=int, default=2, help="step-N/ directories kept (the newest; "
-                   "older ones are deleted; 0 = keep all). last/ and final/ are always kept")
-    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last")
+    add_checkpoint_args(ap, out="runs/sft", save_every=100)
     return ap.parse_args(argv)
 
 
@@ -164,7 +134,10 @@ def read_records(path: str) -> list[dict]:
         if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= 10:
             raise DataFormatError(f"{path}, line {n}: field 'score' should be an integer 0..10, "
                                   f"got {r.get('score')!r}")
-        out.append({"query": r["query"], "doc": r["doc"], "score": s,
+        t = r.get("target")
+        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1):
+            raise DataFormatError(f"{path}, line {n}: field 'target' should be a number 0..1 (or absent), got {t!r}")
+        out.append({"query": r["query"], "doc": r["doc"], "score": s, "target": t,
                     "instruction": r.get("instruction"), "reasoning": r.get("reasoning")})
     if not out:
         raise DataFormatError(f"{path}: no records")
@@ -204,7 +177,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     """The global batches of one epoch, as record indices: a seeded shuffle cut into batches.
     With group > 0, length grouping: the shuffle is cut into chunks of `group` batches, each chunk
     sorted by length (less padding) and cut into batches, then the batch order is shuffled. Off by
-    default: on the built-in model it stalled learning (README, "where it stands"). With `queries`
+    default: on the built-in model it stalled learning (docs/experiments.md, rb and q3). With `queries`
     (a key per record), the distinct queries are shuffled instead and their records laid side by
     side before cutting, so a query's positive and negatives share a batch. The tail that does not fill a batch is dropped.
     The same on every process, and independent of the micro-batch size and process count."""
@@ -231,6 +204,29 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
 # ----------------------------------------------------------------------------- the learning signal
 
 
+def answer_logprobs(net, prompts, completions, digit_ids, targets, shared_prefix=True):
+    """-> (logps (B, N), mask (B, N), first (B, 10)): log p of each completion token (fp32), the
+    mask of real ones, and the log-probs of the digits "0".."9" where the answer starts.
+
+    targets[row] (None, or a teacher's probability of relevance t in 0..1) makes the first answer
+    token's term soft: its log p becomes t * log P("1") + (1 - t) * log P("0"), the cross-entropy
+    against the target "10 with probability t, else 0" ("1" starts "10"). The format tokens after
+    it keep the record's own completion. Only for fast-mode rows, whose first token is the answer."""
+    logits, mask = completion_logits(net, prompts, completions, shared_prefix)  # (K, V), (B, N)
+    tokens = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=logits.device)
+    starts = mask.sum(1).cumsum(0) - mask.sum(1)  # (B,): index in logits of each row's first token
+    first = torch.log_softmax(logits[starts].float(), -1)[:, digit_ids]  # (B, 10)
+    per_token = token_logprobs(logits, tokens)  # (K,)
+    soft = [(row, t) for row, t in enumerate(targets) if t is not None]
+    if soft:
+        rows = torch.tensor([row for row, _ in soft], device=logits.device)
+        t = torch.tensor([t for _, t in soft], device=logits.device)
+        per_token = per_token.index_put((starts[rows],), t * first[rows, 1] + (1 - t) * first[rows, 0])
+    logps = torch.zeros(mask.shape, device=logits.device)
+    logps[mask] = per_token  # row-major: row 0's completion tokens, then row 1's ...
+    return logps, mask, first
+
+
 def first_digit_score(first_logp) -> torch.Tensor:
     """(B, 10) log-probs of the tokens "0".."9" at the answer position -> (B,) expected score
     sum_d d * P'(d), P' renormalised over the ten digits, with "1" read as 10: the answer after
@@ -239,6 +235,54 @@ def first_digit_score(first_logp) -> torch.Tensor:
     p = torch.softmax(first_logp, -1)
     values = torch.tensor([0, 10, 2, 3, 4, 5, 6, 7, 8, 9], dtype=p.dtype, device=p.device)
     return p @ values
+
+
+def signal_stats(signal: list, recent_auc: list) -> dict:
+    """A step's (first answer token's loss, expected score, relevant?) triples -> {"answer_loss",
+    "auc"} (what there is to report). recent_auc holds the batch AUCs of the last 20 steps (updated
+    here); "auc" is their mean, since one batch holds few pairs."""
+    if not signal:
+        return {}
+    row = {"answer_loss": sum(x[0] for x in signal) / len(signal)}
+    batch_auc = auc([x[1] for x in signal], [x[2] for x in signal])
+    if batch_auc is not None:
+        recent_auc[:] = (recent_auc + [batch_auc])[-20:]
+    if recent_auc:
+        row["auc"] = sum(recent_auc) / len(recent_auc)
+    return row
+
+
+# ----------------------------------------------------------------------------- processes and logging
+
+
+def process_micro_batches(batch: list, procs, size: int) -> list:
+    """This process's share of a global batch (an equal slice), cut into micro-batches of `size`."""
+    share = len(batch) // procs.world
+    mine = batch[procs.rank * share:(procs.rank + 1) * share]
+    return [mine[j:j + size] for j in range(0, len(mine), size)]
+
+
+def sum_over_processes(loss_sum, tokens: int, signal: list, procs, device):
+    """-> (loss sum, token count, learning-signal triples) of all processes together."""
+    stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64, device=device)  # NCCL: CUDA tensors
+    if procs.ddp:
+        dist.all_reduce(stats)
+        shards = [None] * procs.world
+        dist.all_gather_object(shards, signal)
+        signal = [x for shard in shards for x in shard]
+    return float(stats[0]), float(stats[1]), signal
+
+
+def step_line(row: dict, total: int) -> str:
+    """The greppable log line of a step."""
+    extra = "".join([f" | answer loss {row['answer_loss']:.4f}" if "answer_loss" in row else "",
+                     f" | AUC {row['auc']:.3f}" if "auc" in row else ""])
+    if "dev_ndcg10" in row:
+        dev_auc = "-" if row["dev_auc"] is None else f"{row['dev_auc']:.3f}"
+        extra += (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score "
+                  f"{row['dev_ndcg10_expected']:.4f}) | dev AUC {dev_auc}")
+    return (f"step {row['step']:05d}/{total:05d} | loss {row['loss']:.4f}{extra} | lr {row['lr']:.1e} | "
+            f"grad {row['grad_norm']:.3f} | {row['tok_s']:.0f} tok/s | {row['seconds']:.1f}s")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -267,8 +311,7 @@ def main(argv=None):
     args.device, log = procs.device, procs.log
     if args.batch_size % procs.world:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {procs.world}")
-    if args.init_adapter and not os.path.isfile(args.init_adapter):
-        raise SystemExit(f"error: --init-adapter {args.init_adapter}: no such file")
+    adapter_sum = adapter_sha256(args.init_adapter)
     sharded = check_sharding(args, procs)
     # master weights, LoRA and optimizer state in fp32 everywhere; matrix products under autocast
     # in the chosen dtype (bf16 on CUDA by default; on CPU when asked)
@@ -277,40 +320,16 @@ def main(argv=None):
     if args.model is None:
         from data.convert_smollm2 import ensure_base_model
         args.model = ensure_base_model()
-    resolved = vars(args).copy()
-    amp = dtype in (torch.bfloat16, torch.float16)
-    resolved.update(world_size=procs.world, device=str(device), autocast=str(dtype) if amp else "none (fp32)")
-    log("args " + json.dumps(resolved, sort_keys=True))
+    resolved = resolved_args(args, procs, device, dtype, init_adapter_sha256=adapter_sum)
 
     records = read_records(args.data)  # bad input stops here, before the model loads
 
-    # load
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    if sharded:  # each process keeps 1/world of the weights, their gradients and AdamW state
-        model, tok = load_sharded(args.model, procs, device, dtype, args.cpu_offload)
-    else:
-        model, tok = M.load(args.model, device=device, dtype=torch.float32)
-    model_fast.enable_fast_paths(model)  # less memory in backward; faster CPU decoding in dev evaluation
-    if args.init_adapter:
-        try:
-            M.apply_adapter(model, args.init_adapter)
-        except ValueError as e:
-            raise SystemExit(f"error: --init-adapter {e}") from None
-        log(f"merged {args.init_adapter} into {args.model}")
-    if args.lora_rank > 0:
-        trainable = add_lora(model, args.lora_rank, args.lora_alpha, last_layers=args.lora_layers)
-    else:
-        trainable = [p for p in model.parameters() if p.requires_grad]
-    model.gradient_checkpointing = True if args.gradient_checkpointing < 0 else args.gradient_checkpointing
+    # load: the starting model (+ --init-adapter), then LoRA on it
+    seed_all(args.seed)
+    model, tok = load_start(args, procs, device, dtype, sharded)
+    trainable = prepare_training(model, args, procs)
     model.train()
-    log(f"trainable parameters {sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in model.parameters()):,} "
-        f"({'LoRA r%d alpha %g' % (args.lora_rank, args.lora_alpha) if args.lora_rank else 'full fine-tuning'}"
-        f"{', last %d blocks' % args.lora_layers if args.lora_rank and args.lora_layers else ''})")
-    net = model
-    if procs.ddp and not sharded:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = replicated(model, procs, device) if procs.ddp and not sharded else model  # DDP: gradients summed in backward
 
     # data (records were read and checked before the model was loaded)
     if args.max_records and len(records) > args.max_records:  # a seeded sample, kept in file order
@@ -339,6 +358,9 @@ def main(argv=None):
     # loss and the AUC of the expected score, relevant (score >= 5) against non-relevant records
     digit_ids = [tok.token_id(str(d)) for d in range(10)]
     fast = [r.get("reasoning") is None for r in records]  # the first completion token is the answer
+    soft = args.loss == "soft"
+    if soft and not any(r["target"] is not None for r in records):
+        raise SystemExit(f"--loss soft: {args.data} has no 'target' fields (grade it: python tools/grade_minilm.py)")
     recent_auc = []  # batch AUCs of the last 20 steps (logged as their mean; starts afresh on --resume)
 
     # loop
@@ -352,85 +374,56 @@ def main(argv=None):
             schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch, args.length_grouping, queries)}
         batch = schedule[epoch][k]  # global batch (record indices)
         n_target = sum(len(encoded[i][1]) for i in batch)  # completion tokens in the whole global batch
-        share = len(batch) // procs.world
-        mine = batch[procs.rank * share:(procs.rank + 1) * share]
-        micro = [mine[j:j + args.micro_batch_size] for j in range(0, len(mine), args.micro_batch_size)]
-        lr = cosine_lr(step, total, warmup, args.lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = set_lr(opt, cosine_lr(step, total, warmup, args.lr))
         loss_sum = torch.zeros((), device=device)
         tokens = 0
         signal = []  # (first answer token's loss, expected score, relevant?) of this step's fast-mode records
+        micro = process_micro_batches(batch, procs, args.micro_batch_size)
         for j, mb in enumerate(micro):
             # DDP syncs gradients on the last micro-batch only (FSDP reduce-scatters each one's)
             sync = net.no_sync() if net is not model and j < len(micro) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast():
-                    logps, mask, first = completion_logprobs(net, [encoded[i][0] for i in mb],
-                                                             [encoded[i][1] for i in mb], first_ids=digit_ids,
-                                                             shared_prefix=not sharded)
+                    targets = [records[i]["target"] if soft and fast[i] else None for i in mb]
+                    logps, mask, first = answer_logprobs(net, [encoded[i][0] for i in mb], [encoded[i][1] for i in mb],
+                                                         digit_ids, targets, shared_prefix=not sharded)
                 nll = -(logps * mask).sum()
                 # DDP and FSDP average gradients over processes: scale by world so they sum instead
                 (nll * procs.world / n_target).backward()
             loss_sum += nll.detach()
             tokens += sum(lengths[i] for i in mb)
-            expected, first_nll = first_digit_score(first).tolist(), (-logps[:, 0].detach()).tolist()
+            expected, first_nll = first_digit_score(first.detach()).tolist(), (-logps[:, 0].detach()).tolist()
             signal += [(first_nll[row], expected[row], records[i]["score"] >= 5)
                        for row, i in enumerate(mb) if fast[i]]
         grad_norm = clip_grad_norm(trainable, args.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64, device=device)  # NCCL: CUDA tensors
-        if procs.ddp:
-            dist.all_reduce(stats)
-            shards = [None] * procs.world
-            dist.all_gather_object(shards, signal)
-            signal = [x for shard in shards for x in shard]
+        loss_sum, tokens, signal = sum_over_processes(loss_sum, tokens, signal, procs, device)
         step += 1
         dt = time.perf_counter() - t0
-        row = {"step": step, "loss": float(stats[0]) / n_target, "lr": lr, "grad_norm": grad_norm,
-               "tok_s": float(stats[1]) / dt, "seconds": dt, "tokens": int(stats[1]), "epoch": epoch,
-               "examples": step * args.batch_size}
-        if signal:
-            row["answer_loss"] = sum(x[0] for x in signal) / len(signal)
-            batch_auc = auc([x[1] for x in signal], [x[2] for x in signal])
-            if batch_auc is not None:
-                recent_auc = (recent_auc + [batch_auc])[-20:]
-            if recent_auc:
-                row["auc"] = sum(recent_auc) / len(recent_auc)
+        row = {"step": step, "loss": loss_sum / n_target, "lr": lr, "grad_norm": grad_norm, "tok_s": tokens / dt,
+               "seconds": dt, "tokens": int(tokens), "epoch": epoch, "examples": step * args.batch_size,
+               **signal_stats(signal, recent_auc)}
         if args.eval_every and (step % args.eval_every == 0 or step == total):
             with gathered(model), autocast():  # sharded: every process gathers, the first evaluates
                 if procs.master:
                     row.update(dev_ndcg(model, tok, args.dev_data, args.dev_split, args.dev_queries,
                                         args.dev_top_k, args.max_doc_tokens, args.max_query_tokens, args.bm25_cache,
                                         dev_cache))
-        extra = "".join([f" | answer loss {row['answer_loss']:.4f}" if "answer_loss" in row else "",
-                         f" | AUC {row['auc']:.3f}" if "auc" in row else ""])
-        if "dev_ndcg10" in row:
-            dev_auc = "-" if row["dev_auc"] is None else f"{row['dev_auc']:.3f}"
-            extra += (f" | dev nDCG@10 {row['dev_ndcg10']:.4f} (expected score "
-                      f"{row['dev_ndcg10_expected']:.4f}) | dev AUC {dev_auc}")
-        log(f"step {step:05d}/{total:05d} | loss {row['loss']:.4f}{extra} | lr {lr:.1e} | grad {grad_norm:.3f} | "
-            f"{row['tok_s']:.0f} tok/s | {dt:.1f}s", flush=True)
+        log(step_line(row, total), flush=True)
         run.write_log(row)
         if args.sample_every and step % args.sample_every == 0:
             i = batch[0]
             with gathered(model):
                 if procs.master:
                     log(sample_line(model, tok, encoded[i][0], encoded[i][1], max_new_tokens=len(encoded[i][1]) + 4))
-        if (args.save_every and step % args.save_every == 0) or (step == stop and stop < total):
+        if save_due(args, step, stop, total):
             save_step(run, step, model, tok, train_state(run, step, total, model, trainable, opt, rng=rng_state(),
                                                          data={"epoch": step // steps_per_epoch,
                                                                "batch_in_epoch": step % steps_per_epoch}))
-    if step == total:
-        save_final(run, model, tok)
-    finish_processes(procs)
+    finish_run(run, step, total, model, tok)
     return model
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataFormatError, FileNotFoundError) as e:  # bad input: one line, exit status 2
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -1,28 +1,32 @@
-"""What sft.py and rl.py share: the processes, autocast, LoRA, the schedule, and checkpoints
-with exact resume. Each training script reads as its algorithm and calls these.
+"""What sft.py and rl.py share: the flags of the model and checkpoints, the processes, autocast,
+LoRA, the starting model, the schedule, and checkpoints with exact resume. Each training script
+reads as its algorithm and calls these.
 
+    add_model_args(ap, default, help)                 # --model, --dtype, --lora-rank, --init-adapter ...
     procs = start_processes(args.device)              # torchrun: gloo on CPU, nccl on CUDA
     autocast = autocast_for(device, dtype)            # bf16/fp16 matrix products; fp32 weights
-    trainable = add_lora(model, rank, alpha, last_layers=10)
+    model, tok = load_start(args, procs, device, dtype, sharded)  # --model + --init-adapter
+    trainable = prepare_training(model, args, procs)  # speed paths, LoRA, gradient checkpointing
     step, state = start_or_resume(run, resume, total, model, trainable, opt)  # <out>/last, or a fresh log
+    lr = set_lr(opt, cosine_lr(step, total, warmup, peak))
     save_step(run, step, model, tok, state)           # step-N/ + last/, old step-N/ pruned
-    save_final(run, model, tok)                       # final/: HF layout, LoRA merged
+    finish_run(run, step, total, model, tok)          # final/: HF layout, LoRA merged
 
---sharding fsdp (full-parameter training at sizes one device cannot hold):
-    model, tok = load_sharded(path, procs, device, dtype)  # each process keeps 1/world (FSDP2)
-    with gathered(model): generate(model, ...)        # whole weights for a while: local forwards
-    norm = clip_grad_norm(params, 1.0)                # the global norm over all shards
-    consolidate("runs/x/step-00050", "out")           # a sharded checkpoint -> HF layout
+Data parallelism: under torchrun each process trains on its share of the batch. Replicated
+(DDP, the default): every process holds the whole model, and DistributedDataParallel sums the
+gradients in backward; it prepares that in its forward, which is why model.py's callers that
+apply lm_head themselves still go through forward. Sharded (--sharding fsdp): sharding.py.
 """
 import contextlib
+import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,9 +34,61 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+import files
 import model as M
+import model_fast
+from sharding import full_state_dict, is_sharded, load_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ----------------------------------------------------------------------------- command line: the flags both trainers take
+
+
+def add_model_args(ap, model_default: str | None, model_help: str):
+    """The "model" group: the checkpoint to start from (--model, with the script's default), device,
+    dtype, sharding, LoRA, the adapter to start from, gradient checkpointing."""
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", default=model_default, help=model_help)
+    g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="autocast dtype (default: bf16 on CUDA; fp32 on CPU). Weights, LoRA, optimizer state, "
+                   "losses, rewards and log-probs stay fp32 either way")
+    g.add_argument("--sharding", default="ddp", choices=["ddp", "fsdp"],
+                   help="under torchrun: ddp = every process holds the whole model (RL: and the reference), its "
+                   "gradients and AdamW state; fsdp = each holds 1/N of them (FSDP2, sharding.py; all parameters "
+                   "only, --lora-rank 0): the paper's 4B-32B models")
+    g.add_argument("--cpu-offload", action="store_true", help="with --sharding fsdp on CUDA: the shards of the "
+                   "weights, gradients and AdamW state live in CPU memory (slower; for when they do not fit)")
+    g.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on all linear layers; 0 = all parameters train")
+    g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale is alpha / rank")
+    g.add_argument("--lora-layers", type=int, default=0, help="LoRA on the last N decoder blocks only (0 = all); "
+                   "backward then stops at the first adapted block")
+    g.add_argument("--init-adapter", default=None, help="adapter.safetensors merged into --model before training: "
+                   "continue from a committed adapter (RL: the policy and the reference are --model plus it); the "
+                   "new run's adapter is the delta on top (tools/export_adapter.py adds the two)")
+    g.add_argument("--gradient-checkpointing", type=int, nargs="?", const=-1, default=0, metavar="N",
+                   help="recompute the MLP half of the first N blocks in backward (no N: all blocks): "
+                   "less memory, slower")
+
+
+def add_dev_args(g):
+    """Into a script's evaluation group: the dev set that dev_ndcg reranks."""
+    g.add_argument("--dev-data", default="data/beir/manpages", help="BEIR directory whose dev qrels give dev nDCG@10")
+    g.add_argument("--dev-split", default="dev", help="qrels split used for evaluation (never pyfaq)")
+    g.add_argument("--dev-queries", type=int, default=20, help="queries evaluated (the first N by id)")
+    g.add_argument("--dev-top-k", type=int, default=20, help="BM25 candidates reranked per query")
+
+
+def add_checkpoint_args(ap, out: str, save_every: int):
+    """The "checkpoints" group."""
+    g = ap.add_argument_group("checkpoints")
+    g.add_argument("--out", default=out, help="output directory")
+    g.add_argument("--save-every", type=int, default=save_every, help="write step-N/ and last/ every N steps "
+                   "(0 = never)")
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="step-N/ directories kept (the newest; "
+                   "older ones are deleted; 0 = keep all). last/ and final/ are always kept")
+    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last")
 
 
 # ----------------------------------------------------------------------------- processes and autocast
@@ -78,6 +134,29 @@ def finish_processes(procs: Processes):
         dist.destroy_process_group()
 
 
+def resolved_args(args, procs: Processes, device: torch.device, dtype: torch.dtype, **extra) -> dict:
+    """The resolved arguments (the command line, the process count, device and autocast dtype, and
+    `extra`), logged once and saved beside every checkpoint."""
+    amp = dtype in (torch.bfloat16, torch.float16)
+    resolved = {**vars(args), "world_size": procs.world, "device": str(device),
+                "autocast": str(dtype) if amp else "none (fp32)", **extra}
+    procs.log("args " + json.dumps(resolved, sort_keys=True))
+    return resolved
+
+
+def replicated(model, procs: Processes, device: torch.device):
+    """The model wrapped for replicated data parallelism (DDP): every process holds all of it, and
+    backward sums the gradients over processes. Pass the wrapper where the loss is computed."""
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def seed_all(seed: int):
+    """Python's, numpy's and torch's global generators (LoRA's init, data order)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def autocast_for(device: torch.device, dtype: torch.dtype):
     """-> a function returning the context for forward passes: autocast to bf16/fp16 (matrix
     products in that dtype; weights, LoRA, optimizer state, losses and log-probs stay fp32), or
@@ -85,116 +164,6 @@ def autocast_for(device: torch.device, dtype: torch.dtype):
     if dtype in (torch.bfloat16, torch.float16):
         return lambda: torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext
-
-
-# ----------------------------------------------------------------------------- sharding (FSDP2)
-#
-# --sharding fsdp: each process keeps 1/world of every weight, gradient and AdamW moment
-# (torch.distributed.fsdp.fully_shard); DDP, the default, keeps all of them on every process, 16
-# bytes a parameter, which the paper's 4B-32B models do not fit (README, "Training at the paper's
-# sizes"). Each decoder block is one FSDP unit, gathered whole just before it runs and freed after;
-# the root unit is the rest (embeddings, final norm, lm_head: a tied lm_head stays one tensor).
-# Every forward and backward is a collective: all processes must make the same calls, in the same
-# order. Where they cannot (generation: rows stop at different tokens; a process with fewer rows),
-# `gathered` gathers the whole model once, and the forwards inside need no collectives.
-
-
-def check_sharding(args, procs: Processes) -> bool:
-    """--sharding and --cpu-offload against the rest of the command line -> whether to shard:
-    --sharding fsdp with more than one process (with one, there is nothing to shard)."""
-    if args.sharding == "fsdp":
-        if args.lora_rank > 0:
-            raise SystemExit("--sharding fsdp trains all parameters: add --lora-rank 0 (LoRA's trainable state is "
-                             "small; the default --sharding ddp fits it)")
-        if getattr(args, "init_adapter", None):
-            raise SystemExit("--init-adapter is for LoRA runs; it does not combine with --sharding fsdp")
-        if not procs.ddp:
-            procs.log("--sharding fsdp with one process: nothing to shard, the model stays whole")
-    if args.cpu_offload:
-        cuda = (procs.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-        if args.sharding != "fsdp" or not cuda:
-            raise SystemExit("--cpu-offload moves FSDP's shards off the GPU: it needs --sharding fsdp on CUDA")
-    return args.sharding == "fsdp" and procs.ddp
-
-
-def is_sharded(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
-def load_sharded(path: str, procs: Processes, device: torch.device, dtype: torch.dtype, cpu_offload: bool = False):
-    """-> (model, tok): the HF-layout checkpoint at `path`, sharded over all processes. The model
-    is built on the meta device (no memory), sharded, and each process then reads from the
-    safetensors files only its own slice of each weight, one tensor at a time: no process holds
-    the whole model. Weights stay fp32 (the master copy AdamW updates). With a bf16 `dtype` they
-    are gathered and computed in bf16 and gradients reduced in fp32 (FSDP's mixed precision);
-    cpu_offload keeps the shards (weights, gradients, AdamW state) in CPU memory, CUDA only."""
-    from safetensors import safe_open
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-    from torch.distributed.tensor import distribute_tensor
-
-    cfg, tok = M.load_config(path), M.Tokenizer(path)
-    with torch.device("meta"):
-        model = M.Transformer(cfg)
-    mesh = init_device_mesh(device.type, (procs.world,))
-    # RoPE tables and the additive mask stay as the model makes them (fp32 tables, as unsharded)
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False) \
-        if dtype == torch.bfloat16 else MixedPrecisionPolicy(cast_forward_inputs=False)
-    kw = {"mesh": mesh, "mp_policy": mp, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
-    for block in model.model.layers:
-        fully_shard(block, reshard_after_forward=True, **kw)
-    # the root stays gathered after forward: backward needs it at once, and completion_logprobs
-    # applies lm_head to forward's output (outside forward)
-    fully_shard(model, reshard_after_forward=False, **kw)
-    model.to_empty(device="cpu" if cpu_offload else device)
-    where = {}
-    for f in M.weight_files(path):
-        with safe_open(f, framework="pt") as r:
-            where.update({k: f for k in r.keys()})
-    params = dict(model.named_parameters())  # a tied lm_head.weight is listed once, as embed_tokens
-    missing = sorted(set(params) - set(where))
-    if missing:
-        raise ValueError(f"{path}: checkpoint does not match config.json ({cfg.model_type}); "
-                         f"missing keys {missing[:8]}")
-    with torch.no_grad():
-        for name, p in params.items():
-            with safe_open(where[name], framework="pt") as r:
-                w = r.get_tensor(name).to(p.device, torch.float32)
-            if w.shape != p.shape:
-                raise ValueError(f"{path}: {name} has shape {tuple(w.shape)}, config says {tuple(p.shape)}")
-            mine = distribute_tensor(w, p.device_mesh, p.placements, src_data_rank=None)  # a local slice, no traffic
-            p.to_local().copy_(mine.to_local())
-    return model.eval(), tok
-
-
-@contextlib.contextmanager
-def gathered(model):
-    """The whole weights of a sharded model on every process for the duration: one all-gather per
-    FSDP unit on entry, none in the forwards inside, so each process may then run as many as it
-    needs (generation: one per token, until its own rows stop). Every process must enter it
-    together. Costs the whole model's memory (bf16 under mixed precision) while it lasts. Nothing
-    for an unsharded model."""
-    from torch.distributed.fsdp import FSDPModule
-
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for m in units:
-        m.unshard()
-        m.set_reshard_after_forward(False, recurse=False)
-    try:
-        yield model
-    finally:
-        for m in units:  # back to load_sharded's setting: the root stays gathered after forward
-            m.reshard()
-            m.set_reshard_after_forward(m is not model, recurse=False)
-
-
-def clip_grad_norm(params, max_norm: float) -> float:
-    """clip_grad_norm_ -> the norm before clipping, as a float. Under FSDP each process holds a
-    slice of each gradient (a DTensor) and the norm is computed over all of them (an all-reduce)."""
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -267,6 +236,56 @@ def adapter_state_dict(model) -> dict:
             out[name + ".lora_B"] = (m.lora_B.detach() * m.scale).contiguous()
     return out
 
+# ----------------------------------------------------------------------------- the starting model
+
+
+def adapter_sha256(path: str | None) -> str | None:
+    """The --init-adapter file's sha256 (None without one): a run records what it started from
+    by content, since a file re-exported in place is another starting point."""
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --init-adapter {path}: no such file")
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def load_start(args, procs: Processes, device: torch.device, dtype: torch.dtype, sharded: bool):
+    """--model as a run starts from it -> (model, tok). The weights are fp32 (the master copy that
+    AdamW updates; autocast sets the dtype of the matrix products), sharded over the processes with
+    --sharding fsdp, with --init-adapter's low-rank delta merged in: a run continues from a
+    committed adapter, and its own adapter is the delta on top (tools/export_adapter.py adds them)."""
+    if sharded:  # each process keeps 1/world of the weights (and of their gradients, AdamW state)
+        return load_sharded(args.model, procs, device, dtype, args.cpu_offload)
+    model, tok = M.load(args.model, device=device, dtype=torch.float32)
+    if args.init_adapter:
+        try:
+            files.apply_adapter(model, args.init_adapter)
+        except ValueError as e:
+            raise SystemExit(f"error: --init-adapter {e}") from None
+        procs.log(f"added {args.init_adapter} to the weights of {args.model} in memory (the files on disk are unchanged)")
+    return model, tok
+
+
+def prepare_training(model, args, procs: Processes) -> list:
+    """The measured speed paths on (model_fast: less memory in backward, faster CPU decoding in
+    rollouts and dev evaluation), LoRA (--lora-rank 0: every parameter trains) and
+    --gradient-checkpointing (-1: every block) -> the trainable parameters."""
+    model_fast.enable_fast_paths(model)
+    if args.lora_rank > 0:
+        trainable = add_lora(model, args.lora_rank, args.lora_alpha, last_layers=args.lora_layers)
+    else:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+    n = args.gradient_checkpointing
+    model.gradient_checkpointing = len(model.model.layers) if n < 0 else n
+    what = f"LoRA r{args.lora_rank} alpha {args.lora_alpha:g}" if args.lora_rank else "all parameters"
+    if args.lora_rank and args.lora_layers:
+        what += f", last {args.lora_layers} blocks"
+    procs.log(f"trainable parameters {sum(p.numel() for p in trainable):,} of "
+              f"{sum(p.numel() for p in model.parameters()):,} ({what})")
+    return trainable
+
+
 # ----------------------------------------------------------------------------- schedule
 
 
@@ -277,6 +296,13 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float) ->
         return peak_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(opt, lr: float) -> float:
+    """The optimizer's learning rate for the coming step -> lr."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
@@ -307,7 +333,7 @@ def save_checkpoint(path: str, model, tok, args: dict, train_state: dict | None,
 
     info = {k: train_state[k] for k in ("step", "total_steps") if train_state and k in train_state}
     adapter = adapter_state_dict(model)
-    with M.atomic_output(path) as staging:
+    with files.atomic_output(path) as staging:
         if full or not adapter:
             M.save(model, tok, staging, state=merged_state_dict(model), extra={"args.json": args, "train_info.json": info})
         else:
@@ -339,18 +365,15 @@ def copy_checkpoint(src: str, dst: str):
         except OSError:
             shutil.copy2(a, b)
 
-    with M.atomic_output(dst) as tmp:
+    with files.atomic_output(dst) as tmp:
         shutil.copytree(src, tmp, copy_function=link_or_copy)
 
 
-STARTED = time.time()  # when this process started: see prune_checkpoints
-
-
-def prune_checkpoints(out: str, keep: int):
+def prune_checkpoints(out: str, keep: int, started: float):
     """Delete all but the newest `keep` step-N/ directories of a run (each is a full model), and
-    the .tmp-PID-*/.old-PID-* leftovers of a write that a killed process left (model.atomic_output):
-    only those older than this process, so a write of this run (on another node: its process id
-    means nothing here) is never touched."""
+    the .tmp-PID-*/.old-PID-* leftovers of a write that a killed process left (files.atomic_output):
+    only those older than `started`, the time this run started, so a write of this run (on another
+    node: its process id means nothing here) is never touched."""
     steps = sorted(d for d in os.listdir(out) if d.startswith("step-") and d[5:].isdigit())
     for d in steps[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(out, d), ignore_errors=True)
@@ -359,7 +382,7 @@ def prune_checkpoints(out: str, keep: int):
         pid = rest.partition("-")[0]
         path = os.path.join(out, d)
         if kind in (".tmp", ".old") and pid.isdigit() and not _process_alive(int(pid)) \
-                and os.path.getmtime(path) < STARTED:
+                and os.path.getmtime(path) < started:
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
@@ -380,6 +403,7 @@ class Run:
     args: dict  # the resolved arguments, saved beside every checkpoint
     procs: Processes
     keep_checkpoints: int = 2
+    started: float = field(default_factory=time.time)  # older leftovers of killed writes are pruned
 
     @property
     def last_dir(self) -> str:
@@ -451,7 +475,7 @@ def start_or_resume(run: Run, resume: bool, total: int, model, trainable: list, 
     run.procs.log(f"resumed from {run.last_dir} at step {step}")
     if run.procs.master and os.path.exists(run.log_path):
         keep = [line for line in open(run.log_path) if line.strip() and json.loads(line)["step"] <= step]
-        M.write_atomic(run.log_path, "".join(keep))
+        files.write_atomic(run.log_path, "".join(keep))
     return step, st
 
 
@@ -467,18 +491,16 @@ def save_step(run: Run, step: int, model, tok, state: dict):
     if not run.procs.master:
         return
     copy_checkpoint(path, run.last_dir)
-    prune_checkpoints(run.out, run.keep_checkpoints)
+    prune_checkpoints(run.out, run.keep_checkpoints, run.started)
     run.procs.log(f"saved {path} and {run.last_dir}")
 
 
 def save_final(run: Run, model, tok):
     """final/: the HF-layout model with LoRA merged (rerank.py and transformers load it) + adapter.
     A sharded model is gathered whole onto the first process's CPU first (call it on all)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     path = os.path.join(run.out, "final")
     if is_sharded(model):
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = full_state_dict(model)
         if run.procs.master:
             M.save(model, tok, path, state=state, extra={"args.json": run.args, "train_info.json": {}})
     elif run.procs.master:
@@ -486,96 +508,27 @@ def save_final(run: Run, model, tok):
     run.procs.log(f"saved {path}")
 
 
-# -- sharded checkpoints (--sharding fsdp), through torch.distributed.checkpoint (DCP)
+def save_due(args, step: int, stop: int, total: int) -> bool:
+    """Whether step-N/ and last/ are written after this step: every --save-every steps, and when
+    --max-steps stops the run before its schedule ends (so --resume can continue it)."""
+    return bool(args.save_every and step % args.save_every == 0) or (step == stop and stop < total)
 
 
-@contextlib.contextmanager
-def atomic_output_all(path: str, procs: Processes):
-    """model.atomic_output for a directory that every process writes into: the first process makes
-    the temporary directory and tells the others; once all have written, the first renames it onto
-    `path`, and nobody goes on before that. If any process fails writing, all of them raise (none
-    waits forever for a write that will not come) and the temporary directory is removed."""
-    failed = None
-
-    def all_ok() -> bool:  # every process learns whether any process failed
-        flags = [None] * procs.world
-        dist.all_gather_object(flags, failed is not None)
-        return not any(flags)
-
-    if procs.master:
-        with M.atomic_output(path) as staging:
-            os.makedirs(staging)
-            dist.broadcast_object_list([staging])
-            try:
-                yield staging
-            except BaseException as e:
-                failed = e
-            if not all_ok():
-                raise failed or RuntimeError(f"{path}: another process failed writing its shards")
-    else:
-        box = [None]
-        dist.broadcast_object_list(box)
-        try:
-            yield box[0]
-        except BaseException as e:
-            failed = e
-        if not all_ok():
-            raise failed or RuntimeError(f"{path}: another process failed writing its shards")
-    dist.barrier()  # renamed: every process may read `path` now
+def finish_run(run: Run, step: int, total: int, model, tok):
+    """final/ once the schedule is done (a run stopped by --max-steps has saved last/ instead), then
+    the process group ends."""
+    if step == total:
+        save_final(run, model, tok)
+    finish_processes(run.procs)
 
 
-def save_sharded_checkpoint(path: str, run: Run, tok, state: dict):
-    """One atomic directory written by all processes:
-        sharded/          the weights and the AdamW state by parameter name, each process writing
-                          its own shards (DCP; it reads them back into any number of processes)
-        train_state.pt    the rest of `state` (step, schedule, ...) + every process's RNG state
-        config.json, tokenizer files, args.json, train_info.json: what consolidate needs to turn
-                          sharded/ into an HF-layout model (tools/consolidate.py)"""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+def run_cli(main):
+    """main() from the command line: bad input (a dataset, a record file, a checkpoint) stops with
+    one line naming it, exit status 2."""
+    from data.beir import DataFormatError
 
-    model, opt = state["sharded"]["model"], state["sharded"]["optimizer"]
-    weights, optim = get_state_dict(model, opt)  # this process's shards, by name
-    rngs = [None] * run.procs.world
-    dist.all_gather_object(rngs, state.get("rng"))
-    with atomic_output_all(path, run.procs) as staging:
-        dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=os.path.join(staging, "sharded"))
-        if run.procs.master:
-            rest = {k: v for k, v in state.items() if k != "sharded"}
-            if rest.get("rng") is not None:
-                rest["rng_by_rank"] = rngs
-            torch.save(rest, os.path.join(staging, "train_state.pt"))
-            info = {k: state[k] for k in ("step", "total_steps")}
-            M.save_config(model.config, tok, staging, torch.float32, {"args.json": run.args, "train_info.json": info})
-
-
-def load_sharded_checkpoint(path: str, model, opt):
-    """The weights and optimizer state of save_sharded_checkpoint, into this process's shards."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    weights, optim = get_state_dict(model, opt)
-    dcp.load({"model": weights, "optimizer": optim}, checkpoint_id=os.path.join(path, "sharded"))
-    set_state_dict(model, opt, model_state_dict=weights, optim_state_dict=optim)
-
-
-def consolidate(path: str, out: str):
-    """A sharded checkpoint directory (step-N/ or last/ of a --sharding fsdp run) -> an HF-layout
-    model at `out` that rerank.py, model.load and transformers open. One process, no process
-    group; the whole model in CPU memory (fp32)."""
-    import torch.distributed.checkpoint as dcp
-
-    if not os.path.isdir(os.path.join(path, "sharded")):
-        raise FileNotFoundError(f"{path}/sharded: missing; expected a checkpoint of a --sharding fsdp run")
-    cfg, tok = M.load_config(path), M.Tokenizer(path)
-    with torch.device("meta"):
-        model = M.Transformer(cfg)
-    model.to_empty(device="cpu")
-    model.tie_weights()
-    state = model.state_dict()  # a tied lm_head.weight is the embed_tokens tensor: loaded once, under both names
-    with warnings.catch_warnings():  # "loading in a single process": as intended
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"model": state}, checkpoint_id=os.path.join(path, "sharded"), no_dist=True)
-    extra = {n: json.load(open(os.path.join(path, n))) for n in ("args.json", "train_info.json")
-             if os.path.exists(os.path.join(path, n))}
-    M.save(model, tok, out, extra=extra)
+    try:
+        main()
+    except (DataFormatError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

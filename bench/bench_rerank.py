@@ -1,6 +1,8 @@
 """Benchmark rerank.py against the straightforward transformers implementation, in one process.
 
     python bench/bench_rerank.py                         # built-in model, CPU fp32
+    python bench/bench_rerank.py --dtype bfloat16 --fp32-row   # CPU bf16, and our fp32 beside it
+    python bench/bench_rerank.py --threads 1 --clock cpu  # on a machine shared with other jobs
     python bench/bench_rerank.py --model DIR --device cuda --dtype bfloat16
     python bench/bench_rerank.py --random qwen3-0.6b --device cuda --dtype bfloat16
 
@@ -17,9 +19,12 @@ Both sides score the same (query, document) pairs with the same checkpoint, dtyp
         limit of --stop-limit tokens; transformers keeps finished rows in the batch until all
         are done, ours drops them.
 Each query is timed on both sides back to back, alternating which side goes first, --rounds times,
-and each side's fastest time counts, so a drift in the machine's speed falls on both alike. It prints pairs/s for each, the ratio, the largest score difference, and the achieved FLOP/s
-(useful work: 2 * matmul parameters * prompt tokens per pair) against this machine's measured
-fp32 matmul peak. Pairs: BM25 top-20 of the first pyfaq test queries, documents cut to ~200 words.
+and each side's fastest time counts, so a drift in the machine's speed falls on both alike. It
+prints pairs/s for each, the ratio, the largest score difference, and the achieved FLOP/s (useful
+work: 2 * matmul parameters * prompt tokens per pair) against a matmul of the same dtype measured in
+the same process (its peak). --bf16-row / --fp32-row add our fast mode in the other dtype, timed
+back to back with --dtype's. Pairs: BM25 top-20 of the first pyfaq test queries, documents cut to
+~200 words.
 """
 import argparse
 import os
@@ -38,10 +43,12 @@ import rerank as R  # noqa: E402
 def pairs_from_pyfaq(n_queries, n_docs, words=200):
     from data.beir import load_corpus, load_queries, load_qrels
     from data.bm25 import BM25
+    from eval import dataset_problem
 
-    d = "data/beir/pyfaq"
-    if not os.path.isdir(d):
-        sys.exit(f"{d} is missing: build it first with `python data/build_datasets.py --only pyfaq`")
+    d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "beir", "pyfaq")
+    if problem := dataset_problem(d, "dataset"):
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     corpus, queries = load_corpus(d), load_queries(d)
     qids = sorted(load_qrels(d, "test"))[:n_queries]
     bm25 = BM25.from_dir(d)
@@ -69,6 +76,9 @@ def random_checkpoint(shape, dtype, tokenizer, out):
     return out
 
 
+SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def matmul_peak(device, dtype, n=2048, reps=5):
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -86,12 +96,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device):
+def timed(fn, device, clock=time.perf_counter):
     sync(device)
-    t = time.perf_counter()
+    t = clock()
     out = fn()
     sync(device)
-    return out, time.perf_counter() - t
+    return out, clock() - t
 
 
 def main():
@@ -110,10 +120,22 @@ def main():
     ap.add_argument("--stop-limit", type=int, default=256, help="token limit of the end-of-turn run (0: skip)")
     ap.add_argument("--bf16-row", action="store_true", help="also time rerank.py in fast mode with the weights in "
                     "bf16, back to back with fp32 (--dtype float32 only)")
+    ap.add_argument("--fp32-row", action="store_true", help="also time rerank.py in fast mode with the weights in "
+                    "fp32, back to back with bf16 (--dtype bfloat16 only)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="wall: elapsed time; cpu: the process's CPU time, for a machine shared with other "
+                    "jobs (with --threads 1 it counts the work done, not the time spent waiting for a core)")
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     dtype = getattr(torch, args.dtype)
+    other = torch.bfloat16 if args.bf16_row else torch.float32 if args.fp32_row else None
+    if other is not None and other == dtype or args.bf16_row and args.fp32_row:
+        ap.error("--bf16-row goes with --dtype float32, --fp32-row with --dtype bfloat16")
     tmp = tempfile.TemporaryDirectory()
     if args.random:
         path = random_checkpoint(args.random, dtype, args.tokenizer or R.default_model(), tmp.name)
@@ -130,10 +152,10 @@ def main():
     n_tokens = sum(len(x) for p in prompts for x in p)
     params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
     flops = 2 * params * n_tokens  # useful work: every prompt token through every matmul once
-    peak = matmul_peak(args.device, dtype)
+    peak = {d: matmul_peak(args.device, d) for d in (dtype, other) if d is not None}
     print(f"{args.random or path}: {n_pairs} pairs, {n_tokens / n_pairs:.0f} prompt tokens per pair, "
-          f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}")
-    print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")
+          f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}, {args.clock} clock")
+    print("measured matmul peak: " + ", ".join(f"{str(d)[6:]} {p / 1e9:.1f} GFLOP/s" for d, p in peak.items()))
 
     def paired(ours, ref, queries):
         """Time ours(p) and ref(p) back to back for each query's prompts p, alternating which goes
@@ -144,7 +166,7 @@ def main():
             best, got = [float("inf")] * 2, [None, None]
             for r in range(args.rounds):
                 for side in ((0, 1) if r % 2 == 0 else (1, 0)):
-                    got[side], dt = timed(lambda: (ours, ref)[side](p), args.device)
+                    got[side], dt = timed(lambda: (ours, ref)[side](p), args.device, clock)
                     best[side] = min(best[side], dt)
             for side in (0, 1):
                 out[side].extend(got[side])
@@ -174,20 +196,21 @@ def main():
     a, b, t_ours, t_ref = paired(rr.score_prompts, ref_fast, prompts)
     diff = max(abs(x.answer * x.prob - s * p) for x, (s, p) in zip(a, b))
     agree = sum(x.answer == s for x, (s, _) in zip(a, b))
-    rows.append(("fast", n_pairs, t_ours, t_ref, f"max score diff {diff:.1e}, same answer {agree}/{n_pairs}"))
+    rows.append(("fast", n_pairs, t_ours, t_ref, f"max score diff {diff:.1e}, same answer {agree}/{n_pairs}", dtype))
 
-    if args.bf16_row and dtype == torch.float32:
-        # the same prompts, our side only: bf16 weights against the fp32 model above, back to back
-        m16, _ = M.load(path, device=args.device, dtype=torch.bfloat16)
-        model_fast.enable_fast_paths(m16, inference_layout=True)
-        rr16 = R.Reranker((m16, tok), max_doc_tokens=10**6, verbose=False)
-        rr16.score_prompts(prompts[0])  # warm-up
-        c, d, t16, t32 = paired(rr16.score_prompts, rr.score_prompts, prompts)
-        agree16 = sum(x.answer == y.answer for x, y in zip(c, d))
-        diff16 = max(abs(x.answer * x.prob - y.answer * y.prob) for x, y in zip(c, d))
-        rows.append(("fast, bf16 weights", n_pairs, t16, t_ref,
-                     f"{t32 / t16:.2f}x the fp32 side timed beside it; against fp32: max score diff "
-                     f"{diff16:.1e}, same answer {agree16}/{n_pairs}"))
+    if other is not None:
+        # the same prompts, our side only: the weights in the other dtype against the model above, back to back
+        m2, _ = M.load(path, device=args.device, dtype=other)
+        model_fast.enable_fast_paths(m2, inference_layout=True)
+        rr2 = R.Reranker((m2, tok), max_doc_tokens=10**6, verbose=False)
+        rr2.score_prompts(prompts[0])  # warm-up
+        c, d, t2, t1 = paired(rr2.score_prompts, rr.score_prompts, prompts)
+        agree2 = sum(x.answer == y.answer for x, y in zip(c, d))
+        diff2 = max(abs(x.answer * x.prob - y.answer * y.prob) for x, y in zip(c, d))
+        one, two = SHORT.get(dtype, args.dtype), SHORT.get(other)
+        rows.append((f"fast, {two} weights", n_pairs, t2, t_ref,
+                     f"{t1 / t2:.2f}x the {one} side timed beside it; against {one}: max score diff "
+                     f"{diff2:.1e}, same answer {agree2}/{n_pairs}", other))
 
     tq = prompts[:args.thinking_queries]
     n_think = sum(len(p) for p in tq)
@@ -212,7 +235,8 @@ def main():
         n = args.max_new_tokens
         a, b, to, tr = paired(lambda p: ours_think(p, n, ()), lambda p: ref_think(p, n, None), tq)
         same = sum(x == y for x, y in zip(a, b))
-        rows.append((f"thinking, fixed length ({n} new tokens)", n_think, to, tr, f"identical outputs {same}/{n_think}"))
+        rows.append((f"thinking, fixed length ({n} new tokens)", n_think, to, tr, f"identical outputs {same}/{n_think}",
+                     None))
 
     if tq and args.stop_limit:
         n = args.stop_limit
@@ -222,13 +246,16 @@ def main():
         rows.append((f"thinking, to the end of turn (limit {n})", n_think, to, tr,
                      f"identical outputs {same}/{n_think}; tokens per pair (ours) min {lens[0]}, "
                      f"median {lens[len(lens) // 2]}, max {lens[-1]}; total ours {sum(lens)}, "
-                     f"transformers {sum(len(y) for y in b)}"))
+                     f"transformers {sum(len(y) for y in b)}", None))
 
     print(f"\n| mode | pairs | rerank.py pairs/s | transformers pairs/s | speed-up | achieved GFLOP/s (ours / ref) | check |")
     print("|---|---|---|---|---|---|---|")
-    for mode, n, to, tr, check in rows:
-        fl = f"{flops / to / 1e9:.0f} / {flops / tr / 1e9:.0f} ({flops / to / peak:.0%} of peak)" if mode == "fast" else "-"
-        # (the bf16 row's transformers column is the fp32 reference timed in the fast row)
+    for mode, n, to, tr, check, d in rows:
+        # fast rows: useful work per second, and its share of the matmul peak of the row's dtype.
+        # (The other dtype's row has no reference of its own: its transformers column is the one of
+        # the fast row, in --dtype.)
+        ref_fl = f"{flops / tr / 1e9:.0f}" if d == dtype else "-"
+        fl = "-" if d is None else f"{flops / to / 1e9:.0f} / {ref_fl} ({flops / to / peak[d]:.0%} of the {SHORT[d]} peak)"
         print(f"| {mode} | {n} | {n / to:.2f} | {n / tr:.2f} | {tr / to:.2f}x | {fl} | {check} |")
 
 

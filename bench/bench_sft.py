@@ -78,7 +78,7 @@ def child(args):
         params = (training.add_lora(model, 16, 32, last_layers=last) if args.child.startswith("sft-lora")
                   else list(model.parameters()))
         if args.child.removesuffix("-bf16").endswith("-gc"):  # the MLP half of the first N blocks recomputed
-            model.gradient_checkpointing = args.checkpoint_layers or True
+            model.gradient_checkpointing = args.checkpoint_layers or len(model.model.layers)
 
         def step():
             with autocast():

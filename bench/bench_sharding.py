@@ -1,5 +1,5 @@
 """Benchmark: memory per process of DDP against FSDP (sft.py --sharding), and what gathering the
-weights once per rollout batch saves (training.gathered).
+weights once per rollout batch saves (sharding.gathered).
 
     python bench/bench_sharding.py                          # built-in SmolLM2-135M, 2 CPU processes
     python bench/bench_sharding.py --model tests/fixtures/llama --max-doc-tokens 32   # seconds
@@ -18,7 +18,7 @@ Resident sets include the Python and torch runtime of each process (a few hundre
 --part rollouts: the model sharded over N processes generates the same rows on every process
 (no stop token, so all make the same number of steps: without gathering, every process must run
 every forward in lockstep), once as it is (the blocks' weights gathered in every forward: one
-all-gather per block per token) and once inside training.gathered (one all-gather per FSDP unit
+all-gather per block per token) and once inside sharding.gathered (one all-gather per FSDP unit
 for the whole batch). Prints the all-gathers counted (calls of torch.distributed.all_gather_single,
 what FSDP uses) and the time of each.
 """
@@ -60,6 +60,7 @@ def write_records(path: str, n: int, doc_words: int, seed: int = 0):
 
 def memory_worker(args):
     import sft
+    import training
 
     rank = int(os.environ.get("RANK", "0"))
     measured = {}
@@ -78,7 +79,7 @@ def memory_worker(args):
         return out
 
     sft.start_or_resume = start_then_mark
-    sft.save_step = sft.save_final = lambda *a, **k: None
+    sft.save_step = training.save_final = lambda *a, **k: None
     argv = ["--model", args.model, "--data", os.path.join(args.work, "records.jsonl"), "--out",
             os.path.join(args.work, args.worker), "--lora-rank", "0", "--sharding", args.worker,
             "--batch-size", str(args.batch_size), "--micro-batch-size", str(args.micro_batch_size),
@@ -97,7 +98,8 @@ def rollouts_worker(args):
 
     import model as M
     import model_fast
-    from training import gathered, load_sharded, start_processes
+    from sharding import gathered, load_sharded
+    from training import start_processes
 
     torch.manual_seed(0)
     procs = start_processes("cpu")
@@ -185,7 +187,7 @@ def rollouts(args, work):
     print("| weights | all-gathers | seconds |")
     print("|---|---|---|")
     print(f"| gathered by each forward (per token) | {r['per_forward'][0]} | {r['per_forward'][1]:.3f} |")
-    print(f"| training.gathered, once for the batch | {r['gathered'][0]} | {r['gathered'][1]:.3f} |")
+    print(f"| sharding.gathered, once for the batch | {r['gathered'][0]} | {r['gathered'][1]:.3f} |")
 
 
 def main():

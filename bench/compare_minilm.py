@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from data.beir import load_corpus, load_queries  # noqa: E402
-from eval import evaluate, rank_docs, run_bm25  # noqa: E402
-from model import write_atomic  # noqa: E402
+from eval import dataset_problem, evaluate, rank_docs, run_bm25  # noqa: E402
+from files import write_atomic  # noqa: E402
 
 
 def model_dir() -> Path:
@@ -54,6 +54,9 @@ def main():
     ap.add_argument("--name", default="all-MiniLM-L6-v2", help="label in the table")
     ap.add_argument("--json", help="write the table's numbers to this JSON file (eval.py's format)")
     args = ap.parse_args()
+    if problem := dataset_problem(args.data):
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     from transformers import AutoModel, AutoTokenizer
 
     path = model_dir()

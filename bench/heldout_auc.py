@@ -18,6 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import files  # noqa: E402
 import model as M  # noqa: E402
 import model_fast  # noqa: E402
 import rerank as R  # noqa: E402
@@ -27,7 +28,10 @@ from eval import auc  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", nargs="+", required=True, help="checkpoint directories")
+    ap.add_argument("--model", nargs="+", required=True, help="checkpoint directories, or adapter files joined by "
+                    "'+' (a.safetensors+b.safetensors: applied in order onto the built-in base model), e.g. the "
+                    "step-N adapters of a run continued with --init-adapter")
+    ap.add_argument("--json", default=None, help="write the AUCs of every model to this JSON file")
     ap.add_argument("--data", required=True, help="records from data/make_sft.py --split dev")
     ap.add_argument("--max-doc-tokens", type=int, default=96, help="document truncation, as in training")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="inference dtype")
@@ -36,8 +40,16 @@ def main():
     by_query = {}
     for r in records:
         by_query.setdefault(r["qid"], []).append(r)
+    rows = []
     for path in args.model:
-        model, tok = M.load(path, dtype=getattr(torch, args.dtype))
+        if path.endswith(".safetensors"):
+            from data.convert_smollm2 import ensure_base_model
+            model, tok = M.load(ensure_base_model(), dtype=torch.float32)
+            for adapter in path.split("+"):
+                files.apply_adapter(model, adapter)
+            model = model.to(getattr(torch, args.dtype))
+        else:
+            model, tok = M.load(path, dtype=getattr(torch, args.dtype))
         model_fast.enable_fast_paths(model)
         rr = R.Reranker((model, tok), score="expected", max_doc_tokens=args.max_doc_tokens, verbose=False)
         scored = []  # (expected score, label)
@@ -45,12 +57,16 @@ def main():
             out = sorted(rr.rerank(recs[0]["query"], [r["doc"] for r in recs]), key=lambda o: o["position"])
             scored += [(o["score"], r["label"]) for o, r in zip(out, recs)]
         pos = [s for s, label in scored if label.startswith("grade")]
-        line = []
-        for kind in ("hard", "medium", "easy"):
+        line, row = [], {"model": path, "positives": len(pos)}
+        for kind in ("hard", "medium", "easy", "other", "offtopic"):
             neg = [s for s, label in scored if label == kind]
             if neg:
-                line.append(f"{kind} {auc(pos + neg, [True] * len(pos) + [False] * len(neg)):.3f} ({len(neg)})")
+                row[kind] = auc(pos + neg, [True] * len(pos) + [False] * len(neg))
+                line.append(f"{kind} {row[kind]:.3f} ({len(neg)})")
         print(f"{path}: {len(pos)} positives; AUC against " + ", ".join(line), flush=True)
+        rows.append(row)
+        if args.json:  # rewritten after each model: a killed run keeps the models scored so far
+            files.write_atomic(args.json, json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

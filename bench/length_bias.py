@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
 from data.bm25 import BM25  # noqa: E402
 from data.make_sft import doc_text  # noqa: E402
-from eval import evaluate  # noqa: E402
+from eval import dataset_problem, evaluate  # noqa: E402
 
 
 def describe(words: list, ends_colon: list) -> str:
@@ -79,6 +79,10 @@ def main():
     args = ap.parse_args()
     if not args.records and not args.beir:
         ap.error("give --records and/or --beir")
+    for d in args.beir:
+        if problem := dataset_problem(d, "--beir"):
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
     for path in args.records:
         records_report(path)
     for d in args.beir:

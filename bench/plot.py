@@ -103,6 +103,39 @@ def plot_sft(plt, rows, args):
     fig.savefig(os.path.join(args.out, "sft_curve.png"), dpi=110)
 
 
+def plot_dev_curve(plt, args):
+    """Held-out AUC (positive against BM25-hard negatives, one length per query) of each step's
+    adapter, against the examples it had seen; a run is named by the directory above curve/."""
+    import re
+
+    runs = {}
+    for path in args.dev_curve:
+        for row in json.load(open(path)):
+            # a step adapter (…/RUN/step-N/adapter.safetensors, a copy RUN/curve/step-N.safetensors, or a
+            # merged model runs/dev/models/RUN-stepN),
+            # or the starting adapter alone (…init-adapter.safetensors: 0 examples)
+            m = re.search(r"([\w-]+)/(?:curve/)?step-(\d+)(?:/adapter)?\.safetensors$|models/([\w-]+)-step(\d+)$", row["model"])
+            if m and "hard" in row:
+                name, step = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+                runs.setdefault(name, {})[int(step) * args.batch_size] = row["hard"]
+            elif row["model"].endswith("init-adapter.safetensors") and "hard" in row:
+                runs.setdefault("init", {})[0] = row["hard"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    start = runs.pop("init", {}).get(0)
+    for i, (name, points) in enumerate(sorted(runs.items())):
+        xs = sorted(points)
+        if start is not None:
+            xs = [0] + xs
+            points = {0: start, **points}
+        ax.plot(xs, [points[x] for x in xs], "o-", color=f"C{i}", label=name)
+    ax.axhline(0.5, color="gray", ls=":", label="chance")
+    ax.set(xlabel="training examples seen", ylabel="AUC against BM25-hard negatives",
+           title="faqs-heldout records (sources never trained on)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "dev_curve.png"), dpi=120)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -111,6 +144,10 @@ def main():
     ap.add_argument("--tables", nargs="*", default=[], help="eval.py --json tables (one bar group per dataset)")
     ap.add_argument("--bm25-dev", type=float, help="BM25's dev nDCG@10 on the same candidates (a line in the plot)")
     ap.add_argument("--out", default="docs", help="where the PNG files go")
+    ap.add_argument("--dev-curve", nargs="*", default=[], metavar="JSON",
+                    help="bench/heldout_auc.py --json files whose models are step adapters (…/step-NNNNN…): "
+                    "docs/dev_curve.png, held-out AUC against examples seen")
+    ap.add_argument("--batch-size", type=int, default=8, help="training batch of the --dev-curve runs")
     args = ap.parse_args()
     import matplotlib
 
@@ -163,6 +200,8 @@ def main():
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "results.png"), dpi=120)
+    if args.dev_curve:
+        plot_dev_curve(plt, args)
     print(f"plots written to {args.out}/")
 
 

@@ -8,7 +8,7 @@ A BEIR-format dataset is a directory with
     qrels/<split>.tsv  header "query-id<TAB>corpus-id<TAB>score", then one judgement per line
 
 TREC qrels lines are `qid 0 docid grade`; TREC run lines are `qid Q0 docid rank score tag`.
-Every writer goes through model.write_atomic (a temporary file and os.replace), so an interrupted
+Every writer goes through files.write_atomic (a temporary file and os.replace), so an interrupted
 write never leaves a half-written file behind.
 
     from data.beir import load_corpus, load_queries, load_qrels
@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from model import write_atomic
+from files import write_atomic
 
 
 class DataFormatError(ValueError):

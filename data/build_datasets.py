@@ -25,6 +25,10 @@ SOURCES.txt (the Debian packages, versions and sha256 used, with their licences)
               curl FAQs. Distractors: a fixed subsample of sections of the same packages' manuals
               (perl pods, R manuals, SQLite pages). Titles empty, as in pyfaq. Python's and the
               Debian project's own documents are never used: they are kept for evaluation.
+              The curl, zsh and git FAQs are held out of faqs whole (leave-source-out) and form:
+    faqs-heldout        their 168 questions (split "dev") against their 168 answers: the
+                        development set for choices, on projects the training data never shows.
+    faqs-heldout-eq30   the same, every answer cut to its first 30 words, so length tells nothing.
 
 Determinism: a fixed list of packages pinned to exact versions is fetched with `apt-get download`
 into data/cache/debs and unpacked with `dpkg-deb -x` into data/cache/extract (nothing is
@@ -49,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from data.beir import write_beir_qrels, write_corpus, write_queries  # noqa: E402
 from data.bm25 import tokenize  # noqa: E402
-from model import atomic_output, write_atomic  # noqa: E402
+from files import atomic_output, write_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / "cache"
@@ -108,6 +112,7 @@ def fetch(packages, cache_dir, allow_other_versions=False):
             updated = True
             ok = apt_download(f"{name}={version}", debs_dir)
         if not ok:
+            print(f"apt-get download {name}={version}: not in the archive")
             if not allow_other_versions:
                 sys.exit(f"apt-get download {name}={version} failed. The pinned version may have left the "
                          f"archive: put {name}_{version.replace(':', '%3a')}_<arch>.deb in {debs_dir}/ "
@@ -125,9 +130,9 @@ def fetch(packages, cache_dir, allow_other_versions=False):
 
 
 def apt_download(spec, debs_dir):
+    """True when the .deb arrived. A failure is reported by the caller, once its retries are spent
+    (a first try often fails only because the package list is old)."""
     r = subprocess.run(["apt-get", "download", spec], cwd=debs_dir, capture_output=True, text=True)
-    if r.returncode != 0:
-        print(f"apt-get download {spec}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'failed'}")
     return r.returncode == 0
 
 
@@ -991,7 +996,25 @@ def build_faqs(cache_dir, allow_other_versions=False, n_distractors=6000):
     # a fixed, hash-ordered subsample keeps the corpus at a few thousand documents
     for doc_id in sorted((d for d in distractors if d not in corpus), key=sha1)[:n_distractors]:
         corpus[doc_id] = {"title": "", "text": words(distractors[doc_id])}
-    write_dataset("faqs", corpus, queries, split_qrels(qrels, queries), sources_txt("faqs", debs))
+    # Leave-source-out: the held-out sources' questions and answers form faqs-heldout and never
+    # enter faqs, so a model trained on faqs is measured on projects it has never read.
+    held = {q for q, rel in qrels.items() if any(d.split("#")[0] in HELDOUT_FAQ_DOCS for d in rel)}
+    held_docs = {d for q in held for d in qrels[q]}
+    keep = {d: v for d, v in corpus.items() if d not in held_docs}
+    write_dataset("faqs", keep, {q: t for q, t in queries.items() if q not in held},
+                  split_qrels({q: r for q, r in qrels.items() if q not in held}, queries), sources_txt("faqs", debs))
+    held_corpus = {d: corpus[d] for d in sorted(held_docs)}
+    held_queries = {q: queries[q] for q in sorted(held)}
+    held_qrels = {"dev": {q: qrels[q] for q in sorted(held)}}
+    write_dataset("faqs-heldout", held_corpus, held_queries, held_qrels, sources_txt("faqs", debs))
+    # the same questions, every answer cut to its first EQUAL_WORDS words: length tells nothing
+    cut = {d: {**v, "text": words(v["text"], EQUAL_WORDS)} for d, v in held_corpus.items()}
+    write_dataset(f"faqs-heldout-eq{EQUAL_WORDS}", cut, held_queries, held_qrels, sources_txt("faqs", debs))
+
+
+# sources of faqs held out from training (doc-id prefixes: curl 88, zsh 60, gitfaq 20 questions)
+HELDOUT_FAQ_DOCS = ("curl", "zsh", "gitfaq")
+EQUAL_WORDS = 30
 
 
 # ================================================================ CLI

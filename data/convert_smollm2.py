@@ -407,6 +407,9 @@ def write_checkpoint(gguf: GGUFFile, out_dir: Path) -> None:
         ("tokenizer_config.json", tokenizer_config(meta)),
     ]:
         (out_dir / filename).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+    # save_file creates its file readable by its owner only (0600); give the weights the mode every
+    # other file of the checkpoint got (0644 under the usual umask), so others can read the model too
+    shutil.copymode(out_dir / "config.json", out_dir / "model.safetensors")
 
 
 def is_checkpoint(path: Path) -> bool:

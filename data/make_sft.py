@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from data.beir import load_corpus, load_qrels, load_queries  # noqa: E402
 from data.bm25 import BM25, mine_candidates  # noqa: E402
-from model import write_atomic  # noqa: E402
+from files import write_atomic  # noqa: E402
 
 MAPPINGS = {
     # (grade 2, grade 1, hard negative, medium negative, easy negative)
@@ -67,7 +67,7 @@ def score_for(mapping: str, grade: int | None = None, bucket: str | None = None)
     g2, g1, hard, medium, easy = MAPPINGS[mapping]
     if grade is not None:
         return g2 if grade >= 2 else g1
-    return {"hard": hard, "medium": medium, "easy": easy}[bucket]
+    return {"hard": hard, "medium": medium, "easy": easy}.get(bucket, 0)  # "other", "offtopic": 0
 
 
 def doc_text(d: dict) -> str:
@@ -97,15 +97,35 @@ def parse_dataset_spec(spec: str, default_cap: int) -> tuple[str, int]:
     return name, int(cap)
 
 
+def draw_length(qid: str, seed: int, shortest: int, longest: int) -> int:
+    """A query's shared length in words, log-uniform in [shortest, longest] (seeded by the query):
+    as many one-sentence documents as documents of a few hundred words."""
+    u = random.Random(f"{seed}:{qid}:length").random()
+    return round(shortest * (longest / shortest) ** u)
+
+
+def sample_long(rng, pool, n, words, at_least):
+    """n items of pool (seeded), drawn among those of at least `at_least` words (words[item]) when
+    there are n of them, so that cutting them to a query's length leaves them as long as its positive."""
+    pool = list(pool)
+    long_enough = [x for x in pool if words[x] >= at_least]
+    return rng.sample(long_enough if len(long_enough) >= n else pool, min(n, len(pool)))
+
+
 def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_positives=0,
                  n_hard=2, n_medium=1, n_easy=0, seed=0, progress=True, near_dup=0.5, max_negatives=0,
-                 match_length=False):
+                 match_length=False, shared_length=None, n_other=0, n_offtopic=0, offtopic_texts=()):
     """-> (records, dropped): dropped counts the near-duplicate negatives removed, per bucket.
     match_length: each negative's text is cut to its leading sentences, nearest in words to the
-    text of the query's first positive (see --match-length); titles are not cut."""
+    text of the query's first positive (see --match-length); titles are not cut.
+    shared_length (shortest, longest): every document of a query, positive included, is cut to one
+    length drawn for the query (draw_length; see --shared-length). n_other: negatives that are the
+    positives of other queries of the same dataset (answers to other questions); n_offtopic:
+    negatives drawn from offtopic_texts (documents of the other datasets). Both are cut like the
+    rest, so at a short drawn length they are one or two off-topic sentences."""
     name = Path(data_dir).resolve().name
-    if name == "pyfaq":
-        raise SystemExit(f"{data_dir}: pyfaq is the held-out test set; never train on it")
+    if split == "train" and (name == "pyfaq" or name.startswith("faqs-heldout")):
+        raise SystemExit(f"{data_dir}: {name} is held out for evaluation; never train on it")
     corpus, queries, qrels = load_corpus(data_dir), load_queries(data_dir), load_qrels(data_dir, split)
     qids = sorted(q for q in qrels if q in queries)
     if max_queries and len(qids) > max_queries:
@@ -118,18 +138,38 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
     for m in mined:
         for bucket, n in m["dropped"].items():
             dropped[bucket] = dropped.get(bucket, 0) + n
+    answers = sorted({d for m in mined for d, _ in m["pos"]})  # the pool of answers to other questions
+    answer_words = {d: len(corpus[d]["text"].split()) for d in answers}
+    offtopic_words = [len(t.split()) for t in offtopic_texts]
+    if n_offtopic and not offtopic_texts:
+        raise SystemExit("--n-offtopic needs off-topic documents: name more than one dataset in --datasets")
     out = []
     for m in mined:
         pos = m["pos"][:max_positives] if max_positives else m["pos"]
-        for d, grade in pos:
-            out.append({"query": m["query"], "doc": doc_text(corpus[d]), "score": score_for(mapping, grade=grade),
-                        "dataset": name, "qid": m["qid"], "docid": d, "label": f"grade{grade}"})
         negs = m["neg"]
         if max_negatives and len(negs) > max_negatives:  # a seeded choice among the mined buckets
             negs = sorted(random.Random(f"{seed}:{m['qid']}").sample(negs, max_negatives), key=negs.index)
+        cut = None
+        if shared_length and pos:  # the positive's cut; every other document is cut to its length
+            cut = leading_sentences(corpus[pos[0][0]]["text"], draw_length(m["qid"], seed, *shared_length))
+        at_least = len(cut.split()) if cut else 0  # other answers and off-topic texts: long enough to cut
+        rng = random.Random(f"{seed}:{m['qid']}:extra")
+        mine = {d for d, _ in m["pos"]} | {d for d, _ in negs}
+        negs = negs + [(d, "other") for d in sample_long(rng, [d for d in answers if d not in mine], n_other,
+                                                         answer_words, at_least)]
+        docs = {d: corpus[d] for d, _ in pos + negs}
+        for k, i in enumerate(sample_long(rng, range(len(offtopic_texts)), n_offtopic, offtopic_words, at_least)):
+            docs[f"offtopic-{k}"] = {"title": "", "text": offtopic_texts[i]}
+            negs.append((f"offtopic-{k}", "offtopic"))
         target = len(corpus[pos[0][0]]["text"].split()) if match_length and pos else None
+        if cut is not None:
+            docs = {d: {**v, "text": cut if d == pos[0][0] else leading_sentences(v["text"], at_least)}
+                    for d, v in docs.items()}
+        for d, grade in pos:
+            out.append({"query": m["query"], "doc": doc_text(docs[d]), "score": score_for(mapping, grade=grade),
+                        "dataset": name, "qid": m["qid"], "docid": d, "label": f"grade{grade}"})
         for d, bucket in negs:
-            doc = corpus[d] if target is None else {**corpus[d], "text": leading_sentences(corpus[d]["text"], target)}
+            doc = docs[d] if target is None else {**docs[d], "text": leading_sentences(docs[d]["text"], target)}
             doc = doc_text(doc)  # the title stays whole: only the text is cut
             out.append({"query": m["query"], "doc": doc, "score": score_for(mapping, bucket=bucket),
                         "dataset": name, "qid": m["qid"], "docid": d, "label": bucket})
@@ -162,6 +202,14 @@ def main(argv=None):
                    help="cut each negative's text to its leading sentences, nearest in words to the query's first "
                    "positive's text: in the built-in datasets answers are shorter than other sections, so without "
                    "this a document's length alone tells positives from negatives")
+    g.add_argument("--shared-length", type=int, nargs=2, default=None, metavar=("SHORTEST", "LONGEST"),
+                   help="cut every document of a query, positive included, to one length in words drawn per query "
+                   "(log-uniform between the two; at a sentence end): length never tells the positive apart, and "
+                   "training sees every budget from one sentence up")
+    g.add_argument("--n-other", type=int, default=0, help="negatives per query that are answers to other questions "
+                   "(positives of other queries of the same dataset)")
+    g.add_argument("--n-offtopic", type=int, default=0, help="negatives per query drawn from the documents of the "
+                   "other --datasets (off-topic; one or two sentences when the query's length is short)")
     g.add_argument("--thinking-share", type=float, default=0.0,
                    help="this share of records (seeded) in the thinking format: the thinking-mode prompt, then "
                    "an empty <think></think> block and the answer, so --thinking works without a teacher")
@@ -172,11 +220,19 @@ def main(argv=None):
     if args.split != "train":
         print(f"warning: building training records from the {args.split!r} split", file=sys.stderr)
     records = []
-    for name, cap in [parse_dataset_spec(s, args.max_queries) for s in args.datasets]:
+    specs = [parse_dataset_spec(s, args.max_queries) for s in args.datasets]
+    for name, cap in specs:
+        others = []  # off-topic documents: those of the other datasets, in a fixed order
+        if args.n_offtopic:
+            for other, _ in specs:
+                if other != name:
+                    corpus = load_corpus(os.path.join(args.root, other))
+                    others += [corpus[d]["text"] for d in sorted(corpus) if len(corpus[d]["text"].split()) >= 8]
         recs, dropped = make_records(os.path.join(args.root, name), args.split, args.mapping, cap,
                                      args.max_positives, args.n_hard, args.n_medium, args.n_easy, args.seed,
                                      near_dup=args.near_dup, max_negatives=args.max_negatives,
-                                     match_length=args.match_length)
+                                     match_length=args.match_length, shared_length=args.shared_length,
+                                     n_other=args.n_other, n_offtopic=args.n_offtopic, offtopic_texts=others)
         counts = {}
         for r in recs:
             counts[r["score"]] = counts.get(r["score"], 0) + 1

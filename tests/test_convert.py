@@ -300,3 +300,10 @@ def test_real_tokenizer_splits_digits_and_keeps_special_tokens_whole(smollm2):
     enc = tok.encode(text)
     assert enc.ids[0] == 1 and 2 in enc.ids, enc.tokens
     assert tok.decode(enc.ids, skip_special_tokens=False) == text
+
+
+def test_converted_weights_are_as_readable_as_the_other_files(tmp_path):
+    tiny_llama_gguf(tmp_path / "tiny.gguf", np.random.default_rng(0))
+    out = conv.convert(tmp_path / "m", gguf_path=tmp_path / "tiny.gguf")
+    mode = lambda name: (out / name).stat().st_mode & 0o777
+    assert mode("model.safetensors") == mode("config.json") == mode("tokenizer.json"), oct(mode("model.safetensors"))

@@ -379,3 +379,44 @@ def test_match_length_cuts_negatives_to_the_positives_words(tmp_path, monkeypatc
         words = [len(d.split("\n", 1)[1].split()) for d in negs]
         assert all(n == (10 if matched else 101) for n in words), (matched, words)
     assert [r["docid"] for r in runs[False]] == [r["docid"] for r in runs[True]]  # the same records, cut
+
+
+def test_shared_length_other_answers_and_offtopic_negatives(tmp_path, monkeypatch):
+    from data import make_sft
+    sentences = lambda tag, n: " ".join(f"{tag} sentence {k} about topic words." for k in range(n))  # 6 words each
+    for name, n in (("alpha", 8), ("beta", 5)):
+        docs = [json.dumps({"_id": f"{name}{i}", "title": "", "text": f"topic{i} answer. " + sentences(name, 40)})
+                for i in range(n)]
+        write(tmp_path / name / "corpus.jsonl", "\n".join(docs) + "\n")
+        write(tmp_path / name / "queries.jsonl", "\n".join(json.dumps({"_id": f"q{i}", "text": f"topic{i}"})
+                                                           for i in range(n)) + "\n")
+        write(tmp_path / name / "qrels" / "train.tsv",
+              "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{name}{i}\t2\n" for i in range(n)))
+    monkeypatch.setattr(make_sft.BM25, "from_dir", lambda d: BM25.from_corpus(load_corpus(d)))
+    out = tmp_path / "sft.jsonl"
+    make_sft.main(["--root", str(tmp_path), "--datasets", "alpha", "beta", "--n-hard", "1", "--n-medium", "0",
+                   "--n-other", "1", "--n-offtopic", "1", "--shared-length", "5", "200", "--mapping", "binary",
+                   "--out", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    by_query = {}
+    for r in recs:
+        by_query.setdefault((r["dataset"], r["qid"]), []).append(r)
+    lengths = set()
+    for (dataset, _), group in by_query.items():
+        labels = sorted(r["label"] for r in group if r["label"] != "hard")  # BM25 may find no hard one here
+        assert labels == ["grade2", "offtopic", "other"], labels
+        other = next(r for r in group if r["label"] == "other")
+        assert other["docid"].startswith(dataset) and other["docid"] != group[0]["docid"]  # another question's answer
+        off = next(r for r in group if r["label"] == "offtopic")
+        assert ("beta" if dataset == "alpha" else "alpha") in off["doc"]  # from the other dataset
+        words = [len(r["doc"].split()) for r in group]
+        assert max(words) == min(words), words  # one length per query: whole sentences of equal length
+        lengths.add(words[0])
+    assert len(lengths) > 3, lengths  # the length is drawn per query
+
+
+def test_held_out_sets_are_refused_for_training(tmp_path):
+    from data import make_sft
+    for name in ("pyfaq", "faqs-heldout", "faqs-heldout-eq30"):
+        with pytest.raises(SystemExit, match="held out"):
+            make_sft.make_records(tmp_path / name, split="train")

@@ -239,3 +239,22 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     done, calls = run_pipeline(root)
     assert calls == ["data/make_sft.py"] and done.returncode != 0
     assert "runs/sft holds checkpoints made by another command" in done.stdout
+
+
+def test_missing_built_in_dataset_says_how_to_build_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(E, "__file__", str(tmp_path / "clone" / "eval.py"))  # a clone whose datasets are not built
+    assert E.main(E.parse_args(["--data", str(tmp_path / "data" / "beir" / "faqs-heldout"), "--bm25-only"])) == 2
+    err = capsys.readouterr().err
+    assert "no such directory; it is a built-in dataset, build it first with: python data/build_datasets.py " \
+           "--only faqs" in err and "Traceback" not in err
+    built = tmp_path / "clone" / "data" / "beir" / "pyfaq"
+    built.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # run from another directory
+    assert E.main(E.parse_args(["--data", "data/beir/pyfaq", "--bm25-only"])) == 2
+    assert f"the built-in dataset is at {built}" in capsys.readouterr().err
+
+
+def test_json_output_that_is_a_directory_is_refused_before_anything_runs(tmp_path, capsys):
+    tiny_beir(tmp_path / "beir")
+    assert E.main(E.parse_args(argv_for(tmp_path, "--bm25-only", "--json", str(tmp_path)))) == 2
+    assert f"--json {tmp_path}: is a directory" in capsys.readouterr().err

@@ -4,12 +4,14 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import eval as E
+import files
 import model as M
 import rerank as R
 import sft
@@ -65,6 +67,55 @@ def test_completion_logprobs_match_full_forward_on_padded_batch():
         want = torch.stack([ref[len(p) + j - 1, t] for j, t in enumerate(c)])
         torch.testing.assert_close(logps[i, :len(c)], want, atol=1e-5, rtol=1e-5)
         assert (logps[i, len(c):] == 0).all(), "padding must carry no log-prob"
+
+
+def answer_batch(tok):
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (6, 4, 8)]
+    comps = [tok.encode(R.completion_text(s, None)) + [tok.im_end] for s in (10, 0, 7)]
+    return prompts, comps, [tok.token_id(str(d)) for d in range(10)]
+
+
+def test_answer_logprobs_without_targets_are_the_completion_logprobs():
+    model, tok = load()
+    prompts, comps, digits = answer_batch(tok)
+    logps, mask, first = sft.answer_logprobs(model, prompts, comps, digits, [None] * 3)
+    want, want_mask = M.completion_logprobs(model, prompts, comps)
+    assert mask.equal(want_mask)
+    torch.testing.assert_close(logps, want)
+    torch.testing.assert_close(first[:, 0], logps[1, 0] * 0 + first[:, 0])  # shape (3, 10)
+    torch.testing.assert_close(first[1, 0], logps[1, 0])  # "0" is record 1's first token
+    torch.testing.assert_close(first[0, 1], logps[0, 0])  # "1" starts record 0's "10"
+
+
+def test_soft_target_mixes_the_first_answer_token_only():
+    model, tok = load()
+    prompts, comps, digits = answer_batch(tok)
+    hard, _, first = sft.answer_logprobs(model, prompts, comps, digits, [None] * 3)
+    soft, _, _ = sft.answer_logprobs(model, prompts, comps, digits, [0.25, 1.0, None])
+    torch.testing.assert_close(soft[0, 0], 0.25 * first[0, 1] + 0.75 * first[0, 0])
+    torch.testing.assert_close(soft[1, 0], first[1, 1])  # target 1: all the weight on "1" (of "10")
+    assert soft[1, 0] != hard[1, 0], "record 1's own first token is '0': the target must change its term"
+    torch.testing.assert_close(soft[:, 1:], hard[:, 1:])  # format tokens keep the record's completion
+    torch.testing.assert_close(soft[2], hard[2])  # no target: unchanged
+
+
+def test_soft_target_gradient_moves_p10_towards_the_target():
+    model, tok = load()
+    prompts, comps, digits = answer_batch(tok)
+    params = [p for p in model.parameters()]
+    for t in (0.0, 1.0):
+        model.zero_grad()
+        logps, _, first = sft.answer_logprobs(model, prompts[:1], comps[:1], digits, [t])
+        (-logps[0, 0]).backward()
+        with torch.no_grad():
+            for p in params:
+                p -= 1e-3 * p.grad
+            _, _, after = sft.answer_logprobs(model, prompts[:1], comps[:1], digits, [None])
+            for p in params:
+                p += 1e-3 * p.grad
+        gap = lambda f: float(f[0, 1] - f[0, 0])  # log P("1") - log P("0")
+        assert (gap(after) > gap(first)) == (t == 1.0), (t, gap(first), gap(after))
 
 
 def test_completion_mask_includes_end_token_even_when_it_equals_pad():
@@ -179,6 +230,8 @@ def test_merged_checkpoint_loads_in_transformers(tmp_path):
     ('{"query": "q", "doc": "d", "score": 2.5}', "'score'"),
     ('{"query": "q", "doc": "d", "score": 2, "reasoning": 5}', "'reasoning'"),
     ('{"query": "q", "doc": "d", "score": 2', "not valid JSON"),
+    ('{"query": "q", "doc": "d", "score": 0, "target": 1.5}', "'target'"),
+    ('{"query": "q", "doc": "d", "score": 0, "target": "high"}', "'target'"),
 ])
 def test_bad_record_error_names_file_line_and_field(tmp_path, line, field):
     path = tmp_path / "r.jsonl"
@@ -433,12 +486,12 @@ def test_batched_encoding_matches_one_record_at_a_time():
     assert sft.encode_records(tok, recs, 20, 30, chunk=2) == [sft.encode_record(tok, r, 20, 30) for r in recs]
 
 
-def test_saved_adapter_applied_with_model_apply_adapter_equals_merged(tmp_path):
+def test_saved_adapter_applied_with_files_apply_adapter_equals_merged(tmp_path):
     model, tok, params = lora_model()
     randomise_lora(params)
     training.save_checkpoint(str(tmp_path / "ck"), model, tok, {"lora_rank": 4, "lora_alpha": 8}, None)
     base, _ = load()
-    M.apply_adapter(base, str(tmp_path / "ck" / "adapter.safetensors"))
+    files.apply_adapter(base, str(tmp_path / "ck" / "adapter.safetensors"))
     merged = training.merged_state_dict(model)
     for k, v in base.state_dict().items():
         torch.testing.assert_close(v, merged[k], atol=1e-6, rtol=1e-5)
@@ -506,7 +559,7 @@ def test_gradient_checkpointing_gives_same_values_and_gradients():
     head = [3, 14, 15, 9, 26, 5]
     prompts, comps = [head + [8, 9, 7], head + [2, 3, 8, 4], head + [6]], [[1, 2], [4, 4, 4], [7]]
     results = []
-    for n in (0, 1, True):  # none, the first block's MLP half, every block's
+    for n in (0, 1, len(model.model.layers)):  # none, the first block's MLP half, every block's
         model.gradient_checkpointing = n
         lp, mask = M.completion_logprobs(model, prompts, comps)
         (lp * mask).sum().backward()
@@ -554,7 +607,7 @@ def test_first_digit_score_reads_one_as_ten():
 def test_first_ids_give_the_answer_distribution_of_the_same_forward(prompts):
     model, _ = load()
     comps = [[10, 11], [12], [13, 10]][:len(prompts)]
-    lp, mask, first = M.completion_logprobs(model, prompts, comps, first_ids=[10, 12, 13])
+    lp, mask, first = sft.answer_logprobs(model, prompts, comps, [10, 12, 13], [None] * len(prompts))
     for i, (p, c) in enumerate(zip(prompts, comps)):
         logits = model(torch.tensor([p]))[:, -1]  # (1, V): what predicts the first completion token
         ref = torch.log_softmax(logits.float(), -1)[0, [10, 12, 13]]
@@ -594,13 +647,14 @@ def test_leftovers_of_a_killed_write_are_pruned_but_not_a_write_of_this_run(tmp_
     (tmp_path / f".tmp-{dead.pid}-step-00007").mkdir()
     (tmp_path / f".old-{dead.pid}-last").mkdir()
     (tmp_path / f".tmp-{dead.pid}-log.jsonl").write_text("half")
-    for name in os.listdir(tmp_path):  # left before this process started
-        os.utime(tmp_path / name, (training.STARTED - 60, training.STARTED - 60))
+    started = time.time() - 1  # when this run started
+    for name in os.listdir(tmp_path):  # left before this run started
+        os.utime(tmp_path / name, (started - 60, started - 60))
     live = tmp_path / f".tmp-{os.getpid()}-step-00008"  # this process: a write in progress
     live.mkdir()
     other_node = tmp_path / f".tmp-{dead.pid}-ref_scores.1.json"  # started after this process: another node's
     other_node.write_text("{}")
-    training.prune_checkpoints(str(tmp_path), keep=2)
+    training.prune_checkpoints(str(tmp_path), keep=2, started=started)
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, other_node.name])
 
 
@@ -617,7 +671,7 @@ def test_a_run_continues_from_a_committed_adapter(tmp_path):
     from safetensors.torch import save_file
     save_file(combined, str(tmp_path / "both.safetensors"))
     model, _ = load()
-    M.apply_adapter(model, str(tmp_path / "both.safetensors"))
+    files.apply_adapter(model, str(tmp_path / "both.safetensors"))
     want = final_weights(tmp_path / "b")
     for k, v in model.state_dict().items():
         if k in want:

@@ -1,4 +1,4 @@
-"""--sharding fsdp (training.py's FSDP2 section): 2 CPU processes (gloo) train as one process does,
+"""--sharding fsdp (sharding.py, FSDP2): 2 CPU processes (gloo) train as one process does,
 for SFT and full-parameter RL; a run stopped and resumed from its sharded checkpoint ends with the
 same weights; tools/consolidate.py makes an HF-layout model that model.load and transformers open;
 rollouts gather the weights once per batch, not once per token."""
@@ -179,7 +179,7 @@ def test_rollouts_gather_the_weights_once_per_batch_not_per_token():
              if line.startswith("| ") and line.split("|")[2].strip().isdigit()}
     # 2 blocks + the root: 3 FSDP units. Per token: the root once (it stays gathered after a
     # forward), each block in every forward: prefill (shared prefix, then the rest) + 5 decode steps
-    assert table["training.gathered, once for the batch"] == 3
+    assert table["sharding.gathered, once for the batch"] == 3
     assert table["gathered by each forward (per token)"] == 1 + 2 * (2 + 5)
 
 

@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from training import consolidate  # noqa: E402
+from sharding import consolidate  # noqa: E402
 
 
 def main(argv=None):

