@@ -98,7 +98,7 @@ def main():
     ap.add_argument("--clients", type=R.positive_int, nargs="+", default=[1, 4, 16], help="concurrency levels")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds after which a row issues no new request")
     ap.add_argument("--batch-wait-ms", type=float, default=5.0, help="the server's --batch-wait-ms")
-    ap.add_argument("--dtype", default="float32", help="as rerank.py's --dtype")
+    ap.add_argument("--dtype", default="auto", help="as rerank.py's --dtype")
     args = ap.parse_args()
     requests = pairs_from_pyfaq(args.requests, args.docs)
     rr = R.Reranker(args.model, dtype=args.dtype, max_doc_tokens=args.max_doc_tokens)

@@ -545,7 +545,8 @@ def test_top_k_without_run_is_refused(tmp_path, capsys, monkeypatch):
 def test_dash_reads_json_or_jsonl_from_standard_input(tmp_path, capsys, monkeypatch):
     import io
 
-    jsonl = "\n".join(json.dumps({"id": f"q{i}", "query": "list files", "documents": docs(3, seed=i)}) for i in range(3))
+    jsonl = "\n".join(json.dumps({"id": f"q{i}", "query": "list files", "documents": docs(3, seed=i)})
+                      for i in range(3))
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(jsonl.encode())))
     out = str(tmp_path / "out.json")
     assert R.main(["-", "--model", os.path.join(FIX, "llama"), "--quiet", "--output", out]) == 0

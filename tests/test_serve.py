@@ -267,12 +267,20 @@ def test_too_many_waiting_requests_get_503(reranker):
         srv.close()
 
 
-def raw_request(server, body: bytes, send: int | None = None) -> socket.socket:
-    """A socket that sent the headers of POST /v1/rerank and the first `send` bytes of the body."""
-    s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=60)
+def raw_request(server, body: bytes, send: int | None = None, expect_100=False) -> socket.socket:
+    """A socket that sent the headers of POST /v1/rerank and the first `send` bytes of the body.
+    expect_100: send "Expect: 100-continue" and wait for the server's "100 Continue" before the body
+    (as curl does), the sign that a connection thread is reading this request."""
+    s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=600)
     head = (f"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    s.sendall(head + body[:send])
+            f"Content-Length: {len(body)}\r\n" + ("Expect: 100-continue\r\n" if expect_100 else "") + "\r\n").encode()
+    s.sendall(head)
+    if expect_100:
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += s.recv(1)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+    s.sendall(body[:send])
     return s
 
 
@@ -306,7 +314,7 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path):
             server_address = ("127.0.0.1", port)
 
         body = json.dumps({"query": "list files", "documents": ["ls lists files", "cp copies"]}).encode()
-        s = raw_request(Srv, body, send=len(body) // 2)
+        s = raw_request(Srv, body, send=len(body) // 2, expect_100=True)  # accepted and being read
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 600  # a bound for a loaded machine, not a timing check
         while time.monotonic() < deadline:  # wait until it no longer accepts connections
@@ -323,7 +331,7 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path):
         head, _, payload = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), reply
         assert sorted(r["index"] for r in json.loads(payload)["results"]) == [0, 1]
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=600) == 0  # a bound for a loaded machine, not a timing check
     finally:
         proc.kill()
         proc.wait()
