@@ -8,9 +8,10 @@ model.py computes attention, the MLP and their gradients the plain way, and stay
 Each path here gives the same values (tests/test_model.py checks each against the plain path)
 and was kept because it measured faster or smaller:
 
-  - FastAttention: one query per row on CPU (a decoding step) -> decode_attention, which reads
-    each cached key and value once per group of query heads instead of once per query head;
-    without gradients, RoPE in halves written straight into its output (rope_in_halves);
+  - FastAttention: one query per row on CPU in fp32 (a decoding step) -> decode_attention, which
+    reads each cached key and value once per group of query heads instead of once per query head
+    (in bf16 the fused kernel is faster); without gradients, RoPE in halves written straight
+    into its output (rope_in_halves);
   - FastMLP: with gradients -> SwiGLU, an autograd function that stores one (tokens,
     intermediate) tensor less per layer for backward (bench/bench_sft.py); without gradients on
     CPU -> forward_in_slices, bounded memory and fewer page faults (bench/bench_layout.py);
@@ -66,7 +67,7 @@ def rope_in_halves(x, cos, sin):
     in fp32 and rounded once to x's dtype, as apply_rope does (cos and sin hold each frequency in
     both halves, so their first half is all of them). apply_rope builds the full-width rotated copy
     cat(-x2, x1) first: three passes more, which in bf16 are a tenth of fast-mode scoring
-    (docs/speed_bf16.md). Writes into `out`: inference only."""
+    (docs/speed.md). Writes into `out`: inference only."""
     d = x.shape[-1] // 2
     h = x.float()  # no copy in fp32
     x1, x2 = h[..., :d], h[..., d:]
@@ -84,7 +85,10 @@ class FastAttention(M.Attention):
         return rope_in_halves(x, cos, sin)
 
     def attend(self, q, k, v, mask):
-        if q.shape[2] == 1 and q.device.type == "cpu":  # one query per row on CPU: a decoding step
+        # one query per row on CPU (a decoding step), in fp32. In bf16 PyTorch's batched products
+        # copy the cached keys and values they are given as slices (every step, the whole cache),
+        # and the fused kernel is 3x faster than decode_attention (docs/speed.md)
+        if q.shape[2] == 1 and q.device.type == "cpu" and q.dtype == torch.float32:
             return decode_attention(q, k, v, mask)
         return super().attend(q, k, v, mask)
 
