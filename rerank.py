@@ -411,7 +411,7 @@ class Reranker:
         """fp32 logits (B, V) from final hidden states h (B, C), the answer tokens' columns computed
         in fp32. A bf16 lm_head rounds a logit between 16 and 32 to a multiple of 1/8, which moves
         P(10) against P(0) by up to 13 % and flips answers where the two are close
-        (docs/speed_bf16.md); the other logits only enter the softmax's normaliser."""
+        (docs/speed.md); the other logits only enter the softmax's normaliser."""
         logits = self.model.lm_head(h).float()
         if h.dtype != torch.float32:
             ids = sorted(set(self.digit_ids) | set(self.ten_ids))
@@ -837,7 +837,7 @@ def add_model_args(ap):
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bf16 on CUDA and on CPUs with native bf16 matrix instructions "
-                   "(AVX512-BF16, AMX-BF16), else fp32 (docs/speed_bf16.md)")
+                   "(AVX512-BF16, AMX-BF16), else fp32 (docs/speed.md)")
     return g
 
 

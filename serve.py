@@ -471,6 +471,7 @@ class RerankServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
+    request_queue_size = 128  # the listen backlog (socketserver's default, 5, overflows when clients arrive together)
 
     def __init__(self, address, limits: Limits, timeout_s: float = 30.0, quiet=False):
         super().__init__(address, Handler)

@@ -35,9 +35,10 @@ def percentile(xs, q):
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def row(name, latencies, pairs, seconds, baseline):
+def row(name, latencies, pairs, seconds, baseline, failed=0):
     n = len(latencies)
-    return (f"| {name} | {n} | {n / seconds:.2f} | {pairs / seconds:.1f} | {percentile(latencies, 0.5):.2f} | "
+    count = f"{n}" + (f" ({failed} failed)" if failed else "")
+    return (f"| {name} | {count} | {n / seconds:.2f} | {pairs / seconds:.1f} | {percentile(latencies, 0.5):.2f} | "
             f"{percentile(latencies, 0.95):.2f} | {pairs / seconds / baseline:.2f}× |")
 
 
@@ -65,9 +66,10 @@ def post(port, body: bytes):
 
 
 def concurrent(port, requests, clients, time_limit):
-    """`clients` threads, each sending requests one after another from a shared list."""
+    """`clients` threads, each sending requests one after another from a shared list. A failed
+    request is counted and reported, not retried."""
     bodies = [json.dumps({"query": q, "documents": d}).encode() for q, d in requests]
-    latencies, pairs, lock, it = [], [0], threading.Lock(), iter(range(len(bodies)))
+    latencies, pairs, failed, lock, it = [], [0], [], threading.Lock(), iter(range(len(bodies)))
     t0 = time.perf_counter()
 
     def client():
@@ -77,7 +79,12 @@ def concurrent(port, requests, clients, time_limit):
             if i is None:
                 return
             t = time.perf_counter()
-            out = post(port, bodies[i])
+            try:
+                out = post(port, bodies[i])
+            except (OSError, RuntimeError) as e:
+                with lock:
+                    failed.append(f"{type(e).__name__}: {e}")
+                continue
             with lock:
                 latencies.append(time.perf_counter() - t)
                 pairs[0] += len(out["results"])
@@ -85,7 +92,9 @@ def concurrent(port, requests, clients, time_limit):
     with ThreadPoolExecutor(clients) as pool:
         for f in [pool.submit(client) for _ in range(clients)]:
             f.result()
-    return latencies, pairs[0], time.perf_counter() - t0
+    if failed:
+        print(f"{clients} clients: {len(failed)} request(s) failed, the first: {failed[0]}", file=sys.stderr)
+    return latencies, pairs[0], time.perf_counter() - t0, len(failed)
 
 
 def main():
@@ -127,8 +136,8 @@ def main():
     print("\n| clients | requests | requests/s | pairs/s | p50 latency (s) | p95 latency (s) | pairs/s vs sequential |")
     print("|---|---|---|---|---|---|---|")
     print(row("Reranker.rerank, sequential, in process (before)", *before, base))
-    for c, (lat, pairs, seconds) in served.items():
-        print(row(f"serve.py, {c} client{'s' if c > 1 else ''}", lat, pairs, seconds, base))
+    for c, (lat, pairs, seconds, failed) in served.items():
+        print(row(f"serve.py, {c} client{'s' if c > 1 else ''}", lat, pairs, seconds, base, failed))
     print(row("Reranker.rerank, sequential, in process (after)", *after, base))
     print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

