@@ -24,6 +24,8 @@ Loss: token-level mean over the global batch,
     loss = -sum_{tokens t of all completions in the batch} log p(t | prefix) / (number of such tokens)
 computed micro-batch by micro-batch (each micro-batch's sum is divided by the global count), so
 the gradient does not depend on the micro-batch size or on the number of processes.
+--group-loss W adds, for each query of the batch, a listwise term (group_contrast): its positive
+against its own negatives, counted W times per record of the group, over the same global count.
 
 Output directory (--out):
     log.jsonl            one JSON object per step: loss, answer_loss (the first answer token's loss),
@@ -86,8 +88,8 @@ def parse_args(argv=None):
     g.add_argument("--max-query-tokens", type=int, default=256, help="queries are truncated to this many tokens")
     g.add_argument("--group-by-query", action="store_true", help="batches hold whole queries' records (a "
                    "query's positive and negatives side by side, sharing the query's prompt prefix) instead of "
-                   "length-grouped random records; use a batch and micro-batch that are multiples of the "
-                   "records per query")
+                   "random records: as many whole queries as fit in --batch-size; use a micro-batch that is "
+                   "a multiple of the records per query")
     g.add_argument("--length-grouping", type=int, default=0, metavar="N",
                    help="sort records by length within chunks of N batches: less padding (0 = random batches, "
                    "the measured best: docs/experiments.md)")
@@ -95,6 +97,10 @@ def parse_args(argv=None):
                    help="hard: cross-entropy on each record's integer score (the paper); soft: the first answer "
                    "token against the record's teacher 'target' (P(10) = target, P(0) = 1 - target; "
                    "tools/grade_minilm.py), where it has one")
+    g.add_argument("--group-loss", type=float, default=0.0, metavar="W",
+                   help="add a listwise term: each query's positive against its own negatives, -log softmax "
+                   "of the positive's log P('1')/P('0') among the group's, weighted W per record of the group "
+                   "(implies --group-by-query; each query's records form one micro-batch; one process)")
     g.add_argument("--max-records", type=int, default=0, help="use a seeded sample of N records (0 = all)")
     add_model_args(ap, None, "HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
     g = ap.add_argument_group("optimisation")
@@ -178,8 +184,9 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     With group > 0, length grouping: the shuffle is cut into chunks of `group` batches, each chunk
     sorted by length (less padding) and cut into batches, then the batch order is shuffled. Off by
     default: on the built-in model it stalled learning (docs/experiments.md, rb and q3). With `queries`
-    (a key per record), the distinct queries are shuffled instead and their records laid side by
-    side before cutting, so a query's positive and negatives share a batch. The tail that does not fill a batch is dropped.
+    (a key per record), the distinct queries are shuffled instead and packed whole into batches of
+    at most `batch_size` records, so a query's positive and negatives share a batch (a query with
+    more records than that is cut). The tail that does not fill a batch is dropped.
     The same on every process, and independent of the micro-batch size and process count."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     n = len(lengths) - len(lengths) % batch_size
@@ -188,8 +195,14 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
         of = {k: [] for k in keys}
         for i, k in enumerate(queries):
             of[k].append(i)
-        order = [i for j in torch.randperm(len(keys), generator=g).tolist() for i in of[keys[j]]][:n]
-        batches = [order[j:j + batch_size] for j in range(0, n, batch_size)]
+        batches = [[]]
+        for j in torch.randperm(len(keys), generator=g).tolist():
+            group = of[keys[j]][:batch_size]
+            if len(batches[-1]) + len(group) > batch_size:
+                batches.append([])
+            batches[-1] += group
+        if len(batches[-1]) < batch_size:
+            batches.pop()
         return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     perm = torch.randperm(len(lengths), generator=g).tolist()[:n]
     if group <= 0:
@@ -227,6 +240,21 @@ def answer_logprobs(net, prompts, completions, digit_ids, targets, shared_prefix
     return logps, mask, first
 
 
+def group_contrast(first, relevant) -> torch.Tensor:
+    """The listwise term of one query's records: each positive against the query's negatives,
+
+        -log( exp(s_pos) / (exp(s_pos) + sum_neg exp(s_neg)) ),   s = log P("1") - log P("0")
+
+    summed over the positives, with s read at the answer position (first: (G, 10) log-probs of the
+    digits, relevant: (G,) bools). The pointwise loss asks each answer to match its own label; this
+    asks the positive to win against the documents it competes with for the same query (the
+    localized contrastive estimation of Gao et al., arXiv 2101.08751). 0 without both kinds."""
+    s = first[:, 1] - first[:, 0]
+    if relevant.all() or not relevant.any():
+        return s.sum() * 0
+    return (torch.logaddexp(s[relevant], torch.logsumexp(s[~relevant], 0)) - s[relevant]).sum()
+
+
 def first_digit_score(first_logp) -> torch.Tensor:
     """(B, 10) log-probs of the tokens "0".."9" at the answer position -> (B,) expected score
     sum_d d * P'(d), P' renormalised over the ten digits, with "1" read as 10: the answer after
@@ -255,8 +283,11 @@ def signal_stats(signal: list, recent_auc: list) -> dict:
 # ----------------------------------------------------------------------------- processes and logging
 
 
-def process_micro_batches(batch: list, procs, size: int) -> list:
-    """This process's share of a global batch (an equal slice), cut into micro-batches of `size`."""
+def process_micro_batches(batch: list, procs, size: int, queries: list | None = None) -> list:
+    """This process's share of a global batch (an equal slice), cut into micro-batches of `size`;
+    with `queries` (a key per record; one process), one micro-batch per query instead."""
+    if queries is not None:
+        return list({queries[i]: [j for j in batch if queries[j] == queries[i]] for i in batch}.values())
     share = len(batch) // procs.world
     mine = batch[procs.rank * share:(procs.rank + 1) * share]
     return [mine[j:j + size] for j in range(0, len(mine), size)]
@@ -276,6 +307,7 @@ def sum_over_processes(loss_sum, tokens: int, signal: list, procs, device):
 def step_line(row: dict, total: int) -> str:
     """The greppable log line of a step."""
     extra = "".join([f" | answer loss {row['answer_loss']:.4f}" if "answer_loss" in row else "",
+                     f" | group loss {row['group_loss']:.4f}" if "group_loss" in row else "",
                      f" | AUC {row['auc']:.3f}" if "auc" in row else ""])
     if "dev_ndcg10" in row:
         dev_auc = "-" if row["dev_auc"] is None else f"{row['dev_auc']:.3f}"
@@ -309,6 +341,8 @@ def main(argv=None):
     args = parse_args(argv)
     procs = start_processes(args.device)
     args.device, log = procs.device, procs.log
+    if args.group_loss and procs.world > 1:
+        raise SystemExit("--group-loss runs on one process (each query's records are one micro-batch)")
     if args.batch_size % procs.world:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {procs.world}")
     adapter_sum = adapter_sha256(args.init_adapter)
@@ -361,6 +395,7 @@ def main(argv=None):
     soft = args.loss == "soft"
     if soft and not any(r["target"] is not None for r in records):
         raise SystemExit(f"--loss soft: {args.data} has no 'target' fields (grade it: python tools/grade_minilm.py)")
+    query_of = [r["query"] for r in records]
     recent_auc = []  # batch AUCs of the last 20 steps (logged as their mean; starts afresh on --resume)
 
     # loop
@@ -370,7 +405,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         epoch, k = divmod(step, steps_per_epoch)
         if epoch not in schedule:
-            queries = [r["query"] for r in records] if args.group_by_query else None
+            queries = query_of if args.group_by_query or args.group_loss else None
             schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch, args.length_grouping, queries)}
         batch = schedule[epoch][k]  # global batch (record indices)
         n_target = sum(len(encoded[i][1]) for i in batch)  # completion tokens in the whole global batch
@@ -378,7 +413,8 @@ def main(argv=None):
         loss_sum = torch.zeros((), device=device)
         tokens = 0
         signal = []  # (first answer token's loss, expected score, relevant?) of this step's fast-mode records
-        micro = process_micro_batches(batch, procs, args.micro_batch_size)
+        group_sum, groups = 0.0, 0  # the listwise term (--group-loss), for the log
+        micro = process_micro_batches(batch, procs, args.micro_batch_size, query_of if args.group_loss else None)
         for j, mb in enumerate(micro):
             # DDP syncs gradients on the last micro-batch only (FSDP reduce-scatters each one's)
             sync = net.no_sync() if net is not model and j < len(micro) - 1 else contextlib.nullcontext()
@@ -388,8 +424,15 @@ def main(argv=None):
                     logps, mask, first = answer_logprobs(net, [encoded[i][0] for i in mb], [encoded[i][1] for i in mb],
                                                          digit_ids, targets, shared_prefix=not sharded)
                 nll = -(logps * mask).sum()
+                extra = 0
+                if args.group_loss:  # mb is one query's records: its fast-mode ones compete
+                    rows = [row for row, i in enumerate(mb) if fast[i]]
+                    relevant = torch.tensor([records[mb[row]]["score"] >= 5 for row in rows])
+                    term = group_contrast(first[rows], relevant)
+                    extra = args.group_loss * len(rows) * term
+                    group_sum, groups = group_sum + float(term.detach()), groups + int(relevant.any() and not relevant.all())
                 # DDP and FSDP average gradients over processes: scale by world so they sum instead
-                (nll * procs.world / n_target).backward()
+                ((nll + extra) * procs.world / n_target).backward()
             loss_sum += nll.detach()
             tokens += sum(lengths[i] for i in mb)
             expected, first_nll = first_digit_score(first.detach()).tolist(), (-logps[:, 0].detach()).tolist()
@@ -403,7 +446,7 @@ def main(argv=None):
         dt = time.perf_counter() - t0
         row = {"step": step, "loss": loss_sum / n_target, "lr": lr, "grad_norm": grad_norm, "tok_s": tokens / dt,
                "seconds": dt, "tokens": int(tokens), "epoch": epoch, "examples": step * args.batch_size,
-               **signal_stats(signal, recent_auc)}
+               **signal_stats(signal, recent_auc), **({"group_loss": group_sum / groups} if groups else {})}
         if args.eval_every and (step % args.eval_every == 0 or step == total):
             with gathered(model), autocast():  # sharded: every process gathers, the first evaluates
                 if procs.master:

@@ -114,7 +114,7 @@ def test_soft_target_gradient_moves_p10_towards_the_target():
             _, _, after = sft.answer_logprobs(model, prompts[:1], comps[:1], digits, [None])
             for p in params:
                 p += 1e-3 * p.grad
-        gap = lambda f: float(f[0, 1] - f[0, 0])  # log P("1") - log P("0")
+        gap = lambda f: float((f[0, 1] - f[0, 0]).detach())  # log P("1") - log P("0")
         assert (gap(after) > gap(first)) == (t == 1.0), (t, gap(first), gap(after))
 
 
@@ -583,6 +583,16 @@ def test_batches_grouped_by_query_hold_whole_queries():
     assert batches != sft.epoch_batches([10] * 30, 6, seed=0, epoch=1, queries=queries)
 
 
+def test_query_batches_pack_whole_queries_of_uneven_size():
+    sizes = [5, 4, 5, 3, 5, 5, 1, 5]
+    queries = [f"q{k}" for k, n in enumerate(sizes) for _ in range(n)]
+    batches = sft.epoch_batches([10] * len(queries), 10, seed=3, epoch=0, queries=queries)
+    assert all(len(b) <= 10 for b in batches) and len(batches) >= 2
+    for b in batches:
+        assert all(queries.count(queries[i]) == sum(queries[j] == queries[i] for j in b) for i in b)  # never split
+    assert len({i for b in batches for i in b}) == sum(len(b) for b in batches)  # no record twice
+
+
 # ----------------------------------------------------------------------------- the learning signal
 
 
@@ -591,6 +601,37 @@ def test_auc_counts_pairs_and_ties():
     assert E.auc([1, 2, 3], [True, False, False]) == 0.0
     assert E.auc([2, 2, 0], [True, False, False]) == 0.75  # one tie (half), one win
     assert E.auc([1, 2], [True, True]) is None
+
+
+def test_group_contrast_is_the_positives_cross_entropy_against_its_negatives():
+    first = torch.log_softmax(torch.randn(4, 10), -1)
+    s = first[:, 1] - first[:, 0]
+    relevant = torch.tensor([False, True, False, False])
+    want = -torch.log_softmax(s, 0)[1]
+    torch.testing.assert_close(sft.group_contrast(first, relevant), want)
+    two = torch.tensor([True, True, False, False])  # each positive against the negatives only
+    torch.testing.assert_close(sft.group_contrast(first, two),
+                               sum(-torch.log_softmax(s[[p, 2, 3]], 0)[0] for p in (0, 1)))
+    assert float(sft.group_contrast(first, torch.tensor([False] * 4))) == 0.0
+    logits = torch.randn(4, 10, requires_grad=True)
+    sft.group_contrast(torch.log_softmax(logits, -1), relevant).backward()
+    g = logits.grad[:, 1] - logits.grad[:, 0]  # descent raises log P("1") - log P("0") where g < 0
+    assert g[1] < 0 and (g[[0, 2, 3]] > 0).all()
+
+
+def test_training_with_the_group_loss_logs_it_and_learns(tmp_path):
+    rng = random.Random(0)
+    with open(tmp_path / "g.jsonl", "w") as f:
+        for q in range(4):
+            query = " ".join(rng.choice(WORDS) for _ in range(2))
+            for k in range(3):
+                f.write(json.dumps({"query": query, "doc": " ".join(rng.choice(WORDS) for _ in range(5)),
+                                    "score": 10 if k == 0 else 0}) + "\n")
+    sft.main(train_args(str(tmp_path / "g.jsonl"), tmp_path / "o", "--batch-size", "6", "--steps", "6",
+                        "--group-loss", "1"))
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "log.jsonl")]
+    assert all("group_loss" in r for r in rows) and rows[-1]["group_loss"] < rows[0]["group_loss"]
+    assert [r["examples"] for r in rows] == [6 * (k + 1) for k in range(6)]
 
 
 def test_first_digit_score_reads_one_as_ten():
@@ -658,15 +699,20 @@ def test_leftovers_of_a_killed_write_are_pruned_but_not_a_write_of_this_run(tmp_
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, other_node.name])
 
 
-def test_a_run_continues_from_a_committed_adapter(tmp_path):
+def test_a_run_continues_from_a_committed_adapter(tmp_path, capsys):
     """sft.py --init-adapter A, then export_adapter(A, new run): the base model plus the combined
-    adapter equals the continued run's final weights."""
+    adapter equals the continued run's final weights. The log says the adapter is added in memory:
+    the starting model's files are not changed."""
     from tools import export_adapter
 
     data = write_records(tmp_path / "r.jsonl", n=8)
     sft.main(train_args(data, tmp_path / "a", "--steps", "2"))
     first = str(tmp_path / "a" / "final" / "adapter.safetensors")
+    capsys.readouterr()
     sft.main(train_args(data, tmp_path / "b", "--steps", "2", "--init-adapter", first))
+    out = capsys.readouterr().out
+    assert f"added {first} to the weights of" in out and "in memory (the files on disk are unchanged)" in out, out
+    assert not [line for line in out.splitlines() if first in line and "merg" in line], out
     combined = export_adapter.combine([first, str(tmp_path / "b" / "final")])
     from safetensors.torch import save_file
     save_file(combined, str(tmp_path / "both.safetensors"))
