@@ -8,7 +8,8 @@
 The records come from the dev split (queries never trained on). Each query's records are scored
 together by rerank.py in fast mode with --score expected (sum_s s * P(s)); the AUC is the chance
 that a positive scores above a negative of the given kind ("hard": BM25 ranks 1-10, "medium":
-11-100, "easy": 101-1000), ties counting half: 0.5 is chance.
+11-100, "easy": 101-1000), ties counting half: 0.5 is chance. `--model minilm` scores the same
+records by all-MiniLM-L6-v2's cosine (the teacher of tools/grade_minilm.py), as a reference row.
 """
 import argparse
 import json
@@ -42,6 +43,9 @@ def main():
         by_query.setdefault(r["qid"], []).append(r)
     rows = []
     for path in args.model:
+        if path == "minilm":
+            rows.append(report(path, minilm_scores(records), args.json, rows))
+            continue
         if path.endswith(".safetensors"):
             from data.convert_smollm2 import ensure_base_model
             model, tok = M.load(ensure_base_model(), dtype=torch.float32)
@@ -56,17 +60,36 @@ def main():
         for recs in by_query.values():
             out = sorted(rr.rerank(recs[0]["query"], [r["doc"] for r in recs]), key=lambda o: o["position"])
             scored += [(o["score"], r["label"]) for o, r in zip(out, recs)]
-        pos = [s for s, label in scored if label.startswith("grade")]
-        line, row = [], {"model": path, "positives": len(pos)}
-        for kind in ("hard", "medium", "easy", "other", "offtopic"):
-            neg = [s for s, label in scored if label == kind]
-            if neg:
-                row[kind] = auc(pos + neg, [True] * len(pos) + [False] * len(neg))
-                line.append(f"{kind} {row[kind]:.3f} ({len(neg)})")
-        print(f"{path}: {len(pos)} positives; AUC against " + ", ".join(line), flush=True)
-        rows.append(row)
-        if args.json:  # rewritten after each model: a killed run keeps the models scored so far
-            files.write_atomic(args.json, json.dumps(rows, indent=1) + "\n")
+        rows.append(report(path, scored, args.json, rows))
+
+
+def report(name, scored, json_path, rows) -> dict:
+    """Print and return one model's AUCs from its (score, label) pairs; rewrite json_path with the
+    rows so far (a killed run keeps the models scored before it)."""
+    pos = [s for s, label in scored if label.startswith("grade")]
+    line, row = [], {"model": name, "positives": len(pos)}
+    for kind in ("hard", "medium", "easy", "other", "offtopic"):
+        neg = [s for s, label in scored if label == kind]
+        if neg:
+            row[kind] = auc(pos + neg, [True] * len(pos) + [False] * len(neg))
+            line.append(f"{kind} {row[kind]:.3f} ({len(neg)})")
+    print(f"{name}: {len(pos)} positives; AUC against " + ", ".join(line), flush=True)
+    if json_path:
+        files.write_atomic(json_path, json.dumps(rows + [row], indent=1) + "\n")
+    return row
+
+
+def minilm_scores(records) -> list:
+    """(cosine of all-MiniLM-L6-v2, label) of every record, in file order."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from bench.compare_minilm import embed, model_dir
+    path = model_dir()
+    tok, teacher = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    queries = sorted({r["query"] for r in records})
+    q = dict(zip(queries, embed(teacher, tok, queries)))
+    docs = embed(teacher, tok, [r["doc"] for r in records])
+    return [(float(d @ q[r["query"]]), r["label"]) for d, r in zip(docs, records)]
 
 
 if __name__ == "__main__":

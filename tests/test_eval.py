@@ -1,6 +1,7 @@
 """eval.py end to end: BM25 -> rerank -> table, and resuming from the scored-pair cache."""
 import json
 import os
+import sys
 
 import pytest
 
@@ -269,3 +270,20 @@ def test_json_output_that_is_a_directory_is_refused_before_anything_runs(tmp_pat
     tiny_beir(tmp_path / "beir")
     assert E.main(E.parse_args(argv_for(tmp_path, "--bm25-only", "--json", str(tmp_path)))) == 2
     assert f"--json {tmp_path}: is a directory" in capsys.readouterr().err
+
+
+def test_heldout_auc_reports_each_kind_and_keeps_rows_in_its_json(tmp_path, monkeypatch, capsys):
+    from bench import heldout_auc as H
+    scored = [(9, "grade2"), (7, "grade2"), (8, "hard"), (1, "hard"), (0, "offtopic")]
+    row = H.report("m", scored, str(tmp_path / "a.json"), [{"model": "before"}])
+    assert row == {"model": "m", "positives": 2, "hard": 0.75, "offtopic": 1.0}
+    assert [r["model"] for r in json.load(open(tmp_path / "a.json"))] == ["before", "m"]
+    assert "m: 2 positives; AUC against hard 0.750 (2), offtopic 1.000 (1)" in capsys.readouterr().out
+    records = tmp_path / "r.jsonl"  # end to end, on the tiny model
+    records.write_text("".join(json.dumps({"query": "how to list files", "doc": d, "qid": "q1", "label": k}) + "\n"
+                               for d, k in [("use ls", "grade2"), ("use cp", "hard"), ("Paris", "offtopic")]))
+    monkeypatch.setattr(sys, "argv", ["heldout_auc.py", "--data", str(records), "--dtype", "float32",
+                                      "--model", os.path.join(FIX, "llama"), "--json", str(tmp_path / "b.json")])
+    H.main()
+    (row,) = json.load(open(tmp_path / "b.json"))
+    assert row["positives"] == 1 and set(row) == {"model", "positives", "hard", "offtopic"}
