@@ -66,8 +66,8 @@ def rope_in_halves(x, cos, sin):
         out[:D/2] = x1 cos - x2 sin,    out[D/2:] = x2 cos + x1 sin,
     in fp32 and rounded once to x's dtype, as apply_rope does (cos and sin hold each frequency in
     both halves, so their first half is all of them). apply_rope builds the full-width rotated copy
-    cat(-x2, x1) and its negated half first: 1.44x slower on one batch's queries in bf16
-    (docs/speed.md). Writes into `out`: inference only."""
+    cat(-x2, x1) and its negated half first: 1.3-1.8x slower on one batch's queries in bf16
+    (`python bench/profile_bf16.py`). Writes into `out`: inference only."""
     d = x.shape[-1] // 2
     h = x.float()  # no copy in fp32
     x1, x2 = h[..., :d], h[..., d:]
@@ -87,7 +87,7 @@ class FastAttention(M.Attention):
     def attend(self, q, k, v, mask):
         # one query per row on CPU (a decoding step), in fp32. In bf16 PyTorch's batched products
         # copy the cached keys and values they are given as slices (every step, the whole cache),
-        # and the fused kernel is 3x faster than decode_attention (docs/speed.md)
+        # and the fused kernel is 3.8x faster than decode_attention (`python bench/profile_bf16.py`)
         if q.shape[2] == 1 and q.device.type == "cpu" and q.dtype == torch.float32:
             return decode_attention(q, k, v, mask)
         return super().attend(q, k, v, mask)
