@@ -232,6 +232,8 @@ def parse_args(argv=None):
     g.add_argument("--instruction", help="relevance definition (default: the paper's BEIR instruction)")
     g.add_argument("--task", choices=sorted(rerank.INSTRUCTIONS), help="use the paper's instruction for a benchmark")
     g.add_argument("--max-query-tokens", type=rerank.positive_int, default=256, help="query truncation budget")
+    g.add_argument("--query-keep", default="start", choices=["start", "end"],
+                   help="which end of a query over --max-query-tokens is kept")
     g.add_argument("--max-doc-tokens", type=rerank.positive_int, default=512, help="document truncation budget")
     g.add_argument("--batch-tokens", type=rerank.positive_int, default=16384, help="tokens per batch (memory bound)")
     g.add_argument("--device", help="cpu, cuda ... (default: CUDA if available)")
@@ -401,6 +403,8 @@ def model_key(args, path, dtype=None):
     ident = [CACHE_VERSION, os.path.abspath(path)] + [f"{os.path.getsize(w)}:{os.path.getmtime(w)}" for w in weights]
     ident += [args.thinking, args.max_new_tokens, args.max_query_tokens, args.max_doc_tokens, args.instruction,
               args.top_k, dtype or args.dtype, args.device]
+    if getattr(args, "query_keep", "start") != "start":  # only when set: the caches made before stay valid
+        ident.append(f"query_keep={args.query_keep}")
     return hashlib.sha1(repr(ident).encode()).hexdigest()[:12]
 
 
@@ -438,7 +442,7 @@ def evaluate_dataset(args):
         reranker = rerank.Reranker(path, args.device, args.dtype, thinking=args.thinking,
                                    max_new_tokens=args.max_new_tokens, max_query_tokens=args.max_query_tokens,
                                    max_doc_tokens=args.max_doc_tokens, batch_tokens=args.batch_tokens,
-                                   instruction=args.instruction)
+                                   instruction=args.instruction, query_keep=args.query_keep)
         label = args.name or Path(path).name + ("-expected" if args.score == "expected" else "") + (
             f"-fusion{args.fusion:g}" if args.fusion is not None else "")
         model_dir = Path(path).resolve()

@@ -207,7 +207,8 @@ def response_for(req: Request, records: list[dict], prepared: R.Prepared, rerank
             "tokens": {"input_tokens": tokens, "output_tokens": 0}}
     warnings = []
     if prepared.query_cut:
-        warnings.append(f"the query was cut to its first {reranker.max_query_tokens} tokens")
+        end = "first" if reranker.query_keep == "start" else "last"
+        warnings.append(f"the query was cut to its {end} {reranker.max_query_tokens} tokens")
     if prepared.docs_cut:
         warnings.append(f"{prepared.docs_cut} document(s) were cut to their first {reranker.max_doc_tokens} tokens")
     if warnings:
@@ -578,7 +579,10 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     print(f"serving {name} on http://{host}:{port} (POST /v1/rerank, /v2/rerank, /rerank; Ctrl-C to stop)",
           file=sys.stderr, flush=True)
-    stop.wait()
+    # a short timeout, not stop.wait(): the kernel may deliver SIGTERM to another thread, and Python
+    # runs handlers in the main thread only when it wakes; an untimed wait could sleep through it
+    while not stop.wait(0.2):
+        pass
     print("stopping: finishing the requests in flight", file=sys.stderr, flush=True)
     server.close()
     print("stopped", file=sys.stderr, flush=True)

@@ -116,7 +116,8 @@ def main():
     import torch
 
     print(f"{len(requests)} requests x {args.docs} documents (pyfaq test, BM25 top {args.docs}, "
-          f"{args.max_doc_tokens} tokens), torch threads {torch.get_num_threads()}, "
+          f"{args.max_doc_tokens} tokens), {str(next(rr.model.parameters()).dtype).replace('torch.', '')}, "
+          f"torch threads {torch.get_num_threads()}, "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", file=sys.stderr)
 
     before = sequential(rr, requests, args.time_limit)

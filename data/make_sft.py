@@ -97,6 +97,21 @@ def parse_dataset_spec(spec: str, default_cap: int) -> tuple[str, int]:
     return name, int(cap)
 
 
+BUILT_IN = ("manpages", "foldoc", "pyfaq", "faqs")  # data/build_datasets.py --only NAME
+
+
+def check_built(root: str, name: str):
+    """A dataset that is not there stops with one line; a built-in one says how to build it."""
+    d = os.path.join(root, name)
+    if all(os.path.isfile(os.path.join(d, f)) for f in ("corpus.jsonl", "queries.jsonl")):
+        return
+    what = "no such directory" if not os.path.isdir(d) else "corpus.jsonl or queries.jsonl is missing"
+    if name in BUILT_IN:
+        raise SystemExit(f"error: {d}: {what}; it is a built-in dataset, build it first with: "
+                         f"python data/build_datasets.py --only {name}")
+    raise SystemExit(f"error: {d}: {what} (expected a BEIR-format dataset under --root {root})")
+
+
 def draw_length(qid: str, seed: int, shortest: int, longest: int) -> int:
     """A query's shared length in words, log-uniform in [shortest, longest] (seeded by the query):
     as many one-sentence documents as documents of a few hundred words."""
@@ -221,6 +236,8 @@ def main(argv=None):
         print(f"warning: building training records from the {args.split!r} split", file=sys.stderr)
     records = []
     specs = [parse_dataset_spec(s, args.max_queries) for s in args.datasets]
+    for name, _ in specs:
+        check_built(args.root, name)
     for name, cap in specs:
         others = []  # off-topic documents: those of the other datasets, in a fixed order
         if args.n_offtopic:

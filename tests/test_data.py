@@ -316,6 +316,18 @@ def write_tiny_sets(tmp_path, sizes=(("alpha", 6), ("beta", 4))):
               "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{name}{i}\t2\n" for i in range(n)))
 
 
+def test_make_sft_on_a_missing_built_in_dataset_says_how_to_build_it(tmp_path):
+    from data import make_sft
+    write_tiny_sets(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        make_sft.main(["--root", str(tmp_path), "--datasets", "alpha", "foldoc", "--out", str(tmp_path / "o.jsonl")])
+    assert str(e.value) == (f"error: {tmp_path / 'foldoc'}: no such directory; it is a built-in dataset, build it "
+                            "first with: python data/build_datasets.py --only foldoc")
+    with pytest.raises(SystemExit, match="gamma: no such directory .expected a BEIR-format dataset"):
+        make_sft.main(["--root", str(tmp_path), "--datasets", "gamma", "--out", str(tmp_path / "o.jsonl")])
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_mix_caps_train_queries_per_dataset(tmp_path, monkeypatch):
     from data import make_sft
     write_tiny_sets(tmp_path)

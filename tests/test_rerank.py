@@ -494,14 +494,26 @@ def test_control_tokens_in_user_text_are_encoded_as_plain_text():
         assert len(tok.encode("<|im_end|>", plain=True)) > 1 and tok.encode("<|im_end|>") == [tok.im_end]
 
 
-def test_a_long_query_keeps_its_start_as_in_training():
+def test_a_long_query_keeps_its_start_as_in_training_or_its_end_when_asked(tmp_path, capsys):
     tok = M.Tokenizer(os.path.join(FIX, "llama"))
-    text = "how do I list files? " + "some context about the files " * 5
+    text = "some context about the files " * 5 + "so how do I list files?"
+    ids = tok.encode(text, plain=True)
     kept, cut = R.truncate(tok, text, 8)
-    assert cut and text.startswith(kept) and kept == tok.decode(tok.encode(text)[:8])
+    assert cut and text.startswith(kept) and kept == tok.decode(ids[:8])
+    kept, cut = R.truncate(tok, text, 8, keep="end")
+    assert cut and text.endswith(kept) and kept == tok.decode(ids[-8:]) and kept.endswith("list files?")
+    assert R.truncate(tok, "short", 8, keep="end") == ("short", False)
     rr = R.Reranker(os.path.join(FIX, "llama"), max_query_tokens=8, verbose=False)
     rr.rerank(text, ["ls lists files"])
     assert rr.stats["truncated_queries"] == 1
+    end = R.Reranker(os.path.join(FIX, "llama"), max_query_tokens=8, verbose=False, query_keep="end")
+    assert end.build_prompts(text, [{"text": "d"}], None)[0] == end.build_prompts(kept, [{"text": "d"}], None)[0]
+    with pytest.raises(R.InputError, match="--query-keep middle: expected 'start' or 'end'"):
+        R.Reranker(os.path.join(FIX, "llama"), query_keep="middle")
+    path = write(tmp_path, "in.json", json.dumps({"query": text, "documents": ["a", "b"]}))
+    assert R.main([path, "--model", os.path.join(FIX, "llama"), "--max-query-tokens", "8", "--query-keep", "end",
+                   "--quiet"]) == 0
+    assert "truncated 0 documents to 512 tokens and 1 queries to 8 tokens" in capsys.readouterr().err
 
 
 def test_device_that_is_not_there_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
@@ -522,6 +534,8 @@ def test_dtype_that_torch_does_not_have_is_refused(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "argument --dtype: invalid choice: 'garbage'" in err and "Traceback" not in err
+    with pytest.raises(R.InputError, match="--dtype garbage: expected one of auto, float32, bfloat16, float16"):
+        R.Reranker(os.path.join(FIX, "llama"), dtype="garbage")  # the Python API: the same one line
 
 
 @pytest.mark.parametrize("flag", ["--output", "--trec"])
