@@ -730,6 +730,8 @@ def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = Non
         os.makedirs(tmp)
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         save_config(model.config, tok, tmp, next(iter(state.values())).dtype, extra)
+        # save_file makes its file readable by the owner only (0600): the mode config.json got instead
+        shutil.copymode(os.path.join(tmp, "config.json"), os.path.join(tmp, "model.safetensors"))
 
 
 def save_config(cfg: Config, tok: Tokenizer, path: str, dtype: torch.dtype, extra: dict | None = None):

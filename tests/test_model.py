@@ -417,3 +417,15 @@ def test_swiglu_backward_matches_autograd():
     u = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(MF.SwiGLU.apply, (g, u))
     torch.testing.assert_close(MF.SwiGLU.apply(g, u), torch.nn.functional.silu(g) * u)
+
+
+def test_saved_weights_get_the_mode_of_the_other_files(tmp_path):
+    import stat
+    model, tok = M.load(os.path.join(FIX, "llama"), device="cpu", dtype=torch.float32)
+    old = os.umask(0o022)
+    try:
+        M.save(model, tok, str(tmp_path / "out"))
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "out").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
