@@ -3,6 +3,7 @@
     with atomic_output(path) as tmp: ...      # a file or directory appears whole or not at all
     write_atomic(path, text)                  # one file, the same way
     apply_adapter(model, "adapter.safetensors")  # W += B @ A for each adapted linear layer, in place
+    save_tensors(tensors, path)               # a .safetensors file, readable as the others are
 
 Every writer of the project goes through atomic_output, so an interrupted run never leaves a
 half-written dataset, record file or checkpoint that a later run would read as whole. This
@@ -46,6 +47,16 @@ def _remove(*paths):
             shutil.rmtree(p, ignore_errors=True)
         elif os.path.lexists(p):
             os.remove(p)
+
+
+def save_tensors(tensors: dict, path, metadata: dict | None = None):
+    """safetensors' save_file (torch tensors), then the mode any other new file gets (0644 under the
+    usual umask): save_file creates its file readable by its owner only (0600)."""
+    from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_atomic(path, data: str | bytes):

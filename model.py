@@ -720,18 +720,14 @@ def save(model: Transformer, tok: Tokenizer, path: str, extra: dict | None = Non
     """Write an HF-layout directory (config.json, model.safetensors, tokenizer files) atomically.
     `extra` maps file names to JSON-able objects written alongside (training args, metrics);
     `state` replaces model.state_dict() (e.g. LoRA weights merged into their base)."""
-    from safetensors.torch import save_file
-
     state = model.state_dict() if state is None else state
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     with files.atomic_output(path) as tmp:
         os.makedirs(tmp)
-        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        files.save_tensors(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         save_config(model.config, tok, tmp, next(iter(state.values())).dtype, extra)
-        # save_file makes its file readable by the owner only (0600): the mode config.json got instead
-        shutil.copymode(os.path.join(tmp, "config.json"), os.path.join(tmp, "model.safetensors"))
 
 
 def save_config(cfg: Config, tok: Tokenizer, path: str, dtype: torch.dtype, extra: dict | None = None):

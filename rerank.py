@@ -37,7 +37,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 import urllib.error
@@ -258,8 +257,6 @@ def default_model() -> str:
         model, tok = M.load(base, device="cpu", dtype=torch.float32)
         files.apply_adapter(model, TRAINED_ADAPTER)
         M.save(model, tok, out, extra={"adapter.sha256": digest})
-        # safetensors creates the weights readable by their owner only; give them config.json's mode
-        shutil.copymode(os.path.join(out, "config.json"), os.path.join(out, "model.safetensors"))
     return out
 
 
@@ -958,7 +955,8 @@ def main(argv=None):
     s = rr.stats
     if s["truncated_docs"] or s["truncated_queries"]:
         print(f"warning: truncated {s['truncated_docs']} documents to {args.max_doc_tokens} tokens and "
-              f"{s['truncated_queries']} queries to {args.max_query_tokens} tokens", file=sys.stderr)
+              f"{s['truncated_queries']} queries to {args.max_query_tokens} tokens (keeping each query's "
+              f"{args.query_keep})", file=sys.stderr)
     if s["unparsed"]:
         print(f"warning: {s['unparsed']} of {s['pairs']} outputs had no parseable score "
               f"(scored {UNPARSED})", file=sys.stderr)

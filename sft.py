@@ -30,7 +30,8 @@ against its own negatives, counted W times per record of the group, over the sam
 Output directory (--out):
     log.jsonl            one JSON object per step: loss, answer_loss (the first answer token's loss),
                          auc (of the expected score, relevant vs not, batches of the last 20 steps),
-                         lr, grad norm, tok/s, examples seen; dev nDCG@10 (two scores) and dev_auc
+                         lr, grad norm, tok/s, examples seen (records read); group_loss with
+                         --group-loss; dev nDCG@10 (two scores) and dev_auc
     step-00050/, last/   args.json + train_state.pt (trainable weights, optimizer, step, RNG
                          states) + adapter.safetensors with LoRA; full fine-tuning also writes the
                          HF-layout model. The newest --keep-checkpoints step-N/ are kept.
@@ -98,9 +99,8 @@ def parse_args(argv=None):
                    "token against the record's teacher 'target' (P(10) = target, P(0) = 1 - target; "
                    "tools/grade_minilm.py), where it has one")
     g.add_argument("--group-loss", type=float, default=0.0, metavar="W",
-                   help="add a listwise term: each query's positive against its own negatives, -log softmax "
-                   "of the positive's log P('1')/P('0') among the group's, weighted W per record of the group "
-                   "(implies --group-by-query; each query's records form one micro-batch; one process)")
+                   help="add the listwise term group_contrast with weight W per record (implies --group-by-query; "
+                   "one process; W=1 measured worse than none: docs/experiments.md)")
     g.add_argument("--max-records", type=int, default=0, help="use a seeded sample of N records (0 = all)")
     add_model_args(ap, None, "HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
     g = ap.add_argument_group("optimisation")
@@ -197,7 +197,9 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
             of[k].append(i)
         batches = [[]]
         for j in torch.randperm(len(keys), generator=g).tolist():
-            group = of[keys[j]][:batch_size]
+            group = of[keys[j]]
+            if len(group) > batch_size:  # a seeded sample of the query's records, in file order
+                group = [group[i] for i in sorted(torch.randperm(len(group), generator=g)[:batch_size].tolist())]
             if len(batches[-1]) + len(group) > batch_size:
                 batches.append([])
             batches[-1] += group
@@ -287,7 +289,10 @@ def process_micro_batches(batch: list, procs, size: int, queries: list | None = 
     """This process's share of a global batch (an equal slice), cut into micro-batches of `size`;
     with `queries` (a key per record; one process), one micro-batch per query instead."""
     if queries is not None:
-        return list({queries[i]: [j for j in batch if queries[j] == queries[i]] for i in batch}.values())
+        of = {}
+        for i in batch:
+            of.setdefault(queries[i], []).append(i)
+        return list(of.values())
     share = len(batch) // procs.world
     mine = batch[procs.rank * share:(procs.rank + 1) * share]
     return [mine[j:j + size] for j in range(0, len(mine), size)]
@@ -341,8 +346,9 @@ def main(argv=None):
     args = parse_args(argv)
     procs = start_processes(args.device)
     args.device, log = procs.device, procs.log
-    if args.group_loss and procs.world > 1:
-        raise SystemExit("--group-loss runs on one process (each query's records are one micro-batch)")
+    if (args.group_loss or args.group_by_query) and procs.world > 1:
+        raise SystemExit("--group-by-query and --group-loss run on one process (batches of whole queries "
+                         "do not split evenly between processes)")
     if args.batch_size % procs.world:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {procs.world}")
     adapter_sum = adapter_sha256(args.init_adapter)
@@ -372,7 +378,12 @@ def main(argv=None):
     lengths = [len(p) + len(c) for p, c in encoded]
     if len(records) < args.batch_size:
         raise SystemExit(f"{args.data}: {len(records)} records, fewer than --batch-size {args.batch_size}")
-    steps_per_epoch = len(records) // args.batch_size
+    query_of = [r["query"] for r in records]
+    grouped = query_of if args.group_by_query or args.group_loss else None
+    # an epoch is the batches epoch_batches makes: len(records) // batch_size of them, or as many
+    # as whole queries pack into (epoch 0's count; another epoch's packing may differ by a few)
+    steps_per_epoch = (len(epoch_batches(lengths, args.batch_size, args.seed, 0, args.length_grouping, grouped))
+                       if grouped else len(records) // args.batch_size)
     total = args.steps or max(1, int(args.epochs * steps_per_epoch))
     warmup = int(args.warmup * total)
     log(f"data {args.data}: {len(records)} records, {sum(lengths):,} tokens (mean {sum(lengths) / len(lengths):.0f}, "
@@ -395,19 +406,18 @@ def main(argv=None):
     soft = args.loss == "soft"
     if soft and not any(r["target"] is not None for r in records):
         raise SystemExit(f"--loss soft: {args.data} has no 'target' fields (grade it: python tools/grade_minilm.py)")
-    query_of = [r["query"] for r in records]
     recent_auc = []  # batch AUCs of the last 20 steps (logged as their mean; starts afresh on --resume)
 
     # loop
     schedule, dev_cache = {}, {}
     stop = min(total, args.max_steps) if args.max_steps else total
+    examples = st.get("data", {}).get("examples", step * args.batch_size) if st is not None else 0  # records read so far
     while step < stop:
         t0 = time.perf_counter()
         epoch, k = divmod(step, steps_per_epoch)
         if epoch not in schedule:
-            queries = query_of if args.group_by_query or args.group_loss else None
-            schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch, args.length_grouping, queries)}
-        batch = schedule[epoch][k]  # global batch (record indices)
+            schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch, args.length_grouping, grouped)}
+        batch = schedule[epoch][k % len(schedule[epoch])]  # global batch (record indices)
         n_target = sum(len(encoded[i][1]) for i in batch)  # completion tokens in the whole global batch
         lr = set_lr(opt, cosine_lr(step, total, warmup, args.lr))
         loss_sum = torch.zeros((), device=device)
@@ -427,7 +437,7 @@ def main(argv=None):
                 extra = 0
                 if args.group_loss:  # mb is one query's records: its fast-mode ones compete
                     rows = [row for row, i in enumerate(mb) if fast[i]]
-                    relevant = torch.tensor([records[mb[row]]["score"] >= 5 for row in rows])
+                    relevant = torch.tensor([records[mb[row]]["score"] >= 5 for row in rows], dtype=torch.bool)
                     term = group_contrast(first[rows], relevant)
                     extra = args.group_loss * len(rows) * term
                     group_sum, groups = group_sum + float(term.detach()), groups + int(relevant.any() and not relevant.all())
@@ -443,9 +453,10 @@ def main(argv=None):
         opt.zero_grad(set_to_none=True)
         loss_sum, tokens, signal = sum_over_processes(loss_sum, tokens, signal, procs, device)
         step += 1
+        examples += len(batch)
         dt = time.perf_counter() - t0
         row = {"step": step, "loss": loss_sum / n_target, "lr": lr, "grad_norm": grad_norm, "tok_s": tokens / dt,
-               "seconds": dt, "tokens": int(tokens), "epoch": epoch, "examples": step * args.batch_size,
+               "seconds": dt, "tokens": int(tokens), "epoch": epoch, "examples": examples,
                **signal_stats(signal, recent_auc), **({"group_loss": group_sum / groups} if groups else {})}
         if args.eval_every and (step % args.eval_every == 0 or step == total):
             with gathered(model), autocast():  # sharded: every process gathers, the first evaluates
@@ -463,7 +474,8 @@ def main(argv=None):
         if save_due(args, step, stop, total):
             save_step(run, step, model, tok, train_state(run, step, total, model, trainable, opt, rng=rng_state(),
                                                          data={"epoch": step // steps_per_epoch,
-                                                               "batch_in_epoch": step % steps_per_epoch}))
+                                                               "batch_in_epoch": step % steps_per_epoch,
+                                                               "examples": examples}))
     finish_run(run, step, total, model, tok)
     return model
 

@@ -329,8 +329,6 @@ def save_checkpoint(path: str, model, tok, args: dict, train_state: dict | None,
     when LoRA is on, and train_state.pt (skipped when train_state is None). With full=False and
     LoRA on (a LoRA run's step-N/ and last/), the merged model is left out: the adapter and the
     train state are all --resume needs (tens of MB instead of ~540 MB); final/ is always full."""
-    from safetensors.torch import save_file
-
     info = {k: train_state[k] for k in ("step", "total_steps") if train_state and k in train_state}
     adapter = adapter_state_dict(model)
     with files.atomic_output(path) as staging:
@@ -342,8 +340,10 @@ def save_checkpoint(path: str, model, tok, args: dict, train_state: dict | None,
                 with open(os.path.join(staging, name), "w") as f:
                     json.dump(obj, f, indent=2)
         if adapter:
-            save_file({k: v.cpu().contiguous() for k, v in adapter.items()}, os.path.join(staging, "adapter.safetensors"),
-                      metadata={"format": "pt", "rank": str(args.get("lora_rank")), "alpha": str(args.get("lora_alpha"))})
+            files.save_tensors({k: v.cpu().contiguous() for k, v in adapter.items()},
+                               os.path.join(staging, "adapter.safetensors"),
+                               metadata={"format": "pt", "rank": str(args.get("lora_rank")),
+                                         "alpha": str(args.get("lora_alpha"))})
         if train_state is not None:
             torch.save(train_state, os.path.join(staging, "train_state.pt"))
 

@@ -32,7 +32,7 @@ from bench_rerank import pairs_from_pyfaq  # noqa: E402  (bench/ is the script's
 
 def percentile(xs, q):
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")  # nan: every request failed
 
 
 def row(name, latencies, pairs, seconds, baseline, failed=0):

@@ -429,3 +429,14 @@ def test_saved_weights_get_the_mode_of_the_other_files(tmp_path):
         os.umask(old)
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "out").iterdir()}
     assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
+
+
+def test_saved_tensors_are_readable_as_other_new_files(tmp_path):
+    import stat
+    old = os.umask(0o027)
+    try:
+        files.save_tensors({"w": torch.zeros(2)}, tmp_path / "a.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o640
+    assert torch.equal(load_file(tmp_path / "a.safetensors")["w"], torch.zeros(2))

@@ -632,6 +632,29 @@ def test_training_with_the_group_loss_logs_it_and_learns(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "o" / "log.jsonl")]
     assert all("group_loss" in r for r in rows) and rows[-1]["group_loss"] < rows[0]["group_loss"]
     assert [r["examples"] for r in rows] == [6 * (k + 1) for k in range(6)]
+    sft.main(train_args(str(tmp_path / "g.jsonl"), tmp_path / "w0", "--batch-size", "6", "--steps", "1",
+                        "--group-loss", "0", "--group-by-query"))
+    sft.main(train_args(str(tmp_path / "g.jsonl"), tmp_path / "w5", "--batch-size", "6", "--steps", "1",
+                        "--group-loss", "5"))
+    delta = lambda out: load_file(os.path.join(out, "final", "adapter.safetensors"))
+    a, b = delta(tmp_path / "w0"), delta(tmp_path / "w5")
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the group term must reach the gradient"
+
+
+def test_queries_larger_than_a_batch_are_sampled_and_every_step_has_a_batch(tmp_path):
+    rng = random.Random(1)
+    with open(tmp_path / "g.jsonl", "w") as f:  # 3 queries of 5 records, batches of 2: each query is cut
+        for q in range(3):
+            query = f"query {q} " + rng.choice(WORDS)
+            for k in range(5):
+                f.write(json.dumps({"query": query, "doc": rng.choice(WORDS), "score": 10 if k == 0 else 0}) + "\n")
+    sft.main(train_args(str(tmp_path / "g.jsonl"), tmp_path / "o", "--epochs", "3", "--group-by-query",
+                        "--batch-size", "2"))
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "log.jsonl")]
+    assert len(rows) == 9 and [r["examples"] for r in rows] == [2 * (k + 1) for k in range(9)]  # 3 a epoch, not 15 // 2
+    queries = [f"q{k // 5}" for k in range(15)]
+    cut = [sorted(b) for e in range(3) for b in sft.epoch_batches([1] * 15, 2, seed=0, epoch=e, queries=queries)]
+    assert len({tuple(b) for b in cut}) > 3, "the records a cut query keeps change between epochs"
 
 
 def test_first_digit_score_reads_one_as_ten():

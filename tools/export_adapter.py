@@ -18,10 +18,10 @@ import os
 import sys
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from files import apply_adapter, atomic_output  # noqa: E402
+from files import apply_adapter, atomic_output, save_tensors  # noqa: E402
 
 
 def adapter_file(path: str) -> str:
@@ -53,7 +53,7 @@ def main():
     adapter = combine(args.checkpoints)
     with atomic_output(args.out) as tmp:
         os.makedirs(tmp)
-        save_file(adapter, os.path.join(tmp, "adapter.safetensors"))
+        save_tensors(adapter, os.path.join(tmp, "adapter.safetensors"))
         info = {"base": "SmolLM2-135M-Instruct (data/convert_smollm2.py)", "checkpoints": args.checkpoints,
                 "rank": int(next(v for k, v in adapter.items() if k.endswith(".lora_A")).shape[0]),
                 "dtype": "float16",
