@@ -51,8 +51,9 @@ def add_model_args(ap, model_default: str | None, model_help: str):
     g = ap.add_argument_group("model")
     g.add_argument("--model", default=model_default, help=model_help)
     g.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA if available)")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                   help="autocast dtype (default: bf16 on CUDA; fp32 on CPU). Weights, LoRA, optimizer state, "
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="autocast dtype; auto: bf16 on CUDA and on CPUs with native bf16 matrix instructions "
+                   "(measured to learn as fp32 does: docs/speed.md), else fp32. Weights, LoRA, optimizer state, "
                    "losses, rewards and log-probs stay fp32 either way")
     g.add_argument("--sharding", default="ddp", choices=["ddp", "fsdp"],
                    help="under torchrun: ddp = every process holds the whole model (RL: and the reference), its "

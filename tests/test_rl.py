@@ -93,7 +93,7 @@ def toy_args(toy, out, *extra):
     return ["--model", toy["model"], "--data", toy["data"], "--dev-data", toy["data"], "--bm25-cache", toy["cache"],
             "--out", str(out), "--docs-per-query", "4", "--queries-per-step", "2", "--group-size", "4",
             "--max-new-tokens", "1", "--micro-batch-size", "8", "--dev-queries", "8", "--dev-top-k", "4",
-            "--sample-every", "0", "--save-every", "0", *extra]
+            "--sample-every", "0", "--save-every", "0", "--dtype", "float32", *extra]  # exact comparisons: fp32
 
 
 def log_rows(out):

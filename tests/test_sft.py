@@ -43,7 +43,7 @@ def write_records(path, n=8, seed=0, words=6):
 def train_args(data, out, *extra):
     return ["--model", os.path.join(FIX, "llama"), "--data", data, "--out", str(out), "--batch-size", "4",
             "--micro-batch-size", "2", "--lr", "1e-2", "--sample-every", "0", "--save-every", "0",
-            "--max-doc-tokens", "12", *extra]
+            "--max-doc-tokens", "12", "--dtype", "float32", *extra]  # exact comparisons: fp32
 
 
 def final_weights(out):

@@ -58,7 +58,7 @@ def sft_args(data, out, *extra):
     # the llama fixture ties lm_head to the embeddings: the tie must survive sharding
     return ["--model", os.path.join(FIX, "llama"), "--data", data, "--out", str(out), "--batch-size", "4",
             "--micro-batch-size", "1", "--lr", "1e-2", "--sample-every", "0", "--max-doc-tokens", "12",
-            "--lora-rank", "0", "--epochs", "2", "--save-every", "2", *extra]
+            "--lora-rank", "0", "--epochs", "2", "--save-every", "2", "--dtype", "float32", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def rl_args(toy, out, *extra):
             "--out", str(out), "--docs-per-query", "4", "--queries-per-step", "4", "--group-size", "2",
             "--max-new-tokens", "1", "--micro-batch-size", "2", "--mini-batches", "2", "--steps", "2",
             "--lora-rank", "0", "--lr", "1e-2", "--dev-queries", "8", "--dev-top-k", "4", "--sample-every", "0",
-            "--save-every", "0", *extra]
+            "--save-every", "0", "--dtype", "float32", *extra]
 
 
 def rl_rows(out):
