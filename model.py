@@ -535,10 +535,10 @@ def cpu_bf16_reason() -> str | None:
 
 def pick_device(device=None, dtype=None, verbose=True):
     """The one place that decides device and dtype, and says why on stderr.
-    dtype None: bf16 on CUDA where supported, else fp32 (training's default: sft.py, rl.py).
-    dtype "auto": the fastest dtype that ranks as well (docs/speed.md): bf16 on CUDA where
+    dtype None: bf16 on CUDA where supported, else fp32 (tools/label.py's default).
+    dtype "auto": the fastest dtype that ranks and learns as well (docs/speed.md): bf16 on CUDA where
     supported and on CPUs with native bf16 matrix instructions (cpu_bf16_reason), else fp32
-    (rerank.py's and eval.py's default). Anything else ("float32", torch.bfloat16 ...) is used as given."""
+    (the default of rerank.py, eval.py, sft.py and rl.py). Anything else ("float32", torch.bfloat16 ...) is used as given."""
     if device is None:
         device, why = ("cuda", "CUDA is available") if torch.cuda.is_available() else ("cpu", "no CUDA")
     else:

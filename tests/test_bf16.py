@@ -90,7 +90,7 @@ def test_auto_dtype_is_bf16_where_the_cpu_multiplies_bf16_natively(monkeypatch, 
     assert M.pick_device("cpu", "auto") == (torch.device("cpu"), want)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"dtype {str(want)[6:]} (auto: " in err and why in err, err
-    # training's default (dtype None) stays fp32 on CPU, and an explicit dtype is used as given
+    # dtype None stays fp32 on CPU, and an explicit dtype is used as given
     assert M.pick_device("cpu", None, verbose=False)[1] == torch.float32
     assert M.pick_device("cpu", "float32", verbose=False)[1] == torch.float32
 
