@@ -776,3 +776,22 @@ def test_intermediate_lora_checkpoints_hold_the_adapter_only(tmp_path):
         files = set(os.listdir(out / d))
         assert {"adapter.safetensors", "train_state.pt", "args.json"} <= files and "model.safetensors" not in files, files
     assert "model.safetensors" in os.listdir(out / "final")
+
+
+def test_teacher_calibration_recovers_a_logistic_and_balances_classes_when_asked():
+    import numpy as np
+
+    from tools.grade_minilm import fit_logistic
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, 20000)
+    y = (rng.uniform(size=x.size) < 1 / (1 + np.exp(-(4 * x - 1)))).astype(np.float64)
+    a, b = fit_logistic(x, y)
+    assert abs(a - 4) < 0.2 and abs(b + 1) < 0.1, (a, b)
+    # one positive to four negatives, the classes overlapping: unweighted, the boundary leans towards
+    # the positives (the rarer class); balanced, it is midway and a typical positive well above it
+    pos, neg = rng.normal(0.52, 0.25, 2000), rng.normal(0.17, 0.25, 8000)
+    x, y = np.concatenate([pos, neg]), np.concatenate([np.ones(2000), np.zeros(8000)])
+    sig = lambda ab, v: 1 / (1 + np.exp(-(ab[0] * v + ab[1])))
+    plain, balanced = fit_logistic(x, y), fit_logistic(x, y, balanced=True)
+    assert sig(plain, 0.52) + 0.1 < sig(balanced, 0.52) and sig(balanced, 0.52) > 0.7, (plain, balanced)
+    assert abs(-balanced[1] / balanced[0] - (0.52 + 0.17) / 2) < 0.02  # equal variances: the midpoint

