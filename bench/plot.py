@@ -120,20 +120,48 @@ def plot_dev_curve(plt, args):
                 runs.setdefault(name, {})[int(step) * args.batch_size] = row["hard"]
             elif row["model"].endswith("init-adapter.safetensors") and "hard" in row:
                 runs.setdefault("init", {})[0] = row["hard"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2 if args.dev_ndcg else 1, figsize=(11 if args.dev_ndcg else 6, 3.8), squeeze=False)
+    ax = axes[0][0]
     start = runs.pop("init", {}).get(0)
+    first = min((min(p) for p in runs.values()), default=0)
     for i, (name, points) in enumerate(sorted(runs.items())):
         xs = sorted(points)
-        if start is not None:
+        if start is not None and xs[0] == first:  # runs from the start; a fork begins where it left its parent
             xs = [0] + xs
             points = {0: start, **points}
         ax.plot(xs, [points[x] for x in xs], "o-", color=f"C{i}", label=name)
     ax.axhline(0.5, color="gray", ls=":", label="chance")
     ax.set(xlabel="training examples seen", ylabel="AUC against BM25-hard negatives",
-           title="faqs-heldout records (sources never trained on)")
+           title="held-out AUC (faqs-heldout records)")
     ax.legend(fontsize=8)
+    if args.dev_ndcg:
+        plot_dev_ndcg(axes[0][1], args)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "dev_curve.png"), dpi=120)
+
+
+def plot_dev_ndcg(ax, args):
+    """nDCG@10 of the reranker row of eval.py --json tables (EXAMPLES=FILE: the model had seen that
+    many training examples), one line per dataset, with BM25 (row 0 of the same tables) and the
+    --reference systems (bench/compare_minilm.py --json) as horizontal lines of the same colour."""
+    by_set = {}
+    for spec in args.dev_ndcg:
+        examples, path = spec.split("=", 1)
+        table = json.load(open(path))
+        by_set.setdefault(table[1]["dataset"], {"bm25": table[0]["ndcg@10"], "points": {}})["points"][int(examples)] = \
+            table[1]["ndcg@10"]
+    refs = {}
+    for path in args.reference:
+        for row in json.load(open(path))[1:]:
+            refs.setdefault(row["dataset"], []).append((row["system"], row["ndcg@10"]))
+    for i, (name, d) in enumerate(sorted(by_set.items())):
+        xs = sorted(d["points"])
+        ax.plot(xs, [d["points"][x] for x in xs], "o-", color=f"C{i}", label=f"{name}, s x P(s)")
+        ax.axhline(d["bm25"], color=f"C{i}", ls="--", lw=1, label=f"{name}, BM25")
+        for system, value in refs.get(name, []):
+            ax.axhline(value, color=f"C{i}", ls=":", lw=1, label=f"{name}, {system}")
+    ax.set(xlabel="training examples seen", ylabel="nDCG@10", title="BM25 top 20 reranked (512 doc tokens)")
+    ax.legend(fontsize=7)
 
 
 def main():
@@ -148,6 +176,11 @@ def main():
                     help="bench/heldout_auc.py --json files whose models are step adapters (…/step-NNNNN…): "
                     "docs/dev_curve.png, held-out AUC against examples seen")
     ap.add_argument("--batch-size", type=int, default=8, help="training batch of the --dev-curve runs")
+    ap.add_argument("--dev-ndcg", nargs="*", default=[], metavar="EXAMPLES=JSON",
+                    help="eval.py --json tables of models that had seen EXAMPLES training examples: a second panel "
+                    "of docs/dev_curve.png, nDCG@10 against examples (with --dev-curve)")
+    ap.add_argument("--reference", nargs="*", default=[], metavar="JSON",
+                    help="bench/compare_minilm.py --json tables: reference lines in the --dev-ndcg panel")
     args = ap.parse_args()
     import matplotlib
 

