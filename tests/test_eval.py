@@ -171,7 +171,7 @@ with open("calls.log", "a") as f:
 def opt(name):
     return args[args.index(name) + 1] if name in args else None
 if args[0] == "data/build_datasets.py":
-    for d in ("faqs", "faqs-heldout", "pyfaq", "manpages", "foldoc"):
+    for d in ("faqs", "faqs-heldout", "faqs-heldout-eq30", "pyfaq", "manpages", "foldoc"):
         os.makedirs("data/beir/" + d, exist_ok=True)
 elif args[0] in ("data/make_sft.py", "tools/grade_minilm.py"):
     os.makedirs(os.path.dirname(opt("--out")), exist_ok=True)
@@ -180,6 +180,7 @@ elif args[0] in ("sft.py", "rl.py") and opt("--max-steps"):  # stops early: last
     os.makedirs(opt("--out") + "/last", exist_ok=True)
     json.dump({{"step": int(opt("--max-steps")), "total_steps": int(opt("--steps"))}},
               open(opt("--out") + "/last/train_info.json", "w"), indent=2)
+    open(opt("--out") + "/log.jsonl", "a").write("{{}}\\n")
 elif args[0] in ("sft.py", "rl.py"):
     os.makedirs(opt("--out") + "/final", exist_ok=True)
 elif args[0] == "tools/export_adapter.py":
@@ -245,8 +246,11 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     done, calls = run_pipeline(root)
     assert done.returncode == 0, done.stdout + done.stderr
     assert calls == RECIPE[1:], calls  # the rung-1 records were made above
-    # the second SFT part continues the first one's checkpoint, reading the balanced grades
+    # the second SFT part continues the first one's checkpoint and log, reading the balanced grades
     assert (root / "runs" / "r5-bal" / "last" / "train_info.json").exists()
+    assert (root / "runs" / "r5-bal" / "log.jsonl").exists()
+    sft_calls = [c for c in (root / "calls.log").read_text().splitlines() if c.startswith("sft.py")]
+    assert "--out runs/r5-bal" in sft_calls[-1] and sft_calls[-1].endswith("--resume"), sft_calls
     record = (root / "runs" / "r5-bal.args").read_text()
     assert "--balanced" in record and "--max-steps 1100" in record and "--data runs/r5/graded-balanced.jsonl" in record
     assert "sft.py --data runs/r5/graded.jsonl" in (root / "runs" / "results" / "faqs-heldout-sft-rl.json.args").read_text()
