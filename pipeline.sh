@@ -68,21 +68,6 @@ train() {
     if [ -d "$out/last" ]; then "${@:3}" --resume; else "${@:3}"; fi
 }
 
-# fork OUT FROM INPUTS_RECORD COMMAND...: OUT continues the schedule FROM/last stopped at (weights,
-# optimizer, step, data order, and the log so far), trained by COMMAND (which may read other records)
-fork() {
-    local out=$1 from=$2
-    if [ ! -e "$out/last" ] && [ ! -e "$out/final" ]; then
-        mkdir -p "$out" || exit 1
-        rm -rf "$out/last.tmp" || exit 1
-        cp -r "$from/last" "$out/last.tmp" || exit 1
-        cp "$from/log.jsonl" "$out/log.jsonl" || exit 1  # --resume drops the lines after the checkpoint
-        write_record "$out" "$3"$'\n'"${*:4}" || exit 1  # before the checkpoint appears: then it is ours
-        mv "$out/last.tmp" "$out/last" || exit 1
-    fi
-    train "$out" "$3" "${@:4}"
-}
-
 step "datasets"
 for d in pyfaq manpages foldoc faqs faqs-heldout faqs-heldout-eq30; do
     [ -d data/beir/$d ] || { python data/build_datasets.py; break; }
@@ -107,19 +92,13 @@ build runs/r5/train.jsonl "" python data/make_sft.py --datasets faqs manpages:15
     --thinking-share 0.1 --out runs/r5/train.jsonl
 build runs/r5/graded.jsonl "$(recorded runs/r5/train.jsonl)" python tools/grade_minilm.py runs/r5/train.jsonl \
     --out runs/r5/graded.jsonl
-build runs/r5/graded-balanced.jsonl "$(recorded runs/r5/train.jsonl)" python tools/grade_minilm.py \
-    runs/r5/train.jsonl --balanced --out runs/r5/graded-balanced.jsonl
 
-step "SFT: 1,100 steps towards the teacher's target, then the rest towards the class-balanced one"
-SFT_FLAGS="--loss soft --init-adapter runs/rb-random/last/adapter.safetensors --dtype bfloat16 --lora-layers 10
-    --lr 2e-3 --warmup 0.02 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 --steps 1500 --save-every 50"
-# shellcheck disable=SC2086
+step "SFT: towards the teacher's target, 1,500 steps"
 train runs/r5-soft "$(recorded runs/r5/graded.jsonl)"$'\n'"$(recorded runs/rb-random)" python sft.py \
-    --data runs/r5/graded.jsonl $SFT_FLAGS --max-steps 1100 --out runs/r5-soft
-# shellcheck disable=SC2086
-fork runs/r5-bal runs/r5-soft "$(recorded runs/r5/graded-balanced.jsonl)"$'\n'"$(recorded runs/r5-soft)" python sft.py \
-    --data runs/r5/graded-balanced.jsonl $SFT_FLAGS --out runs/r5-bal
-build runs/sft-135m "$(recorded runs/r5-bal)" python tools/export_adapter.py runs/rb-random/last runs/r5-bal/final \
+    --data runs/r5/graded.jsonl --loss soft --init-adapter runs/rb-random/last/adapter.safetensors --dtype bfloat16 \
+    --lora-layers 10 --lr 2e-3 --warmup 0.02 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 \
+    --steps 1500 --save-every 50 --out runs/r5-soft
+build runs/sft-135m "$(recorded runs/r5-soft)" python tools/export_adapter.py runs/rb-random/last runs/r5-soft/final \
     --out runs/sft-135m --model-out runs/models/sft
 
 step "RL (r_RR, length-matched negatives) from the SFT model"
@@ -153,5 +132,5 @@ build runs/erank-135m "$(recorded $chosen)" copy_dir $chosen runs/erank-135m
 echo "runs/erank-135m is $chosen; to make it the default: cp runs/erank-135m/adapter.safetensors weights/erank-135m/"
 
 step "plots"
-python bench/plot.py --sft runs/r5-bal --rl runs/rl --tables runs/results/*.json --out runs/plots || true
+python bench/plot.py --sft runs/r5-soft --rl runs/rl --tables runs/results/*.json --out runs/plots || true
 step "done"
