@@ -122,11 +122,22 @@ for set in faqs-heldout:dev faqs-heldout-eq30:dev pyfaq:test; do
         --split ${set##*:} --top-k 20 --json runs/results/${set%%:*}-minilm.json
 done
 
-step "the adapter: SFT + RL where it ranks above SFT on the two development sets (mean nDCG@10), else SFT"
-rl_helps() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker
+step "the adapter: SFT + RL where it ranks above SFT on the two development sets and reads the examples, else SFT"
+rl_helps() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker; mean nDCG@10 over the two sets
     python -c "import json,sys; m=lambda n: sum(json.load(open(f'runs/results/{s}-{n}.json'))[1]['ndcg@10'] for s in ('faqs-heldout','faqs-heldout-eq30')); sys.exit(m('sft-rl') <= m('sft'))"
 }
-if rl_helps; then chosen=runs/sft-rl-135m; else chosen=runs/sft-135m; fi
+reads_examples() {  # MODEL NAME: by its score, not a tie, ls first on examples/query.json and the three ls
+                    # documents above the four off-topic sentences of examples/short_documents.json
+    python rerank.py examples/query.json --model "$1" --output "runs/results/$2-query.json" > /dev/null &&
+    python rerank.py examples/short_documents.json --model "$1" --output "runs/results/$2-short.json" > /dev/null &&
+    python -c "import json,sys
+def above(path, first, rest):
+    s = {r['id']: r['score'] for r in json.load(open(path))[0]['results']}
+    return min(s[i] for i in first) > max(s[i] for i in rest)
+sys.exit(not (above('runs/results/$2-query.json', ['ls'], ['cp', 'paris', 'find', 'tar'])
+              and above('runs/results/$2-short.json', ['0', '4', '5'], ['1', '2', '3', '6'])))"
+}
+if rl_helps && reads_examples runs/models/sft-rl sft-rl; then chosen=runs/sft-rl-135m; else chosen=runs/sft-135m; fi
 copy_dir() { rm -rf "$2.tmp" && cp -r "$1" "$2.tmp" && rm -rf "$2" && mv "$2.tmp" "$2"; }
 build runs/erank-135m "$(recorded $chosen)" copy_dir $chosen runs/erank-135m
 echo "runs/erank-135m is $chosen; to make it the default: cp runs/erank-135m/adapter.safetensors weights/erank-135m/"

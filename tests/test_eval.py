@@ -186,16 +186,22 @@ elif args[0] in ("sft.py", "rl.py"):
 elif args[0] == "tools/export_adapter.py":
     os.makedirs(opt("--out"), exist_ok=True)
     open(opt("--out") + "/adapter.safetensors", "w").write(" ".join(args))
+elif args[0] == "rerank.py":  # FAKE_RL_READS=no: SFT + RL ranks an off-topic sentence with the ls documents
+    ls_score = 0.0 if os.environ.get("FAKE_RL_READS") == "no" and "sft-rl" in opt("--model") else 9.0
+    scores = {{"ls": ls_score, "0": ls_score, "4": ls_score, "5": ls_score}}
+    ids = ["ls", "cp", "paris", "find", "tar"] if "query.json" in args[1] else ["0", "1", "2", "3", "4", "5", "6"]
+    json.dump([{{"results": [{{"id": i, "score": scores.get(i, 0.0)}} for i in ids]}}], open(opt("--output"), "w"))
 elif opt("--json"):
     json.dump([{{"ndcg@10": 0.5}}, {{"ndcg@10": 0.4 if "sft-rl" in args else 0.3}}], open(opt("--json"), "w"))
 """
 
 
-def run_pipeline(root, minilm="installed"):
+def run_pipeline(root, minilm="installed", rl_reads="yes"):
     import subprocess
     (root / "calls.log").unlink(missing_ok=True)
     done = subprocess.run(["bash", "pipeline.sh"], cwd=root, capture_output=True, text=True,
-                          env=dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}", FAKE_MINILM=minilm))
+                          env=dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}", FAKE_MINILM=minilm,
+                                   FAKE_RL_READS=rl_reads))
     calls = (root / "calls.log").read_text().splitlines() if (root / "calls.log").exists() else []
     return done, [c.split()[0] for c in calls]
 
@@ -226,7 +232,7 @@ def test_pipeline_header_command_works_on_a_fresh_clone(tmp_path):
 
 RECIPE = (["data/make_sft.py", "sft.py", "data/make_sft.py", "tools/grade_minilm.py", "sft.py",
            "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
-          + ["eval.py", "eval.py", "eval.py", "bench/compare_minilm.py"] * 3 + ["bench/plot.py"])
+          + ["eval.py", "eval.py", "eval.py", "bench/compare_minilm.py"] * 3 + ["rerank.py", "rerank.py", "bench/plot.py"])
 
 
 def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
@@ -250,17 +256,27 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     record = (root / "runs" / "r5-soft.args").read_text()
     assert "--init-adapter runs/rb-random/last/adapter.safetensors" in record and "--max-queries 1000" in record
     assert "sft.py --data runs/r5/graded.jsonl" in (root / "runs" / "results" / "faqs-heldout-sft-rl.json.args").read_text()
-    # the adapter: SFT + RL, which ranks above SFT here
+    # the adapter: SFT + RL, which ranks above SFT here and reads the examples
     assert "runs/rl/final" in (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
     # the same command again: every step is up to date, the runs stopped by --max-steps included
+    # (the example check and the plots run each time: seconds)
     done, calls = run_pipeline(root)
-    assert done.returncode == 0 and calls == ["bench/plot.py"], done.stdout + done.stderr
+    assert done.returncode == 0 and calls == ["rerank.py", "rerank.py", "bench/plot.py"], done.stdout + done.stderr
     assert "up to date: runs/rb-random/last (step 350)" in done.stdout
     # records changed by hand: made again (new content), and SFT, trained on the old ones, stops
     (root / "runs" / "rb" / "train.jsonl").write_text("other records")
     done, calls = run_pipeline(root)
     assert calls == ["data/make_sft.py"] and done.returncode != 0
     assert "runs/rb-random holds checkpoints made by another command" in done.stdout
+
+
+def test_pipeline_keeps_sft_when_sft_rl_misreads_the_examples(tmp_path):
+    root = fresh_clone(tmp_path)
+    done, calls = run_pipeline(root, rl_reads="no")
+    assert done.returncode == 0, done.stdout + done.stderr
+    adapter = (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
+    assert "runs/r5-soft/final" in adapter and "runs/rl/final" not in adapter
+    assert "runs/erank-135m is runs/sft-135m" in done.stdout
 
 
 def test_pipeline_stops_at_once_without_the_teacher(tmp_path):
