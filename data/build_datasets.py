@@ -1,8 +1,8 @@
-"""Build four small BEIR-format retrieval datasets from documentation in Debian packages.
+"""Build small BEIR-format retrieval datasets from documentation in Debian packages.
 
 Run:
-    python data/build_datasets.py                  # all four datasets
-    python data/build_datasets.py --only faqs      # one of: manpages, foldoc, pyfaq, faqs
+    python data/build_datasets.py                  # all of them
+    python data/build_datasets.py --only faqs      # one of: manpages, foldoc, pyfaq, faqs, faqs-more
 
 Output, under data/beir/<name>/: corpus.jsonl, queries.jsonl, qrels/{train,dev,test}.tsv and
 SOURCES.txt (the Debian packages, versions and sha256 used, with their licences).
@@ -29,6 +29,11 @@ SOURCES.txt (the Debian packages, versions and sha256 used, with their licences)
     faqs-heldout        their 168 questions (split "dev") against their 168 answers: the
                         development set for choices, on projects the training data never shows.
     faqs-heldout-eq30   the same, every answer cut to its first 30 words, so length tells nothing.
+    faqs-more more training data in faqs' form from eleven further projects' FAQs: vim (vim-doc), cvs,
+              lsof, sendmail (sendmail-doc), zlib (zlib1g-dev), rxvt-unicode (urxvt(7)), xterm, nano,
+              ffmpeg (ffmpeg-doc), mksh and fish (fish-common); only questions with a '?' (these FAQs
+              also number section titles). Distractors: sections of the ffmpeg and nano manuals and
+              the fish documentation. None of its sources is in faqs or faqs-heldout.
 
 Determinism: a fixed list of packages pinned to exact versions is fetched with `apt-get download`
 into data/cache/debs and unpacked with `dpkg-deb -x` into data/cache/extract (nothing is
@@ -84,6 +89,10 @@ LICENCES = {
     "faqs": "per package (see usr/share/doc/<package>/copyright in each .deb): perl-doc GPL-1+ or Artistic; "
             "r-doc-html GPL-2; zsh-common Zsh licence; git-man GPL-2; sqlite3-doc public domain; "
             "fetchmail GPL-2+; screen GPL-3+; procmail GPL-2+ or Artistic; lftp GPL-3+; libcurl4-doc curl licence",
+    "faqs-more": "per package (see usr/share/doc/<package>/copyright in each .deb): vim-doc Vim licence; cvs GPL-2+; "
+                 "lsof Purdue licence; sendmail-doc Sendmail licence; zlib1g-dev zlib licence; rxvt-unicode GPL-2+; "
+                 "xterm X11 (MIT) licence; nano GPL-3+ (documentation GFDL-NIV+ or GPL-3+); ffmpeg-doc LGPL-2.1+ "
+                 "or GPL-2+; mksh MirOS licence; fish-common GPL-2",
 }
 
 
@@ -806,11 +815,11 @@ def perl_faq(src):
 
 # ---------------------------------------------------------------- roff (gitfaq, pod2man module FAQs)
 
-def roff_faq(src, question_re):
+def roff_faq(src, question_re, heading_re=r"^\.SH.*$"):
     """Roff source -> [(question, answer)]: a question starts at each match of question_re (group 1
-    is its text); its answer runs to the next question or .SH heading."""
+    is its text); its answer runs to the next question or heading (heading_re: .SH by default)."""
     marks = [(m.start(), m.end(), m.group(1)) for m in re.finditer(question_re, src, re.M)]
-    marks = sorted(marks + [(m.start(), m.end(), None) for m in re.finditer(r"^\.SH.*$", src, re.M)])
+    marks = sorted(marks + [(m.start(), m.end(), None) for m in re.finditer(heading_re, src, re.M)])
     out = []
     for i, (_, end, question) in enumerate(marks):
         if question is None:
@@ -946,44 +955,47 @@ def faq_sources(roots):
     return src
 
 
+def add_section(out, doc_id, text):
+    """out[doc_id] = text; the same heading twice in one manual keeps both (doc_id-2, doc_id-3, ...)."""
+    base, k = doc_id, 1
+    while doc_id in out:
+        k += 1
+        doc_id = f"{base}-{k}"
+    out[doc_id] = text
+
+
 def faq_distractors(roots):
     """Manual sections of the same packages that are not FAQ answers: {doc_id: text}."""
     out = {}
-
-    def add(doc_id, text):
-        base, k = doc_id, 1
-        while doc_id in out:  # the same heading twice in one manual: keep both
-            k += 1
-            doc_id = f"{base}-{k}"
-        out[doc_id] = text
-
     pods = roots["perl-doc"] / "usr/share/perl/5.36.0/pod"
     for name in PERL_MANUALS:
         for _, head, text in pod_sections(read_text_file(pods / f"{name}.pod"), ("head1", "head2", "head3", "item")):
-            add(f"{name}#{slug(head)}", text)
+            add_section(out, f"{name}#{slug(head)}", text)
     manual = roots["r-doc-html"] / "usr/share/doc/r-doc-html/manual"
     for name in R_MANUALS:
         for _, head, text in html_heading_sections(read_text_file(manual / f"{name}.html")):
-            add(f"{name}#{slug(head)}", text)
+            add_section(out, f"{name}#{slug(head)}", text)
     for path in sorted((roots["sqlite3-doc"] / "usr/share/doc/sqlite3").glob("*.html")):
         if path.name not in SQLITE_SKIP and not path.is_symlink():
             for _, head, text in html_heading_sections(read_text_file(path)):
-                add(f"sqlite-{path.stem}#{slug(head)}", text)
+                add_section(out, f"sqlite-{path.stem}#{slug(head)}", text)
     return {d: t for d, t in out.items() if len(t.split()) >= 20}
 
 
-def build_faqs(cache_dir, allow_other_versions=False, n_distractors=6000):
-    debs = fetch(FAQ_PACKAGES, cache_dir, allow_other_versions)
-    roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
+def faq_records(name, sources, prefix, need_question_mark=False):
+    """{source: [(doc_id, question, answer)]} -> (corpus, queries, qrels): each question cleaned,
+    its answer the one relevant document (grade 2, title empty). Prints the questions per source."""
     corpus, queries, qrels, counts = {}, {}, {}, {}
-    for source, items in faq_sources(roots).items():
+    for source, items in sources.items():
         counts[source] = 0
         for doc_id, question, answer in items:
             question = clean_question(question)
             # category headings and empty contents entries have no answer of their own
             if len(answer.split()) < 5 or len(question.split()) < 2:
                 continue
-            qid = query_id("faq", question)
+            if need_question_mark and "?" not in question:
+                continue  # a section title ("Web sites that carry nano."), not a question
+            qid = query_id(prefix, question)
             if qid in queries:
                 continue  # the same question twice: keep the first
             while doc_id in corpus:
@@ -991,11 +1003,22 @@ def build_faqs(cache_dir, allow_other_versions=False, n_distractors=6000):
             corpus[doc_id] = {"title": "", "text": words(answer)}
             queries[qid], qrels[qid] = question, {doc_id: 2}
             counts[source] += 1
-    print("faqs: questions per source: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
-    distractors = faq_distractors(roots)
-    # a fixed, hash-ordered subsample keeps the corpus at a few thousand documents
-    for doc_id in sorted((d for d in distractors if d not in corpus), key=sha1)[:n_distractors]:
+    print(f"{name}: questions per source: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    return corpus, queries, qrels
+
+
+def add_distractors(corpus, distractors, n):
+    """Add a fixed, hash-ordered subsample of n distractors {doc_id: text} (titles empty): it keeps
+    the corpus at a few thousand documents."""
+    for doc_id in sorted((d for d in distractors if d not in corpus), key=sha1)[:n]:
         corpus[doc_id] = {"title": "", "text": words(distractors[doc_id])}
+
+
+def build_faqs(cache_dir, allow_other_versions=False, n_distractors=6000):
+    debs = fetch(FAQ_PACKAGES, cache_dir, allow_other_versions)
+    roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
+    corpus, queries, qrels = faq_records("faqs", faq_sources(roots), "faq")
+    add_distractors(corpus, faq_distractors(roots), n_distractors)
     # Leave-source-out: the held-out sources' questions and answers form faqs-heldout and never
     # enter faqs, so a model trained on faqs is measured on projects it has never read.
     held = {q for q, rel in qrels.items() if any(d.split("#")[0] in HELDOUT_FAQ_DOCS for d in rel)}
@@ -1017,9 +1040,112 @@ HELDOUT_FAQ_DOCS = ("curl", "zsh", "gitfaq")
 EQUAL_WORDS = 30
 
 
+# ================================================================ more FAQs (faqs-more)
+
+# FAQs of eleven further projects, none of them in faqs or faqs-heldout (and, as there, never
+# Python's documentation nor the Debian project's own documents).
+FAQ_MORE_PACKAGES = [
+    ("vim-doc", "2:9.0.1378-2+deb12u2"), ("cvs", "2:1.12.13+real-28+deb12u1"), ("lsof", "4.95.0-1"),
+    ("sendmail-doc", "8.17.1.9-2+deb12u2"), ("zlib1g-dev", "1:1.2.13.dfsg-1+deb12u1"), ("rxvt-unicode", "9.30-2+b4"),
+    ("xterm", "379-1"), ("nano", "7.2-1+deb12u1"), ("ffmpeg-doc", "7:5.1.9-0+deb12u1"), ("mksh", "59c-28+deb12u1"),
+    ("fish-common", "3.6.0-3.1+deb12u1"),
+]
+# HTML FAQs whose questions are headings: (source, package, file)
+HEADING_FAQS = [
+    ("xterm", "xterm", "usr/share/doc/xterm/xterm.faq.html"), ("nano", "nano", "usr/share/doc/nano/faq.html"),
+    ("ffmpeg", "ffmpeg-doc", "usr/share/doc/ffmpeg/manual/faq.html"), ("mksh", "mksh", "usr/share/doc/mksh/FAQ.htm"),
+    ("fish", "fish-common", "usr/share/doc/fish/faq.html"),
+]
+VIM_QUESTION = r"(?P<label>\d+\.\d+)\. \S"                  # "5.3. How do I ...?" (the index repeats it indented)
+CVS_QUESTION = r"    (?P<label>\d+)\. \S"                   # "    3. How do I create a branch?" (numbered per category)
+LSOF_QUESTION = r"(?P<label>\d+(?:\.\d+)+)\s+\S"             # "10.2.1\tWhy doesn't ...?" (unanswered in the contents)
+ZLIB_QUESTION = r" ?(?P<label>\d+)\. \S"                    # " 9. Can zlib handle .zip archives?"
+SENDMAIL_QUESTION = r"(?:Subject: | *)Q(?P<label>\d+(?:\.\d+)+) -- "  # "Q3.7 -- How do I ...?"
+URXVT_QUESTION = r'^\\fI(.*)\\fR\n\.IX Subsection ".*"$'      # pod2man's =head3: an italic line and its index entry
+# sendmail's "   Date: March 23, 1996" / "   Updated: May, 2001" / "   URL updated: ..." lines under a question
+_SENDMAIL_DATE = r"(?m)^   [A-Z][A-Za-z ]*: [A-Z][a-z]+,? (?:\d{1,2}, )?\d{4}\s*$"
+FFMPEG_SKIP = {"faq.html", "mailing-list-faq.html", "index.html"}    # FAQs; *-all.html repeat the others
+FISH_SKIP = {"faq.html", "genindex.html", "search.html", "relnotes.html"}  # FAQ, indexes, release notes
+_PERMALINK = r'(?s)<a class="(?:anchor|headerlink)[^"]*"[^>]*>.*?</a>'  # a heading's "# TOC" or "¶" link
+
+
+def heading_faq(page):
+    """HTML FAQ whose questions are headings (xterm, nano, ffmpeg, mksh, fish): a heading with a '?' is
+    a question and its section's text the answer; other headings are categories. Permalink marks
+    (texinfo's "# TOC", Sphinx's "¶") are dropped. -> [(question, answer)]"""
+    page = re.sub(_PERMALINK, "", page)
+    return [(head, text) for _, head, text in html_heading_sections(page) if "?" in head]
+
+
+def cvs_faq(text):
+    """cvs FAQ (a FAQ-O-Matic export): "    3. How do I ...?" under "Category: /..." lines; every
+    answer's closing "Last modified: _6/13/1997_" is dropped. -> [(label, question, answer)]"""
+    items = text_faq(text, CVS_QUESTION, r"  Category: | *_{20,}$")
+    return [(n, q, re.sub(r"\s*Last modified: _[^_]*_$", "", a)) for n, q, a in items]
+
+
+def sendmail_faq(text):
+    """sendmail faq.txt: "Q3.7 -- How do I ...?" (or "Subject: Q4.3 -- ...") starts a question; its
+    answer runs to a rule of underscores. Date lines are dropped. -> [(label, question, answer)]"""
+    items = text_faq(re.sub(_SENDMAIL_DATE, "", text), SENDMAIL_QUESTION, r"\s*(?:_{10,}|sendmail\.org)\s*$")
+    return [(n, re.sub(r"^.*?Q[\d.]+ -- ", "", q), a) for n, q, a in items]
+
+
+def faq_more_sources(roots):
+    """-> {source: [(doc_id, question, answer)]} in file order, questions not yet cleaned."""
+    def read(pkg, path):
+        return read_text_file(roots[pkg] / path)
+
+    vim = read("vim-doc", "usr/share/doc/vim/FAQ.gz")
+    src = {"vim": [(f"vim-faq#{n}", q, a) for n, q, a in text_faq(vim, VIM_QUESTION, r"SECTION \d+ - |=+$")]}
+    cvs = read("cvs", "usr/share/doc/cvs/FAQ.gz")
+    src["cvs"] = [(f"cvs-faq#{slug(q)}", q, a) for _, q, a in cvs_faq(cvs)]  # numbers restart per category
+    lsof = read("lsof", "usr/share/doc/lsof/00FAQ.gz")
+    src["lsof"] = [(f"lsof-faq#{n}", q, a) for n, q, a in text_faq(lsof, LSOF_QUESTION)]
+    sendmail = read("sendmail-doc", "usr/share/doc/sendmail-doc/faq.txt.gz")
+    src["sendmail"] = [(f"sendmail-faq#{n}", q, a) for n, q, a in sendmail_faq(sendmail)]
+    zlib = read("zlib1g-dev", "usr/share/doc/zlib1g-dev/FAQ.gz")
+    src["zlib"] = [(f"zlib-faq#{n}", q, a) for n, q, a in text_faq(zlib, ZLIB_QUESTION)]
+    # urxvt(7) is the rxvt-unicode FAQ; a category (.SS) or chapter (.SH) ends an answer
+    urxvt = read("rxvt-unicode", "usr/share/man/man7/urxvt.7.gz").replace(r"\*(C+", "C++")
+    src["urxvt"] = [(f"urxvt-faq#{slug(q)}", q, a) for q, a in roff_faq(urxvt, URXVT_QUESTION, r"^\.S[HS].*$")]
+    for name, pkg, path in HEADING_FAQS:
+        src[name] = [(f"{name}-faq#{slug(q)}", q, a) for q, a in heading_faq(read(pkg, path))]
+    return src
+
+
+def faq_more_distractors(roots):
+    """Manual sections of the same packages: ffmpeg's and nano's manuals (texinfo HTML) and fish's
+    documentation (Sphinx HTML). -> {doc_id: text}"""
+    out = {}
+    manual = roots["ffmpeg-doc"] / "usr/share/doc/ffmpeg/manual"
+    for path in sorted(manual.glob("*.html")):
+        if path.name not in FFMPEG_SKIP and not path.name.endswith("-all.html"):
+            for _, head, text in html_heading_sections(re.sub(_PERMALINK, "", read_text_file(path))):
+                add_section(out, f"ffmpeg-{path.stem}#{slug(head)}", text)
+    for _, head, text in html_heading_sections(read_text_file(roots["nano"] / "usr/share/doc/nano/nano.html")):
+        add_section(out, f"nano-manual#{slug(head)}", text)
+    fish = roots["fish-common"] / "usr/share/doc/fish"
+    for path in sorted([*fish.glob("*.html"), *fish.glob("cmds/*.html")]):
+        if path.name not in FISH_SKIP:
+            for _, head, anchor, text in html_sections(read_text_file(path)):
+                add_section(out, f"fish-{path.stem}#{anchor or slug(head)}", text)
+    return {d: t for d, t in out.items() if len(t.split()) >= 20}
+
+
+def build_faqs_more(cache_dir, allow_other_versions=False, n_distractors=4000):
+    debs = fetch(FAQ_MORE_PACKAGES, cache_dir, allow_other_versions)
+    roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
+    # only questions with a '?': these FAQs also number section titles and problem statements
+    corpus, queries, qrels = faq_records("faqs-more", faq_more_sources(roots), "faqm", need_question_mark=True)
+    add_distractors(corpus, faq_more_distractors(roots), n_distractors)
+    write_dataset("faqs-more", corpus, queries, split_qrels(qrels, queries), sources_txt("faqs-more", debs))
+
+
 # ================================================================ CLI
 
-BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq, "faqs": build_faqs}
+BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq, "faqs": build_faqs,
+            "faqs-more": build_faqs_more}
 
 
 def parse_args(argv=None):

@@ -287,6 +287,70 @@ def test_text_faqs_numbered_chapters_and_q_a_blocks():
                                                             "Look in SmartList.")]
 
 
+# ---------------------------------------------------------------- FAQ parsers (faqs-more dataset)
+
+def test_heading_faq_keeps_headings_with_a_question_mark_without_permalinks():
+    ffmpeg = ('<h2 class="chapter">3 Usage<span class="pull-right"><a class="anchor hidden-xs" href="#U">#</a> '
+              '<a class="anchor hidden-xs"href="#toc-U">TOC</a></span></h2>'
+              '<h3 class="section">3.7 Why can I not change the frame rate?<span class="pull-right">'
+              '<a class="anchor hidden-xs" href="#W">#</a></span></h3><p>Some codecs only allow a few.</p>'
+              '<h3 class="section">3.6 -f jpeg doesn&rsquo;t work.</h3><p>Try image2.</p>')
+    assert bd.heading_faq(ffmpeg) == [("3.7 Why can I not change the frame rate?", "Some codecs only allow a few.")]
+    fish = ('<h2>How do I set my prompt?<a class="headerlink" href="#p" title="Permalink">\u00b6</a></h2>'
+            '<p>Use <code>fish_prompt</code>.</p><h2>Uninstalling fish\u00b6</h2><p>Remove it.</p>')
+    assert bd.heading_faq(fish) == [("How do I set my prompt?", "Use fish_prompt.")]
+
+
+def test_text_faqs_vim_lsof_zlib_skip_their_indexes():
+    vim = ("INDEX\n\nSECTION 1 - GENERAL\n    1.1. What is Vim?\n    1.2. Who wrote\n         Vim?\n\n=====\n\n"
+           "SECTION 1 - GENERAL\n\n\n1.1. What is Vim?\n\nVim is an editor.\n\n1.2. Who wrote\n     Vim?\n\n"
+           "Bram.\n\n\n=====\n\nSECTION 2 - RESOURCES\n")
+    assert bd.text_faq(vim, bd.VIM_QUESTION, r"SECTION \d+ - |=+$") == [
+        ("1.1", "1.1. What is Vim?", "Vim is an editor."), ("1.2", "1.2. Who wrote Vim?", "Bram.")]
+    lsof = ("Table of Contents:\n\n1.0\tGeneral Concepts\n1.1\tLsof -- what is it?\n1.2.4\tWhy can't I get\n"
+            "\tthe sum?\n\n1.0\tGeneral Concepts\n\n1.2.4\tWhy can't I get\n\tthe sum?\n\n\tUse cksum -o1.\n")
+    items = bd.text_faq(lsof, bd.LSOF_QUESTION)
+    assert [(n, q, a) for n, q, a in items if a] == [("1.2.4", "1.2.4 Why can't I get the sum?", "Use cksum -o1.")]
+    zlib = (" 4. compress() returns Z_BUF_ERROR.\n\n    Make sure it is not\n    zero.\n\n"
+            " 5. Is zlib thread-safe?\n\n    Yes.\n")
+    assert bd.text_faq(zlib, bd.ZLIB_QUESTION) == [
+        ("4", "4. compress() returns Z_BUF_ERROR.", "Make sure it is not zero."),
+        ("5", "5. Is zlib thread-safe?", "Yes.")]
+
+
+def test_cvs_and_sendmail_faqs_drop_their_stamps():
+    cvs = ("  Category: /Branching/\n\n    1. What is a branch?\n    \n   A parallel line.\n   \n"
+           "   Last modified: _6/13/1997_\n   \n    2. How do I merge\n   \n  Category: /Other/\n"
+           "    1. Why (or when) would I\n    want a branch?\n    \n   Rarely.\n   Last modified: _6/13/1997_\n")
+    assert bd.cvs_faq(cvs) == [("1", "1. What is a branch?", "A parallel line."), ("2", "2. How do I merge", ""),
+                               ("1", "1. Why (or when) would I want a branch?", "Rarely.")]
+    sendmail = ("Q2.9 -- Where can I find it?\n\n   Date: January 21, 1997\n   Updated: May, 2001\n\n"
+                "   By anonymous FTP.\n     ____________________\n\nsection text\n"
+                "Subject: Q4.3 -- How can I deliver to $HOME/.mail\ninstead?\n\n   URL updated: July 27, 1999\n\n"
+                "   Use procmail.\n\n   sendmail.org\n\n      5. VENDOR ISSUES\n")
+    assert bd.sendmail_faq(sendmail) == [("2.9", "Where can I find it?", "By anonymous FTP."),
+                                         ("4.3", "How can I deliver to $HOME/.mail instead?", "Use procmail.")]
+
+
+def test_roff_faq_urxvt_italic_questions_end_at_categories():
+    urxvt = ('.SH "FAQ"\n.SS "Meta Issues"\n.IX Subsection "Meta Issues"\n\\fIHow do I know the version?\\fR\n'
+             '.IX Subsection "How do I know the version?"\n.PP\nUse \\f(CW\\-h\\fR.\n.SS "Keyboard"\n'
+             '.IX Subsection "Keyboard"\n\\fIWhy is my key weird?\\fR\n.IX Subsection "Why is my key weird?"\n.PP\n'
+             'Because.\n.SH "REFERENCE"\ntext\n')
+    assert bd.roff_faq(urxvt, bd.URXVT_QUESTION, r"^\.S[HS].*$") == [
+        ("How do I know the version?", "Use -h."), ("Why is my key weird?", "Because.")]
+
+
+def test_faq_records_can_keep_only_questions(capsys):
+    sources = {"a": [("a#1", "1.1. How do I quit?", "Type :q and press Enter."),
+                     ("a#2", "2.1. Web sites that carry it.", "ftp.example.org and others carry it."),
+                     ("a#3", "3.1. How do I quit?", "A repeated question keeps the first answer.")]}
+    corpus, queries, qrels = bd.faq_records("demo", sources, "t", need_question_mark=True)
+    assert list(queries.values()) == ["How do I quit?"] and list(corpus) == ["a#1"]
+    assert qrels == {bd.query_id("t", "How do I quit?"): {"a#1": 2}}
+    assert "demo: questions per source: a 1" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("raw, clean", [
     ("3.14: Why does `foo' fail?", "Why does `foo' fail?"), ("Q:   Why is it  slow?", "Why is it slow?"),
     ("(12) What is SQLite?", "What is SQLite?"), ("F1. Why?  ", "Why?"), ("7.31 Why?", "Why?"),
