@@ -287,6 +287,21 @@ def test_length_grouped_batches_are_a_seeded_partition():
     assert pad < sum(max(lengths[i] for i in b) * 8 - sum(lengths[i] for i in b) for b in rand)
 
 
+
+def test_unread_records_are_those_the_first_steps_did_not_batch(tmp_path, capsys):
+    from tools import unread_records as U
+    rest = U.unread(50, steps=4, batch_size=8, seed=1)
+    read = [i for b in sft.epoch_batches([0] * 50, 8, seed=1, epoch=0)[:4] for i in b]
+    assert len(rest) == 50 - 32 and rest == sorted(rest) and set(rest).isdisjoint(read)
+    assert set(rest) | set(read) == set(range(50))
+    src = tmp_path / "records.jsonl"
+    src.write_text("".join(json.dumps({"query": f"q{i}", "doc": f"d{i}", "score": 0}) + "\n" for i in range(50)))
+    U.main([str(src), "--steps", "4", "--seed", "1", "--out", str(tmp_path / "rest.jsonl")])
+    out = [json.loads(line)["query"] for line in (tmp_path / "rest.jsonl").read_text().splitlines()]
+    assert out == [f"q{i}" for i in rest]
+    with pytest.raises(SystemExit, match="more than one epoch"):
+        U.main([str(src), "--steps", "7", "--out", str(tmp_path / "x.jsonl")])
+
 # ----------------------------------------------------------------------------- training
 
 
