@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ERank-135M end to end on this CPU, the recipe behind weights/erank-135m: datasets -> rung 1 (man
 # pages against random pages) -> SFT records without length cues, graded by a teacher -> SFT ->
-# RL (r_RR) -> evaluation on the development sets -> the adapter -> plots. Run it in the background
+# RL (r_RR) -> evaluation on the development sets -> the adapter -> plots and the results table. Run it in the background
 # (runs/ must exist for the log):
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
@@ -142,6 +142,7 @@ copy_dir() { rm -rf "$2.tmp" && cp -r "$1" "$2.tmp" && rm -rf "$2" && mv "$2.tmp
 build runs/erank-135m "$(recorded $chosen)" copy_dir $chosen runs/erank-135m
 echo "runs/erank-135m is $chosen; to make it the default: cp runs/erank-135m/adapter.safetensors weights/erank-135m/"
 
-step "plots"
+step "plots, and the README's results table (runs/results/table.md)"
 python bench/plot.py --sft runs/r5-soft --rl runs/rl --tables runs/results/*.json --out runs/plots || true
+python tools/results_table.py runs/results/*.json --out runs/results/table.md
 step "done"

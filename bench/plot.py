@@ -120,14 +120,24 @@ def plot_dev_curve(plt, args):
                 runs.setdefault(name, {})[int(step) * args.batch_size] = row["hard"]
             elif row["model"].endswith("init-adapter.safetensors") and "hard" in row:
                 runs.setdefault("init", {})[0] = row["hard"]
+    offsets = {}  # RUN=N: the run continued a model that had seen N examples
+    for spec in args.start:
+        name, n = spec.split("=", 1)
+        offsets[name] = int(n)
+    for name, n in offsets.items():
+        runs[name] = {n + x: auc for x, auc in runs.get(name, {}).items()}
     fig, axes = plt.subplots(1, 2 if args.dev_ndcg else 1, figsize=(11 if args.dev_ndcg else 6, 3.8), squeeze=False)
     ax = axes[0][0]
     start = runs.pop("init", {}).get(0)
-    for i, (name, points) in enumerate(sorted(runs.items())):
+    for i, (name, points) in enumerate(sorted(runs.items(), key=lambda kv: min(kv[1]))):
         xs = sorted(points)
         gap = xs[1] - xs[0] if len(xs) > 1 else xs[0]
-        if start is not None and xs[0] <= 2 * gap:  # a run from the start; a fork begins where it left its parent
-            xs = [0] + xs
+        parent = [p[offsets[name]] for other, p in runs.items() if other != name and offsets.get(name) in p]
+        if parent:  # a continuation begins where its parent ended
+            xs = [offsets[name]] + xs
+            points = {offsets[name]: parent[0], **points}
+        elif start is not None and name not in offsets and xs[0] <= 2 * gap:
+            xs = [0] + xs  # a run from the start; a fork begins where it left its parent
             points = {0: start, **points}
         ax.plot(xs, [points[x] for x in xs], "o-", color=f"C{i}", label=name)
     ax.axhline(0.5, color="gray", ls=":", label="chance")
@@ -178,6 +188,8 @@ def main():
                     help="bench/heldout_auc.py --json files whose models are step adapters (…/step-NNNNN…): "
                     "docs/dev_curve.png, held-out AUC against examples seen")
     ap.add_argument("--batch-size", type=int, default=8, help="training batch of the --dev-curve runs")
+    ap.add_argument("--start", nargs="*", default=[], metavar="RUN=N",
+                    help="--dev-curve runs that continued a model which had seen N examples: their curve starts there")
     ap.add_argument("--dev-ndcg", nargs="*", default=[], metavar="EXAMPLES=JSON",
                     help="eval.py --json tables of models that had seen EXAMPLES training examples: a second panel "
                     "of docs/dev_curve.png, nDCG@10 against examples (with --dev-curve)")

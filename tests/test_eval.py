@@ -232,7 +232,7 @@ def test_pipeline_header_command_works_on_a_fresh_clone(tmp_path):
 
 RECIPE = (["data/make_sft.py", "sft.py", "data/make_sft.py", "tools/grade_minilm.py", "sft.py",
            "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
-          + ["eval.py", "eval.py", "eval.py", "bench/compare_minilm.py"] * 3 + ["rerank.py", "rerank.py", "bench/plot.py"])
+          + ["eval.py", "eval.py", "eval.py", "bench/compare_minilm.py"] * 3 + ["rerank.py", "rerank.py", "bench/plot.py", "tools/results_table.py"])
 
 
 def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
@@ -259,9 +259,9 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     # the adapter: SFT + RL, which ranks above SFT here and reads the examples
     assert "runs/rl/final" in (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
     # the same command again: every step is up to date, the runs stopped by --max-steps included
-    # (the example check and the plots run each time: seconds)
+    # (the example check, the plots and the table run each time: seconds)
     done, calls = run_pipeline(root)
-    assert done.returncode == 0 and calls == ["rerank.py", "rerank.py", "bench/plot.py"], done.stdout + done.stderr
+    assert done.returncode == 0 and calls == ["rerank.py", "rerank.py", "bench/plot.py", "tools/results_table.py"], done.stdout + done.stderr
     assert "up to date: runs/rb-random/last (step 350)" in done.stdout
     # records changed by hand: made again (new content), and SFT, trained on the old ones, stops
     (root / "runs" / "rb" / "train.jsonl").write_text("other records")
@@ -320,3 +320,29 @@ def test_heldout_auc_reports_each_kind_and_keeps_rows_in_its_json(tmp_path, monk
     H.main()
     (row,) = json.load(open(tmp_path / "b.json"))
     assert row["positives"] == 1 and set(row) == {"model", "positives", "hard", "offtopic"}
+
+
+def test_results_table_puts_systems_down_and_sets_across_and_refuses_mismatched_bm25(tmp_path):
+    from tools.results_table import read_rows, results_table
+
+    def table(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps([{"split": "dev", "queries": 3, **r} for r in rows]))
+        return str(path)
+
+    a = table("a.json", [{"system": "BM25", "dataset": "s1", "ndcg@10": 0.5},
+                         {"system": "sft", "dataset": "s1", "ndcg@10": 0.61234}])
+    b = table("b.json", [{"system": "BM25", "dataset": "s2", "ndcg@10": 0.4},
+                         {"system": "base", "dataset": "s2", "ndcg@10": 0.2}])
+    c = table("c.json", [{"system": "BM25", "dataset": "s1", "ndcg@10": 0.5},
+                         {"system": "base", "dataset": "s1", "ndcg@10": 0.3}])
+    lines = results_table(read_rows([a, b, c])).splitlines()
+    assert lines[0] == "| system | s1 (dev, 3 queries) | s2 (dev, 3 queries) |"
+    assert lines[2:] == ["| BM25 | 0.5000 | 0.4000 |", "| sft | 0.6123 | – |", "| base | 0.3000 | 0.2000 |"]
+    other = table("other.json", [{"system": "BM25", "dataset": "s1", "ndcg@10": 0.45}])
+    with pytest.raises(SystemExit, match="BM25 on s1.*0.5000 in .*a.json but 0.4500 in .*other.json"):
+        results_table(read_rows([a, other]))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"system": "BM25", "dataset": "s1", "split": "dev"}]))
+    with pytest.raises(SystemExit, match="bad.json: row 0 has no field 'ndcg@10'"):
+        read_rows([str(bad)])
