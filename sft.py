@@ -393,8 +393,9 @@ def main(argv=None):
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     run = Run(args.out, resolved, procs, args.keep_checkpoints)
     step, st = start_or_resume(run, args.resume, total, model, trainable, opt,
-                               must_match=("lora_rank", "lora_layers", "init_adapter"),
-                               warn_if_changed=("model", "data", "lora_alpha", "batch_size", "seed", "lr", "max_doc_tokens"),
+                               must_match=("lora_rank", "lora_layers", "init_adapter_sha256"),
+                               warn_if_changed=("model", "init_adapter", "data", "lora_alpha", "batch_size", "seed", "lr",
+                                                "max_doc_tokens"),
                                schedule_flags="--data/--batch-size/--epochs/--steps")
     if st is not None:
         set_rng_state(st["rng"])

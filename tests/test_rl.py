@@ -406,7 +406,7 @@ def test_init_adapter_starts_from_the_model_plus_the_adapter(toy, tmp_path):
     rl.main(toy_args(toy, tmp_path / "d", *common, "--max-steps", "1", "--save-every", "1",
                      "--init-adapter", str(tmp_path / "adapter.safetensors")))
     save_file({k: 2 * v for k, v in adapter.items()}, str(tmp_path / "adapter.safetensors"))
-    with pytest.raises(SystemExit, match="--init-adapter-sha256 was"):
+    with pytest.raises(SystemExit, match="started from an --init-adapter file with sha256 .*; resume from the same"):
         rl.main(toy_args(toy, tmp_path / "d", *common, "--resume", "--init-adapter", str(tmp_path / "adapter.safetensors")))
 
 

@@ -762,6 +762,29 @@ def test_a_run_continues_from_a_committed_adapter(tmp_path, capsys):
             assert torch.allclose(v, want[k], atol=2e-3), k  # the combined adapter is stored in fp16
 
 
+def test_resume_knows_the_starting_adapter_by_its_content_not_its_path(tmp_path, capsys):
+    """A committed adapter that moved (weights/erank-135m-r7 -> weights/erank-135m) is the same start;
+    another adapter at the same path is not."""
+    import shutil
+    data = write_records(tmp_path / "r.jsonl", n=8)
+    sft.main(train_args(data, tmp_path / "a", "--steps", "2"))
+    sft.main(train_args(data, tmp_path / "z", "--steps", "3"))
+    start = tmp_path / "start.safetensors"
+    shutil.copy(tmp_path / "a" / "final" / "adapter.safetensors", start)
+    run = ("--steps", "4", "--save-every", "2")
+    sft.main(train_args(data, tmp_path / "b", *run, "--init-adapter", str(start), "--max-steps", "2"))
+    moved = tmp_path / "moved.safetensors"
+    start.rename(moved)
+    capsys.readouterr()
+    sft.main(train_args(data, tmp_path / "b", *run, "--init-adapter", str(moved), "--resume"))
+    assert f"--init-adapter was {str(start)!r}" in capsys.readouterr().out
+    assert os.path.exists(tmp_path / "b" / "final")
+    shutil.copy(tmp_path / "z" / "final" / "adapter.safetensors", start)  # other weights, the first path
+    shutil.rmtree(tmp_path / "b" / "final")
+    with pytest.raises(SystemExit, match="started from an --init-adapter file with sha256 .*; resume from the same"):
+        sft.main(train_args(data, tmp_path / "b", *run, "--init-adapter", str(start), "--resume"))
+
+
 @pytest.mark.parametrize("content, says", [
     (b'\xff\xfe{"query": "a"}\n', "line 1: not UTF-8"),
     (b'{"query": "\\ud800", "doc": "x", "score": 3}\n', "line 1: field 'query' is not valid Unicode text"),
