@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # ERank-135M end to end on this CPU, the recipe behind weights/erank-135m: datasets -> rung 1 (man
 # pages against random pages) -> SFT records without length cues, graded by a teacher -> SFT ->
-# RL (r_RR) -> evaluation on the development sets -> the adapter -> plots and the results table. Run it in the background
+# SFT continued on records of new sources -> RL (r_RR) -> evaluation on the development sets -> the adapter -> plots and the results table. Run it in the background
 # (runs/ must exist for the log):
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
 #
-# About 8 hours on a 2-core CPU (SFT ~6 s a step on one core). Every output records what made it in
+# About 9 hours on a 2-core CPU (SFT ~6 s a step on one core). Every output records what made it in
 # OUTPUT.args beside it: the command, after the records of the outputs it reads, and for a file its
 # sha256. Run again, a step whose output exists is skipped when its record is what the step would
 # write now. Otherwise the records and the evaluations are made again, and a training step that
@@ -69,7 +69,7 @@ train() {
 }
 
 step "datasets"
-for d in pyfaq manpages foldoc faqs faqs-heldout faqs-heldout-eq30; do
+for d in pyfaq manpages foldoc faqs faqs-more faqs-heldout faqs-heldout-eq30; do
     [ -d data/beir/$d ] || { python data/build_datasets.py; break; }
 done
 
@@ -98,8 +98,21 @@ train runs/r5-soft "$(recorded runs/r5/graded.jsonl)"$'\n'"$(recorded runs/rb-ra
     --data runs/r5/graded.jsonl --loss soft --init-adapter runs/rb-random/last/adapter.safetensors --dtype bfloat16 \
     --lora-layers 10 --lr 2e-3 --warmup 0.02 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 \
     --steps 1500 --save-every 50 --out runs/r5-soft
-build runs/sft-135m "$(recorded runs/r5-soft)" python tools/export_adapter.py runs/rb-random/last runs/r5-soft/final \
-    --out runs/sft-135m --model-out runs/models/sft
+build runs/sft-r5-135m "$(recorded runs/r5-soft)" python tools/export_adapter.py runs/rb-random/last runs/r5-soft/final \
+    --out runs/sft-r5-135m
+
+step "SFT continued on new sources: eleven more FAQs, other man pages and glossary entries, 400 steps"
+build runs/r7/train.jsonl "" python data/make_sft.py --datasets faqs-more manpages:500 foldoc:500 --mapping binary \
+    --max-positives 1 --n-hard 2 --n-medium 0 --n-easy 0 --n-other 1 --n-offtopic 1 --shared-length 8 300 \
+    --thinking-share 0.1 --seed 1 --out runs/r7/train.jsonl
+build runs/r7/graded.jsonl "$(recorded runs/r7/train.jsonl)" python tools/grade_minilm.py runs/r7/train.jsonl \
+    --out runs/r7/graded.jsonl
+train runs/r7-soft "$(recorded runs/r7/graded.jsonl)"$'\n'"$(recorded runs/sft-r5-135m)" python sft.py \
+    --data runs/r7/graded.jsonl --loss soft --init-adapter runs/sft-r5-135m/adapter.safetensors --dtype bfloat16 \
+    --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 \
+    --steps 400 --save-every 50 --out runs/r7-soft
+build runs/sft-135m "$(recorded runs/r7-soft)" python tools/export_adapter.py runs/sft-r5-135m/adapter.safetensors \
+    runs/r7-soft/final --out runs/sft-135m --model-out runs/models/sft
 
 step "RL (r_RR, length-matched negatives) from the SFT model"
 train runs/rl "$(recorded runs/sft-135m)" python rl.py --model models/SmolLM2-135M-Instruct \

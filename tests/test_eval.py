@@ -171,7 +171,7 @@ with open("calls.log", "a") as f:
 def opt(name):
     return args[args.index(name) + 1] if name in args else None
 if args[0] == "data/build_datasets.py":
-    for d in ("faqs", "faqs-heldout", "faqs-heldout-eq30", "pyfaq", "manpages", "foldoc"):
+    for d in ("faqs", "faqs-more", "faqs-heldout", "faqs-heldout-eq30", "pyfaq", "manpages", "foldoc"):
         os.makedirs("data/beir/" + d, exist_ok=True)
 elif args[0] in ("data/make_sft.py", "tools/grade_minilm.py"):
     os.makedirs(os.path.dirname(opt("--out")), exist_ok=True)
@@ -231,6 +231,7 @@ def test_pipeline_header_command_works_on_a_fresh_clone(tmp_path):
 
 
 RECIPE = (["data/make_sft.py", "sft.py", "data/make_sft.py", "tools/grade_minilm.py", "sft.py",
+           "tools/export_adapter.py", "data/make_sft.py", "tools/grade_minilm.py", "sft.py",
            "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
           + ["eval.py", "eval.py", "eval.py", "bench/compare_minilm.py"] * 3 + ["rerank.py", "rerank.py", "bench/plot.py", "tools/results_table.py"])
 
@@ -252,9 +253,12 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     done, calls = run_pipeline(root)
     assert done.returncode == 0, done.stdout + done.stderr
     assert calls == RECIPE[1:], calls  # the rung-1 records were made above
-    # SFT starts from rung 1's adapter, RL from SFT's
+    # SFT starts from rung 1's adapter, its continuation on new sources from SFT's, RL from the continuation's
     record = (root / "runs" / "r5-soft.args").read_text()
     assert "--init-adapter runs/rb-random/last/adapter.safetensors" in record and "--max-queries 1000" in record
+    record = (root / "runs" / "r7-soft.args").read_text()
+    assert "--init-adapter runs/sft-r5-135m/adapter.safetensors" in record and "--datasets faqs-more" in record
+    assert "runs/r7-soft/final" in (root / "runs" / "sft-135m" / "adapter.safetensors").read_text()
     assert "sft.py --data runs/r5/graded.jsonl" in (root / "runs" / "results" / "faqs-heldout-sft-rl.json.args").read_text()
     # the adapter: SFT + RL, which ranks above SFT here and reads the examples
     assert "runs/rl/final" in (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
@@ -275,7 +279,7 @@ def test_pipeline_keeps_sft_when_sft_rl_misreads_the_examples(tmp_path):
     done, calls = run_pipeline(root, rl_reads="no")
     assert done.returncode == 0, done.stdout + done.stderr
     adapter = (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
-    assert "runs/r5-soft/final" in adapter and "runs/rl/final" not in adapter
+    assert "runs/r7-soft/final" in adapter and "runs/rl/final" not in adapter
     assert "runs/erank-135m is runs/sft-135m" in done.stdout
 
 
