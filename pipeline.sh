@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # ERank-135M end to end on this CPU, the recipe behind weights/erank-135m: datasets -> rung 1 (man
 # pages against random pages) -> SFT records without length cues, graded by a teacher -> SFT ->
-# SFT continued on records of new sources -> RL (r_RR) -> evaluation on the development sets -> the adapter -> plots and the results table. Run it in the background
-# (runs/ must exist for the log):
+# SFT continued on records of new sources -> RL (r_RR) -> evaluation on the development sets -> the
+# adapter -> plots and the results table. Run it in the background (runs/ must exist for the log):
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
 #
@@ -101,7 +101,7 @@ train runs/r5-soft "$(recorded runs/r5/graded.jsonl)"$'\n'"$(recorded runs/rb-ra
 build runs/sft-r5-135m "$(recorded runs/r5-soft)" python tools/export_adapter.py runs/rb-random/last runs/r5-soft/final \
     --out runs/sft-r5-135m
 
-step "SFT continued on new sources: eleven more FAQs, other man pages and glossary entries, 400 steps"
+step "SFT continued on new sources: eleven more FAQs, another draw of man pages and glossary entries, 400 steps"
 build runs/r7/train.jsonl "" python data/make_sft.py --datasets faqs-more manpages:500 foldoc:500 --mapping binary \
     --max-positives 1 --n-hard 2 --n-medium 0 --n-easy 0 --n-other 1 --n-offtopic 1 --shared-length 8 300 \
     --thinking-share 0.1 --seed 1 --out runs/r7/train.jsonl
@@ -141,14 +141,15 @@ rl_helps() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker; mean nDCG@10 
 }
 reads_examples() {  # MODEL NAME: by its score, not a tie, ls first on examples/query.json and the three ls
                     # documents above the four off-topic sentences of examples/short_documents.json
-    python rerank.py examples/query.json --model "$1" --output "runs/results/$2-query.json" > /dev/null &&
-    python rerank.py examples/short_documents.json --model "$1" --output "runs/results/$2-short.json" > /dev/null &&
+    mkdir -p runs/examples &&
+    python rerank.py examples/query.json --model "$1" --output "runs/examples/$2-query.json" > /dev/null &&
+    python rerank.py examples/short_documents.json --model "$1" --output "runs/examples/$2-short.json" > /dev/null &&
     python -c "import json,sys
 def above(path, first, rest):
     s = {r['id']: r['score'] for r in json.load(open(path))[0]['results']}
     return min(s[i] for i in first) > max(s[i] for i in rest)
-sys.exit(not (above('runs/results/$2-query.json', ['ls'], ['cp', 'paris', 'find', 'tar'])
-              and above('runs/results/$2-short.json', ['0', '4', '5'], ['1', '2', '3', '6'])))"
+sys.exit(not (above('runs/examples/$2-query.json', ['ls'], ['cp', 'paris', 'find', 'tar'])
+              and above('runs/examples/$2-short.json', ['0', '4', '5'], ['1', '2', '3', '6'])))"
 }
 if rl_helps && reads_examples runs/models/sft-rl sft-rl; then chosen=runs/sft-rl-135m; else chosen=runs/sft-135m; fi
 copy_dir() { rm -rf "$2.tmp" && cp -r "$1" "$2.tmp" && rm -rf "$2" && mv "$2.tmp" "$2"; }

@@ -452,8 +452,10 @@ def start_or_resume(run: Run, resume: bool, total: int, model, trainable: list, 
     for k in must_match:
         if saved.get(k) != now.get(k):
             if k == "init_adapter_sha256":  # the starting weights are known by content: a moved file is the same
-                raise SystemExit(f"{run.last_dir}: started from an --init-adapter file with sha256 {saved.get(k)}, now "
-                                 f"{now.get(k)} ({now.get('init_adapter')}); resume from the same adapter")
+                was = (f"an --init-adapter file with sha256 {saved[k]} ({saved.get('init_adapter')})" if saved.get(k)
+                       else "no --init-adapter")
+                now_ = f"{now[k]} ({now.get('init_adapter')})" if now.get(k) else "no --init-adapter"
+                raise SystemExit(f"{run.last_dir}: started from {was}, now {now_}; resume from the same adapter")
             raise SystemExit(f"{run.last_dir}: --{k.replace('_', '-')} was {saved.get(k)!r}, now {now.get(k)!r}; "
                              "resume with the same value")
     for k in warn_if_changed:

@@ -120,22 +120,34 @@ def plot_dev_curve(plt, args):
                 runs.setdefault(name, {})[int(step) * args.batch_size] = row["hard"]
             elif row["model"].endswith("init-adapter.safetensors") and "hard" in row:
                 runs.setdefault("init", {})[0] = row["hard"]
-    offsets = {}  # RUN=N: the run continued a model that had seen N examples
+    offsets, parents = {}, {}  # RUN=[PARENT@]N: the run continued a model that had seen N examples (PARENT's end)
     for spec in args.start:
-        name, n = spec.split("=", 1)
-        offsets[name] = int(n)
+        m = re.fullmatch(r"([\w-]+)=(?:([\w-]+)@)?(\d+)", spec)
+        if not m:
+            raise SystemExit(f"error: --start {spec!r}: expected RUN=N or RUN=PARENT@N (N examples, e.g. r7-soft=r5-ctl@12000)")
+        name, parent, n = m.group(1), m.group(2), int(m.group(3))
+        for run in (name, parent) if parent else (name,):
+            if run not in runs:
+                raise SystemExit(f"error: --start {spec!r}: no run {run!r} among the --dev-curve points "
+                                 f"(runs: {', '.join(sorted(runs))})")
+        offsets[name] = n
+        if parent:
+            parents[name] = parent
     for name, n in offsets.items():
-        runs[name] = {n + x: auc for x, auc in runs.get(name, {}).items()}
+        runs[name] = {n + x: auc for x, auc in runs[name].items()}
+    for name, parent in parents.items():
+        if offsets[name] not in runs[parent]:
+            raise SystemExit(f"error: --start {name}={parent}@{offsets[name]}: {parent} has no point at "
+                             f"{offsets[name]} examples (its points: {sorted(runs[parent])})")
     fig, axes = plt.subplots(1, 2 if args.dev_ndcg else 1, figsize=(11 if args.dev_ndcg else 6, 3.8), squeeze=False)
     ax = axes[0][0]
     start = runs.pop("init", {}).get(0)
     for i, (name, points) in enumerate(sorted(runs.items(), key=lambda kv: min(kv[1]))):
         xs = sorted(points)
         gap = xs[1] - xs[0] if len(xs) > 1 else xs[0]
-        parent = [p[offsets[name]] for other, p in runs.items() if other != name and offsets.get(name) in p]
-        if parent:  # a continuation begins where its parent ended
+        if name in parents:  # a continuation begins where its parent ended
             xs = [offsets[name]] + xs
-            points = {offsets[name]: parent[0], **points}
+            points = {offsets[name]: runs[parents[name]][offsets[name]], **points}
         elif start is not None and name not in offsets and xs[0] <= 2 * gap:
             xs = [0] + xs  # a run from the start; a fork begins where it left its parent
             points = {0: start, **points}
@@ -188,8 +200,9 @@ def main():
                     help="bench/heldout_auc.py --json files whose models are step adapters (…/step-NNNNN…): "
                     "docs/dev_curve.png, held-out AUC against examples seen")
     ap.add_argument("--batch-size", type=int, default=8, help="training batch of the --dev-curve runs")
-    ap.add_argument("--start", nargs="*", default=[], metavar="RUN=N",
-                    help="--dev-curve runs that continued a model which had seen N examples: their curve starts there")
+    ap.add_argument("--start", nargs="*", default=[], metavar="RUN=[PARENT@]N",
+                    help="--dev-curve runs that continued a model which had seen N examples: their curve starts "
+                    "there, joined to PARENT's point at N when given")
     ap.add_argument("--dev-ndcg", nargs="*", default=[], metavar="EXAMPLES=JSON",
                     help="eval.py --json tables of models that had seen EXAMPLES training examples: a second panel "
                     "of docs/dev_curve.png, nDCG@10 against examples (with --dev-curve)")

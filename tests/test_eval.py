@@ -1,6 +1,7 @@
 """eval.py end to end: BM25 -> rerank -> table, and resuming from the scored-pair cache."""
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -191,8 +192,13 @@ elif args[0] == "rerank.py":  # FAKE_RL_READS=no: SFT + RL ranks an off-topic se
     scores = {{"ls": ls_score, "0": ls_score, "4": ls_score, "5": ls_score}}
     ids = ["ls", "cp", "paris", "find", "tar"] if "query.json" in args[1] else ["0", "1", "2", "3", "4", "5", "6"]
     json.dump([{{"results": [{{"id": i, "score": scores.get(i, 0.0)}} for i in ids]}}], open(opt("--output"), "w"))
-elif opt("--json"):
-    json.dump([{{"ndcg@10": 0.5}}, {{"ndcg@10": 0.4 if "sft-rl" in args else 0.3}}], open(opt("--json"), "w"))
+elif args[0] == "tools/results_table.py":  # the real one, on the tables written below
+    sys.exit(subprocess.call([{python!r}] + args))
+elif opt("--json"):  # eval.py / compare_minilm.py: BM25, then the reranker
+    where = dict(dataset=os.path.basename(opt("--data")), split=opt("--split"), top_k=20, queries=3)
+    json.dump([dict(system="BM25", **where, **{{"ndcg@10": 0.5}}),
+               dict(system=opt("--name") or "all-MiniLM-L6-v2", **where, **{{"ndcg@10": 0.4 if "sft-rl" in args else 0.3}})],
+              open(opt("--json"), "w"))
 """
 
 
@@ -212,6 +218,9 @@ def fresh_clone(tmp_path):
     root = tmp_path / "clone"
     (root / "bin").mkdir(parents=True)
     shutil.copy(os.path.join(os.path.dirname(FIX), "..", "pipeline.sh"), root)
+    (root / "tools").mkdir()
+    for name in ("tools/results_table.py", "files.py"):  # run for real: they read what the fakes write
+        shutil.copy(os.path.join(os.path.dirname(FIX), "..", name), root / name)
     fake = root / "bin" / "python"
     fake.write_text(FAKE_PYTHON.format(python=sys.executable))
     fake.chmod(0o755)
@@ -262,6 +271,10 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     assert "sft.py --data runs/r5/graded.jsonl" in (root / "runs" / "results" / "faqs-heldout-sft-rl.json.args").read_text()
     # the adapter: SFT + RL, which ranks above SFT here and reads the examples
     assert "runs/rl/final" in (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
+    # the README's table, from the evaluation tables alone (the example checks write elsewhere)
+    table = (root / "runs" / "results" / "table.md").read_text().splitlines()
+    assert table[0].startswith("| system | faqs-heldout (dev, 3 queries, top 20) |") and len(table) == 2 + 5, table
+    assert "| sft-rl | 0.4000 | 0.4000 | 0.4000 |" in table and "| base | 0.3000 | 0.3000 | 0.3000 |" in table
     # the same command again: every step is up to date, the runs stopped by --max-steps included
     # (the example check, the plots and the table run each time: seconds)
     done, calls = run_pipeline(root)
@@ -347,6 +360,14 @@ def test_results_table_puts_systems_down_and_sets_across_and_refuses_mismatched_
     with pytest.raises(SystemExit, match="BM25 on s1.*0.5000 in .*a.json but 0.4500 in .*other.json"):
         results_table(read_rows([a, other]))
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"system": "BM25", "dataset": "s1", "split": "dev"}]))
-    with pytest.raises(SystemExit, match="bad.json: row 0 has no field 'ndcg@10'"):
+    for rows, says in [([{"system": "BM25", "dataset": "s1", "split": "dev"}], "row 0 has no field 'ndcg@10'"),
+                       ([{"system": "BM25", "dataset": "s1", "split": "dev", "ndcg@10": None}],
+                        "row 0: field 'ndcg@10' should be a number, got None"),
+                       ([{"system": ["BM25"], "dataset": "s1", "split": "dev", "ndcg@10": 0.5}],
+                        "row 0: field 'system' should be a string")]:
+        bad.write_text(json.dumps(rows))
+        with pytest.raises(SystemExit, match=f"bad.json: {re.escape(says)}"):
+            read_rows([str(bad)])
+    bad.write_bytes(b"\xff\xfe[]")
+    with pytest.raises(SystemExit, match="bad.json: not a readable JSON table"):
         read_rows([str(bad)])

@@ -3,7 +3,8 @@
     python tools/results_table.py runs/results/*.json --out runs/results/table.md
 
 Reads the --json files of eval.py and bench/compare_minilm.py (a list of rows, each with "system",
-"dataset", "split", "queries" and "ndcg@10"; eval.py's row 0 is BM25 on the same candidates). A
+"dataset", "split", "ndcg@10" and, where known, "queries" and "top_k"; eval.py's row 0 is BM25 on the
+same candidates). A
 system measured on a set in two files (BM25 is in every eval.py table of that set) must have the
 same nDCG@10 in both, else the tables were made on different candidates and the error says which.
 Rows keep the order systems first appear in; a set a system was not measured on reads "–".
@@ -22,8 +23,9 @@ def read_rows(paths: list[str]) -> list[dict]:
     rows = []
     for path in paths:
         try:
-            table = json.load(open(path, encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+            with open(path, encoding="utf-8") as f:
+                table = json.load(f)
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
             raise SystemExit(f"error: {path}: not a readable JSON table ({e})")
         if not isinstance(table, list):
             raise SystemExit(f"error: {path}: expected a list of rows (eval.py --json), got {type(table).__name__}")
@@ -31,15 +33,22 @@ def read_rows(paths: list[str]) -> list[dict]:
             for field in ("system", "dataset", "split", "ndcg@10"):
                 if not isinstance(row, dict) or field not in row:
                     raise SystemExit(f"error: {path}: row {i} has no field {field!r}")
+                value = row[field]
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if field == "ndcg@10"
+                      else isinstance(value, str))
+                if not ok:
+                    want = "a number" if field == "ndcg@10" else "a string"
+                    raise SystemExit(f"error: {path}: row {i}: field {field!r} should be {want}, got {value!r}")
             rows.append({**row, "file": path})
     return rows
 
 
 def results_table(rows: list[dict]) -> str:
-    """A markdown table, systems down, sets across; a set is 'dataset (split, N queries)'."""
+    """A markdown table, systems down, sets across; a set is 'dataset (split, N queries, top k)'."""
     sets, systems, cell = [], [], {}
     for row in rows:
-        column = f"{row['dataset']} ({row['split']}, {row.get('queries', '?')} queries)"
+        top = f", top {row['top_k']}" if "top_k" in row else ""
+        column = f"{row['dataset']} ({row['split']}, {row.get('queries', '?')} queries{top})"
         if column not in sets:
             sets.append(column)
         if row["system"] not in systems:
