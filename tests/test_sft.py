@@ -816,6 +816,15 @@ def test_intermediate_lora_checkpoints_hold_the_adapter_only(tmp_path):
     assert "model.safetensors" in os.listdir(out / "final")
 
 
+def test_teacher_target_halves_only_hard_negatives():
+    from tools.grade_minilm import record_target
+    hard = {"score": 0, "label": "hard"}
+    assert record_target({"score": 10, "label": "grade2"}, 0.1, 8.0, -4.0, hard_scale=0.5) == 1.0
+    assert record_target(hard, 0.5, 8.0, -4.0) == 0.5  # sigmoid(0)
+    assert record_target(hard, 0.5, 8.0, -4.0, hard_scale=0.5) == 0.25
+    assert record_target({"score": 0, "label": "other"}, 0.5, 8.0, -4.0, hard_scale=0.5) == 0.5
+
+
 def test_teacher_calibration_recovers_a_logistic_and_balances_classes_when_asked():
     import numpy as np
 

@@ -4,6 +4,7 @@
     python tools/grade_minilm.py runs/r5/train.jsonl --out runs/r5/graded.jsonl
     python tools/grade_minilm.py runs/r5/train.jsonl --as-score --out runs/r5/grades.jsonl
     python tools/grade_minilm.py runs/r5/train.jsonl --balanced --out runs/r5/graded-balanced.jsonl
+    python tools/grade_minilm.py runs/r5/train.jsonl --hard-scale 0.5 --out runs/r5/graded-hard50.jsonl
 
 ERank labels every candidate of a query with a teacher's 0-10 score (QwQ-32B, see tools/label.py);
 the one teacher this project has offline is a 22M sentence-embedding model that reranks unseen FAQ
@@ -58,6 +59,15 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 50, balanced: bool =
     return float(w[0]), float(w[1])
 
 
+def record_target(record: dict, cosine: float, a: float, b: float, hard_scale: float = 1.0) -> float:
+    """A judged positive's target is 1; a negative's the calibrated cosine, times hard_scale for a
+    BM25-hard negative (make_sft's "label": "hard")."""
+    if record["score"] >= 5:
+        return 1.0
+    target = 1 / (1 + math.exp(-(a * cosine + b)))
+    return target * hard_scale if record.get("label") == "hard" else target
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -67,6 +77,9 @@ def main(argv=None):
     ap.add_argument("--balanced", action="store_true", help="calibrate with the two classes weighted equally "
                     "(target 0.5 where a positive and a negative are equally likely, not where the records' "
                     "one-to-four mix puts it)")
+    ap.add_argument("--hard-scale", type=float, default=1.0, metavar="F",
+                    help="multiply the target of each BM25-hard negative (\"label\": \"hard\") by F: the qrels say "
+                    "it is wrong (F=0.5 measured in docs/experiments.md, 2026-12-06 (4))")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -93,7 +106,7 @@ def main(argv=None):
           f"(median), of negatives {np.median(x[y == 0]):.3f}", file=sys.stderr)
     out, hist = [], [0] * 11
     for r, c in zip(records, cos):
-        target = 1.0 if r["score"] >= 5 else 1 / (1 + math.exp(-(a * c + b)))
+        target = record_target(r, c, a, b, args.hard_scale)
         r = {**r, "teacher": round(c, 5), "target": round(target, 5)}
         if args.as_score and r["score"] < 5:
             r["score"] = round(10 * target)
