@@ -530,7 +530,10 @@ def finish_run(run: Run, step: int, total: int, model, tok):
 
 def run_cli(main):
     """main() from the command line: bad input (a dataset, a record file, a checkpoint) stops with
-    one line naming it, exit status 2."""
+    one line naming it, exit status 2. A run of several processes ends with os._exit once main()
+    is done: gloo has no shutdown, so its worker threads outlive the process group, and the
+    interpreter's teardown can stop one of them mid-way through freeing a tensor, which aborts
+    the process (SIGABRT) after a run that succeeded. Every file is renamed into place by then."""
     from data.beir import DataFormatError
 
     try:
@@ -538,3 +541,7 @@ def run_cli(main):
     except (DataFormatError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
