@@ -94,10 +94,11 @@ def parse_args(argv=None):
     g.add_argument("--length-grouping", type=int, default=0, metavar="N",
                    help="sort records by length within chunks of N batches: less padding (0 = random batches, "
                    "the measured best: docs/experiments.md)")
-    g.add_argument("--loss", default="hard", choices=["hard", "soft"],
+    g.add_argument("--loss", default="hard", choices=["hard", "soft", "scale"],
                    help="hard: cross-entropy on each record's integer score (the paper); soft: the first answer "
                    "token against the record's teacher 'target' (P(10) = target, P(0) = 1 - target; "
-                   "tools/grade_minilm.py), where it has one")
+                   "tools/grade_minilm.py), where it has one; scale: the same, the target spread over the "
+                   "scale (the score 10 * target shared by the two nearest answers: first_token_target)")
     g.add_argument("--group-loss", type=float, default=0.0, metavar="W",
                    help="add the listwise term group_contrast with weight W per record (implies --group-by-query; "
                    "one process; W=1 measured worse than none: docs/experiments.md)")
@@ -223,23 +224,52 @@ def answer_logprobs(net, prompts, completions, digit_ids, targets, shared_prefix
     """-> (logps (B, N), mask (B, N), first (B, 10)): log p of each completion token (fp32), the
     mask of real ones, and the log-probs of the digits "0".."9" where the answer starts.
 
-    targets[row] (None, or a teacher's probability of relevance t in 0..1) makes the first answer
-    token's term soft: its log p becomes t * log P("1") + (1 - t) * log P("0"), the cross-entropy
-    against the target "10 with probability t, else 0" ("1" starts "10"). The format tokens after
-    it keep the record's own completion. Only for fast-mode rows, whose first token is the answer."""
+    targets[row] (None, or ten weights over the digits "0".."9" from first_token_target) makes the
+    first answer token's term soft: its log p becomes sum_d w_d * log P(d), the cross-entropy
+    against that target. The format tokens after it keep the record's own completion. Only for
+    fast-mode rows, whose first token is the answer."""
     logits, mask = completion_logits(net, prompts, completions, shared_prefix)  # (K, V), (B, N)
     tokens = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=logits.device)
     starts = mask.sum(1).cumsum(0) - mask.sum(1)  # (B,): index in logits of each row's first token
     first = torch.log_softmax(logits[starts].float(), -1)[:, digit_ids]  # (B, 10)
     per_token = token_logprobs(logits, tokens)  # (K,)
-    soft = [(row, t) for row, t in enumerate(targets) if t is not None]
+    soft = [(row, w) for row, w in enumerate(targets) if w is not None]
     if soft:
         rows = torch.tensor([row for row, _ in soft], device=logits.device)
-        t = torch.tensor([t for _, t in soft], device=logits.device)
-        per_token = per_token.index_put((starts[rows],), t * first[rows, 1] + (1 - t) * first[rows, 0])
+        w = torch.tensor([w for _, w in soft], dtype=first.dtype, device=logits.device)  # (S, 10)
+        per_token = per_token.index_put((starts[rows],), (w * first[rows]).sum(-1))
     logps = torch.zeros(mask.shape, device=logits.device)
     logps[mask] = per_token  # row-major: row 0's completion tokens, then row 1's ...
     return logps, mask, first
+
+
+# the answers a first token can start, by digit token "0".."9": "1" starts "10" (a model trained on
+# 0..10 answers almost never means 1), so a target never asks for 1
+FIRST_TOKEN_SCORE = [0, 10, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def first_token_target(t: float, loss: str) -> list[float]:
+    """A teacher's probability of relevance t (0..1) -> ten weights over the first answer token
+    "0".."9", the target of --loss soft or scale:
+
+      soft:  "10" with probability t, else "0" (weight t on "1", 1 - t on "0"): two answers only;
+      scale: the score 10 * t on the answers 0, 2, 3, ..., 9, 10, split between the two either side
+             of it in proportion to nearness (t = 0.55 -> half "5", half "6"; t = 0.15 -> 1.5 lies
+             between 0 and 2: a quarter "0", three quarters "2"). An unsure document then answers a
+             middle score, not 0 or 10, and s * P(s) orders the unsure ones too."""
+    w = [0.0] * 10
+    if loss == "soft":
+        w[1], w[0] = t, 1 - t
+        return w
+    g = 10 * min(max(t, 0.0), 1.0)
+    scale = sorted(FIRST_TOKEN_SCORE)  # 0, 2, 3, ..., 10
+    hi = next(i for i, v in enumerate(scale) if v >= g)
+    lo = max(hi - 1, 0)
+    a, b = scale[lo], scale[hi]
+    frac = 0.0 if b == a else (g - a) / (b - a)  # the weight of the upper neighbour
+    w[FIRST_TOKEN_SCORE.index(b)] += frac
+    w[FIRST_TOKEN_SCORE.index(a)] += 1 - frac
+    return w
 
 
 def group_contrast(first, relevant) -> torch.Tensor:
@@ -404,9 +434,9 @@ def main(argv=None):
     # loss and the AUC of the expected score, relevant (score >= 5) against non-relevant records
     digit_ids = [tok.token_id(str(d)) for d in range(10)]
     fast = [r.get("reasoning") is None for r in records]  # the first completion token is the answer
-    soft = args.loss == "soft"
+    soft = args.loss in ("soft", "scale")
     if soft and not any(r["target"] is not None for r in records):
-        raise SystemExit(f"--loss soft: {args.data} has no 'target' fields (grade it: python tools/grade_minilm.py)")
+        raise SystemExit(f"--loss {args.loss}: {args.data} has no 'target' fields (grade it: python tools/grade_minilm.py)")
     recent_auc = []  # batch AUCs of the last 20 steps (logged as their mean; starts afresh on --resume)
 
     # loop
@@ -431,7 +461,8 @@ def main(argv=None):
             sync = net.no_sync() if net is not model and j < len(micro) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast():
-                    targets = [records[i]["target"] if soft and fast[i] else None for i in mb]
+                    targets = [first_token_target(records[i]["target"], args.loss)
+                               if soft and fast[i] and records[i]["target"] is not None else None for i in mb]
                     logps, mask, first = answer_logprobs(net, [encoded[i][0] for i in mb], [encoded[i][1] for i in mb],
                                                          digit_ids, targets, shared_prefix=not sharded)
                 nll = -(logps * mask).sum()

@@ -92,7 +92,8 @@ def test_soft_target_mixes_the_first_answer_token_only():
     model, tok = load()
     prompts, comps, digits = answer_batch(tok)
     hard, _, first = sft.answer_logprobs(model, prompts, comps, digits, [None] * 3)
-    soft, _, _ = sft.answer_logprobs(model, prompts, comps, digits, [0.25, 1.0, None])
+    targets = [sft.first_token_target(0.25, "soft"), sft.first_token_target(1.0, "soft"), None]
+    soft, _, _ = sft.answer_logprobs(model, prompts, comps, digits, targets)
     torch.testing.assert_close(soft[0, 0], 0.25 * first[0, 1] + 0.75 * first[0, 0])
     torch.testing.assert_close(soft[1, 0], first[1, 1])  # target 1: all the weight on "1" (of "10")
     assert soft[1, 0] != hard[1, 0], "record 1's own first token is '0': the target must change its term"
@@ -106,7 +107,7 @@ def test_soft_target_gradient_moves_p10_towards_the_target():
     params = [p for p in model.parameters()]
     for t in (0.0, 1.0):
         model.zero_grad()
-        logps, _, first = sft.answer_logprobs(model, prompts[:1], comps[:1], digits, [t])
+        logps, _, first = sft.answer_logprobs(model, prompts[:1], comps[:1], digits, [sft.first_token_target(t, "soft")])
         (-logps[0, 0]).backward()
         with torch.no_grad():
             for p in params:
@@ -116,6 +117,45 @@ def test_soft_target_gradient_moves_p10_towards_the_target():
                 p += 1e-3 * p.grad
         gap = lambda f: float((f[0, 1] - f[0, 0]).detach())  # log P("1") - log P("0")
         assert (gap(after) > gap(first)) == (t == 1.0), (t, gap(first), gap(after))
+
+
+@pytest.mark.parametrize("t", [0.0, 0.03, 0.1, 0.15, 0.2, 0.37, 0.5, 0.55, 0.9, 0.93, 1.0])
+def test_scale_target_keeps_the_teachers_score_on_the_two_nearest_answers(t):
+    w = sft.first_token_target(t, "scale")
+    score = sft.FIRST_TOKEN_SCORE
+    assert sum(w) == pytest.approx(1) and min(w) >= 0
+    assert sum(wd * s for wd, s in zip(w, score)) == pytest.approx(10 * t)  # its mean is the teacher's score
+    used = sorted(s for wd, s in zip(w, score) if wd > 0)
+    assert len(used) <= 2 and (len(used) == 1 or used[1] - used[0] <= 2)  # neighbours on 0, 2..10
+    assert (w[1] > 0) == (t > 0.9)  # "1" (of "10") only above 9: no answer of 1
+
+
+def test_scale_target_weighs_the_first_answer_token_by_its_digits():
+    model, tok = load()
+    prompts, comps, digits = answer_batch(tok)
+    hard, _, first = sft.answer_logprobs(model, prompts, comps, digits, [None] * 3)
+    targets = [sft.first_token_target(0.55, "scale"), sft.first_token_target(0.15, "scale"), None]
+    scaled, _, _ = sft.answer_logprobs(model, prompts, comps, digits, targets)
+    torch.testing.assert_close(scaled[0, 0], 0.5 * first[0, 5] + 0.5 * first[0, 6])
+    torch.testing.assert_close(scaled[1, 0], 0.25 * first[1, 0] + 0.75 * first[1, 2])
+    torch.testing.assert_close(scaled[:, 1:], hard[:, 1:])
+    torch.testing.assert_close(scaled[2], hard[2])
+
+
+def test_soft_and_scale_losses_train_on_the_teachers_targets(tmp_path):
+    data = write_records(tmp_path / "r.jsonl")
+    rows = [json.loads(line) for line in open(data)]
+    with open(tmp_path / "t.jsonl", "w") as f:  # a teacher's target on all records but the last
+        for i, r in enumerate(rows):
+            f.write(json.dumps({**r, **({"target": i / 8} if i < len(rows) - 1 else {})}) + "\n")
+    losses = {}
+    for loss in ("hard", "soft", "scale"):
+        sft.main(train_args(str(tmp_path / "t.jsonl"), tmp_path / loss, "--loss", loss, "--steps", "2"))
+        log = [json.loads(line) for line in open(tmp_path / loss / "log.jsonl")]
+        losses[loss] = [row["answer_loss"] for row in log]
+    assert losses["soft"][0] != losses["hard"][0] and losses["scale"][0] not in (losses["hard"][0], losses["soft"][0])
+    with pytest.raises(SystemExit, match="no 'target' fields"):
+        sft.main(train_args(data, tmp_path / "none", "--loss", "scale", "--steps", "1"))
 
 
 def test_completion_mask_includes_end_token_even_when_it_equals_pad():
