@@ -2,7 +2,8 @@
 
 Run:
     python data/build_datasets.py                  # all of them
-    python data/build_datasets.py --only faqs      # one of: manpages, foldoc, pyfaq, faqs, faqs-more
+    python data/build_datasets.py --only faqs      # one of: manpages, foldoc, pyfaq, faqs, faqs-more,
+                                                   # faqs-extra
 
 Output, under data/beir/<name>/: corpus.jsonl, queries.jsonl, qrels/{train,dev,test}.tsv and
 SOURCES.txt (the Debian packages, versions and sha256 used, with their licences).
@@ -34,6 +35,14 @@ SOURCES.txt (the Debian packages, versions and sha256 used, with their licences)
               ffmpeg (ffmpeg-doc), mksh and fish (fish-common); only questions with a '?' (these FAQs
               also number section titles). Distractors: sections of the ffmpeg and nano manuals and
               the fish documentation. None of its sources is in faqs or faqs-heldout.
+    faqs-extra still more training data in faqs' form from eighteen further projects' FAQs: PuTTY
+              (putty-doc), WeeChat (weechat-doc), Privoxy, MPlayer (mplayer-doc), cryptsetup, chrony,
+              Midnight Commander (mc-data), slrn, dnsmasq (dnsmasq-base), XZ Utils, vsftpd, w3m,
+              GraphicsMagick, Doxygen (doxygen-doc), lxml, Docutils, Django and SQLAlchemy (their -doc
+              packages), and from three Perl modules' FAQs (Moose, Mojolicious, Template Toolkit); only
+              questions with a '?'. Distractors: sections of the PuTTY, WeeChat, Privoxy, MPlayer, lxml and
+              Django manuals and the Mojolicious guides. None of its sources is in faqs, faqs-more or
+              faqs-heldout.
 
 Determinism: a fixed list of packages pinned to exact versions is fetched with `apt-get download`
 into data/cache/debs and unpacked with `dpkg-deb -x` into data/cache/extract (nothing is
@@ -93,6 +102,13 @@ LICENCES = {
                  "lsof Purdue licence; sendmail-doc Sendmail licence; zlib1g-dev zlib licence; rxvt-unicode GPL-2+; "
                  "xterm X11 (MIT) licence; nano GPL-3+ (documentation GFDL-NIV+ or GPL-3+); ffmpeg-doc LGPL-2.1+ "
                  "or GPL-2+; mksh MirOS licence; fish-common GPL-2",
+    "faqs-extra": "per package (see usr/share/doc/<package>/copyright in each .deb): putty-doc Expat (MIT); "
+                  "weechat-doc GPL-3+; privoxy GPL-2+; mplayer-doc GPL-2+; cryptsetup GPL-2+ (its FAQ "
+                  "CC-BY-SA-3.0); chrony GPL-2; mc-data GPL-3+; slrn GPL-2+; dnsmasq-base GPL-2 or GPL-3; "
+                  "xz-utils public domain; vsftpd GPL-2; w3m w3m licence (permissive); graphicsmagick Expat "
+                  "(MIT); doxygen-doc GPL-2; python-lxml-doc BSD-3-clause; docutils-doc public domain; "
+                  "python-django-doc BSD-3-clause; python-sqlalchemy-doc Expat (MIT); libmoose-perl and "
+                  "libtemplate-perl GPL-1+ or Artistic; libmojolicious-perl Artistic-2.0",
 }
 
 
@@ -1142,10 +1158,221 @@ def build_faqs_more(cache_dir, allow_other_versions=False, n_distractors=4000):
     write_dataset("faqs-more", corpus, queries, split_qrels(qrels, queries), sources_txt("faqs-more", debs))
 
 
+# ================================================================ still more FAQs (faqs-extra)
+
+# FAQs of further projects, none of them in faqs, faqs-more or faqs-heldout (and, as there, never
+# Python's documentation nor the Debian project's own documents).
+FAQ_EXTRA_PACKAGES = [
+    ("putty-doc", "0.78-2+deb12u2"), ("weechat-doc", "3.8-1"), ("privoxy", "3.0.34-1"),
+    ("mplayer-doc", "2:1.5+svn38408-1"), ("cryptsetup", "2:2.6.1-4~deb12u2"), ("chrony", "4.3-2+deb12u3"),
+    ("mc-data", "3:4.8.29-2"), ("slrn", "1.0.3+dfsg-6+b1"), ("dnsmasq-base", "2.90-4~deb12u2"),
+    ("xz-utils", "5.4.1-1+deb12u2"), ("vsftpd", "3.0.3-13+b2"), ("w3m", "0.5.3+git20230121-2"),
+    ("graphicsmagick", "1.4+really1.3.40-4+deb12u1"), ("doxygen-doc", "1.9.4-4"),
+    ("python-lxml-doc", "4.9.2-1+deb12u1"), ("docutils-doc", "0.19+dfsg-6"),
+    ("python-django-doc", "3:3.2.25-0+deb12u7"), ("python-sqlalchemy-doc", "1.4.46+ds1-1"),
+    ("libmoose-perl", "2.2203-1"), ("libmojolicious-perl", "9.31+dfsg-1"), ("libtemplate-perl", "2.27-1+b5"),
+]
+# Where each package's HTML pages end: the footer, navigation bar or sidebar that follows the text
+HTML_END = {
+    "putty-doc": r"<hr><p>If you want to provide feedback", "weechat-doc": r'<div id="footer">',
+    "privoxy": r'(?i)<div\s+class="navfooter"', "mplayer-doc": r'<div class="(?:footnotes|navfooter)">',
+    "graphicsmagick": r'<p><a href="Copyright\.html">', "doxygen-doc": r"<!-- start footer part -->",
+    "python-django-doc": r'<div class="yui-b" id="sidebar">',
+    "python-sqlalchemy-doc": r'<div id="docs-bottom-navigation"',
+}
+# HTML FAQs whose questions are headings: (source, package, file or glob)
+HEADING_FAQS_EXTRA = [
+    ("putty", "putty-doc", "usr/share/doc/putty-doc/AppendixA.html"),
+    ("weechat", "weechat-doc", "usr/share/doc/weechat-doc/html/weechat_faq.en.html"),
+    ("privoxy", "privoxy", "usr/share/doc/privoxy/faq/*.html"),
+    ("graphicsmagick", "graphicsmagick", "usr/share/doc/graphicsmagick/www/FAQ.html"),
+    ("doxygen", "doxygen-doc", "usr/share/doc/doxygen/html/faq.html"),
+    ("lxml", "python-lxml-doc", "usr/share/doc/python-lxml/html/FAQ.html"),
+    ("docutils", "docutils-doc", "usr/share/doc/docutils-doc/FAQ.html"),
+    ("django", "python-django-doc", "usr/share/doc/python-django-doc/html/faq/*.html"),
+    ("sqlalchemy", "python-sqlalchemy-doc", "usr/share/doc/python-sqlalchemy-doc/html/faq/*.html"),
+]
+# POD FAQs of Perl modules (not perl-doc): (package, file); a heading with a '?' is a question
+PERL_MODULE_POD_FAQS = [
+    ("libmoose-perl", "usr/lib/x86_64-linux-gnu/perl5/5.36/Moose/Manual/FAQ.pod"),
+    ("libmojolicious-perl", "usr/share/doc/libmojolicious-perl/Guides/FAQ.pod"),
+    ("libtemplate-perl", "usr/lib/x86_64-linux-gnu/perl5/5.36/Template/FAQ.pod"),
+]
+CHRONY_QUESTION = r"(?P<label>\d+\.\d+)\. \S"                  # "2.2. How do I make an NTP server?"
+MC_QUESTION = r"(?P<label>\d+\.\d+) \S"                         # "3.1 How do I enable mouse support?"
+LINUXDOC_QUESTION = r"  (?P<label>\d+(?:\.\d+)+)\.  \S"          # "  3.2.1.  How can I never mark ...?"
+CRYPTSETUP_QUESTION = r"  \* \*\*(?P<label>\d+\.\d+) "            # "  * **2.3 How do I set up encrypted swap?**"
+
+
+def html_page(pkg, text):
+    """A package's HTML page, ready for html_heading_sections: cut at its footer (HTML_END), closing
+    tags written over two lines ("</H3\\n>", DocBook's style) joined, permalink marks dropped."""
+    m = re.search(HTML_END.get(pkg, r"(?!)"), text)
+    text = re.sub(r"</(\w+)\s+>", r"</\1>", text[:m.start()] if m else text)
+    return re.sub(_PERMALINK, "", text)
+
+
+def plain(text):
+    """Drop the marks asciidoctor leaves in WeeChat's text: the external-link arrow ("support page ↗")
+    and zero-width spaces; whitespace collapsed."""
+    return " ".join(re.sub(r"\s*\u2197|\u200b", "", text).split())
+
+
+def markdown_text(text):
+    """Markdown -> plain text: '**bold**' -> 'bold', '`code`' -> 'code', '[text](url)' -> 'text';
+    code fences (```) and HTML anchors (<a name="x"></a>) vanish."""
+    text = re.sub(r"```\w*", " ", text)
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"</?a\b[^>]*>", "", text)
+    return " ".join(text.replace("**", "").replace("`", "").split())
+
+
+def cryptsetup_faq(text):
+    """cryptsetup FAQ.md: "  * **2.3 How do I set up encrypted swap?**" starts a question (its answer
+    sometimes on the very next line); "# 3. Common Problems" is a chapter. -> [(label, question, answer)]"""
+    text = re.sub(r"(?m)^(  \* \*\*.*\*\*)[ \t]*$", r"\1\n", text)  # a blank line ends every question
+    items = text_faq(text, CRYPTSETUP_QUESTION, r"# ")
+    return [(n, markdown_text(q).lstrip("* "), markdown_text(a)) for n, q, a in items]
+
+
+def linuxdoc_faq(text):
+    """A FAQ written with linuxdoc-tools (slrn): "  1.1.  What is slrn ?"; chapters read "  1.  General
+    questions". The space linuxdoc leaves after an emphasised word ("slrn ?", "slrn 's") is dropped.
+    -> [(label, question, answer)]"""
+    def fix(s):
+        return re.sub(r"(\w) (\?|'s\b)", r"\1\2", s)
+    return [(n, fix(q), fix(a)) for n, q, a in text_faq(dehyphenate(text), LINUXDOC_QUESTION, r"  \d+\.  \S")]
+
+
+def dehyphenate(text):
+    """Join the words a formatter broke at a line's end: "expres-\\n  sions" -> "expressions" where the
+    joined word occurs elsewhere in the text, else the hyphen stays ("slrn-\\n  announce" -> "slrn-announce")."""
+    known = set(re.findall(r"[a-z]+", text.lower()))
+
+    def join(m):
+        word = m.group(1) + m.group(2)
+        return word if word.lower() in known else f"{m.group(1)}-{m.group(2)}"
+    return re.sub(r"(\w+)-\n\s*([a-z]\w*)", join, text)
+
+
+def vsftpd_faq(text):
+    """vsftpd FAQ: "Q) Help! Can I change the port?" then "A) Yes. ..." on the next line; a second
+    answer reads "A2) ...". The "Help! " in front of many questions is dropped. -> [(question, answer)]"""
+    items = re.findall(r"(?ms)^Q\) (.*?)\nA\d*\) (.*?)(?=^Q\) |\Z)", text)
+    return [(re.sub(r"^Help! ", "", " ".join(q.split())), " ".join(re.sub(r"(?m)^A\d+\) ", "", a).split()))
+            for q, a in items]
+
+
+def docbook_qanda(page):
+    """DocBook's qandaset (mplayer faq.html): table rows <tr class="question"> with "Q: ...", each
+    followed by a <tr class="answer"> with "A: ..."; other rows (qandadiv titles, contents) end an
+    answer, and footnote marks are dropped. -> [(question, answer)]"""
+    page = re.sub(r'<sup class="footnote">.*?</sup>', "", page)  # "corrupted[3]"
+    parts = re.split(r'<tr class="(\w+)">', page)
+    out = []
+    for cls, chunk in zip(parts[1::2], parts[2::2]):
+        if cls == "question":
+            out.append([html_text(chunk), ""])
+        elif cls == "answer" and out and not out[-1][1]:
+            out[-1][1] = re.sub(r"^A:\s*", "", html_text(chunk))
+    return [(q, a) for q, a in out]
+
+
+def dl_faq(page):
+    """HTML FAQ as definition lists (w3m): <dt>question</dt><dd>answer</dd>. -> [(question, answer)]"""
+    page = re.sub(r"(?s)<!--.*?-->", " ", page)
+    return [(html_text(q), html_text(a)) for q, a in re.findall(r"(?is)<dt>(.*?)</dt>\s*<dd>(.*?)</dd>", page)]
+
+
+def faq_extra_sources(roots):
+    """-> {source: [(doc_id, question, answer)]} in file order, questions not yet cleaned."""
+    def read(pkg, path):
+        return read_text_file(roots[pkg] / path)
+
+    src = {}
+    for name, pkg, pattern in HEADING_FAQS_EXTRA:
+        paths = sorted(roots[pkg].glob(pattern)) if "*" in pattern else [roots[pkg] / pattern]
+        if not paths:
+            sys.exit(f"{roots[pkg] / pattern}: not found in the unpacked package (a different package version?)")
+        src[name] = []
+        for path in paths:
+            for q, a in heading_faq(html_page(pkg, read_text_file(path))):
+                q = re.sub(r"^[A-Z]\.(?=\d)", "", plain(q))  # PuTTY's "A.2.1 Does ...?" -> "2.1 Does ...?"
+                src[name].append((f"{name}-faq#{slug(q)}", q, plain(a)))
+    mplayer = html_page("mplayer-doc", read("mplayer-doc", "usr/share/doc/mplayer/HTML/en/faq.html"))
+    src["mplayer"] = [(f"mplayer-faq#{slug(q)}", q, a) for q, a in docbook_qanda(mplayer)]
+    crypt = read("cryptsetup", "usr/share/doc/cryptsetup/FAQ.md.gz")
+    src["cryptsetup"] = [(f"cryptsetup-faq#{n}", q, a) for n, q, a in cryptsetup_faq(crypt)]
+    chrony = read("chrony", "usr/share/doc/chrony/FAQ.gz")
+    src["chrony"] = [(f"chrony-faq#{n}", q, a)
+                     for n, q, a in text_faq(chrony, CHRONY_QUESTION, r"\d+\. \S|Last updated \d{4}-")]
+    mc = read("mc-data", "usr/share/doc/mc-data/FAQ.gz")  # chapters: "1 Getting started" ("\f2 Keyboard")
+    src["mc"] = [(f"mc-faq#{n}", q, a) for n, q, a in text_faq(mc, MC_QUESTION, r"\f?\d+ \S")]
+    slrn = read("slrn", "usr/share/doc/slrn/FAQ.gz")
+    src["slrn"] = [(f"slrn-faq#{n}", q, a) for n, q, a in linuxdoc_faq(slrn)]
+    dnsmasq = read("dnsmasq-base", "usr/share/doc/dnsmasq-base/FAQ.gz")
+    src["dnsmasq"] = [(f"dnsmasq-faq#q{n}", q, a) for n, q, a in text_faq(dnsmasq, QA_QUESTION)]
+    xz = read("xz-utils", "usr/share/doc/xz-utils/faq.txt.gz")
+    src["xz"] = [(f"xz-faq#q{n}", q, a) for n, q, a in text_faq(xz, QA_QUESTION)]
+    vsftpd = read("vsftpd", "usr/share/doc/vsftpd/FAQ.gz")
+    src["vsftpd"] = [(f"vsftpd-faq#{slug(q)}", q, a) for q, a in vsftpd_faq(vsftpd)]
+    w3m = read("w3m", "usr/share/doc/w3m/FAQ.html")
+    src["w3m"] = [(f"w3m-faq#{slug(q)}", q, a) for q, a in dl_faq(w3m)]
+    src["perl-modules"] = []
+    for pkg, path in PERL_MODULE_POD_FAQS:
+        pod = read(pkg, path).split("\n=cut")[0]  # what follows =cut is not POD (editor settings)
+        src["perl-modules"] += [(f"{pkg}-faq#{slug(head)}", head, text)
+                                for _, head, text in pod_sections(pod, ("head1", "head2", "head3")) if "?" in head]
+    return src
+
+
+# manual pages of the same packages, the distractors: (name, package, folder, globs, files skipped)
+MANUALS_EXTRA = [
+    ("putty", "putty-doc", "usr/share/doc/putty-doc", ("Chapter*.html", "Appendix*.html"), {"AppendixA.html"}),
+    ("weechat", "weechat-doc", "usr/share/doc/weechat-doc/html",
+     ("weechat_user.en.html", "weechat_quickstart.en.html", "weechat_scripting.en.html"), set()),
+    ("privoxy", "privoxy", "usr/share/doc/privoxy/user-manual", ("*.html",), {"index.html", "whatsnew.html"}),
+    ("mplayer", "mplayer-doc", "usr/share/doc/mplayer/HTML/en", ("*.html",), {"faq.html", "index.html"}),
+    ("lxml", "python-lxml-doc", "usr/share/doc/python-lxml/html", ("*.html",),
+     {"FAQ.html", "index.html", "sitemap.html", "credits.html", "changes-4.9.2.html"}),
+    ("django", "python-django-doc", "usr/share/doc/python-django-doc/html/topics", ("**/*.html",), {"index.html"}),
+]
+
+
+def faq_extra_distractors(roots):
+    """Manual sections of the same packages (MANUALS_EXTRA: the PuTTY manual, WeeChat's user guide,
+    Privoxy's user manual, MPlayer's documentation, lxml's pages, Django's topic guides) and the
+    Mojolicious guides. -> {doc_id: text}"""
+    out = {}
+    for name, pkg, folder, globs, skip in MANUALS_EXTRA:
+        base = roots[pkg] / folder
+        for path in sorted({p for g in globs for p in base.glob(g)}):
+            if path.name in skip or path.is_symlink():
+                continue
+            page = html_page(pkg, read_text_file(path))
+            for _, head, text in html_heading_sections(page):
+                add_section(out, f"{name}-{path.relative_to(base).with_suffix('')}#{slug(head)}", plain(text))
+    guides = roots["libmojolicious-perl"] / "usr/share/doc/libmojolicious-perl/Guides"
+    for path in sorted(guides.glob("*.pod")):
+        if path.name != "FAQ.pod":
+            for _, head, text in pod_sections(read_text_file(path), ("head1", "head2", "head3")):
+                add_section(out, f"mojolicious-{path.stem}#{slug(head)}", text)
+    return {d: t for d, t in out.items() if len(t.split()) >= 20}
+
+
+def build_faqs_extra(cache_dir, allow_other_versions=False, n_distractors=4000):
+    debs = fetch(FAQ_EXTRA_PACKAGES, cache_dir, allow_other_versions)
+    roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
+    # only questions with a '?', as in faqs-more: these FAQs also hold problem statements and titles
+    corpus, queries, qrels = faq_records("faqs-extra", faq_extra_sources(roots), "faqx", need_question_mark=True)
+    add_distractors(corpus, faq_extra_distractors(roots), n_distractors)
+    write_dataset("faqs-extra", corpus, queries, split_qrels(qrels, queries), sources_txt("faqs-extra", debs))
+
+
 # ================================================================ CLI
 
 BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq, "faqs": build_faqs,
-            "faqs-more": build_faqs_more}
+            "faqs-more": build_faqs_more, "faqs-extra": build_faqs_extra}
 
 
 def parse_args(argv=None):

@@ -360,6 +360,62 @@ def test_clean_question_drops_numbering(raw, clean):
     assert bd.clean_question(raw) == clean
 
 
+# ---------------------------------------------------------------- FAQ parsers (faqs-extra dataset)
+
+def test_html_page_cuts_the_footer_and_joins_docbook_closing_tags():
+    privoxy = ('<H3\nCLASS="SECT2"\n><A\nNAME="X"\n>3.1. What is an <SPAN\nCLASS="QUOTE"\n>"actions"</SPAN\n> file?</A\n>'
+               '</H3\n><P\n> A file of rules.</P\n><DIV\nCLASS="NAVFOOTER"\n><A HREF="x">Prev</A> Home Next</DIV\n>')
+    assert bd.heading_faq(bd.html_page("privoxy", privoxy)) == [('3.1. What is an "actions" file?', "A file of rules.")]
+    weechat = ('<h3 id="d"><a class="anchor" href="#d"></a>9.5. Can I give money\u200b?</h3><p>See the <a href="u">'
+               'donation page <sup>\u2197</sup></a>.</p><div id="footer"><div id="footer-text">Version 3.8</div></div>')
+    (q, a), = bd.heading_faq(bd.html_page("weechat-doc", weechat))
+    assert (bd.plain(q), bd.plain(a)) == ("9.5. Can I give money?", "See the donation page.")
+
+
+def test_markdown_and_cryptsetup_questions():
+    assert bd.markdown_text('Run `wipefs -a`\n```\n  cat x\n```\nsee **[the tracker](https://x.org)**.') == \
+        "Run wipefs -a cat x see the tracker."
+    md = ("# 2. Setup\n\n\n  * **2.3 How do I set up encrypted swap?**\n\n  Use `cryptsetup` with a\n"
+          "  **random** key.\n\n\n  * **6.16 How to convert the key?**\n  A key printed via:\n```\nxxd -r -p\n```\n\n"
+          "# 7. Interoperability\n\n  intro\n")
+    assert bd.cryptsetup_faq(md) == [("2.3", "2.3 How do I set up encrypted swap?", "Use cryptsetup with a random key."),
+                                     ("6.16", "6.16 How to convert the key?", "A key printed via: xxd -r -p")]
+
+
+def test_text_faqs_chrony_mc_and_linuxdoc_slrn():
+    chrony = ("  o 2. Configuration issues\n      ? 2.2. How do I make an NTP server?\n\n2. Configuration issues\n\n"
+              "2.2. How do I make an NTP server?\n\nAdd an allow directive.\n\n3. Computer is not synchronising\n\n"
+              "Last updated 2022-08-29 15:04:33 +0200\n")
+    assert bd.text_faq(chrony, bd.CHRONY_QUESTION, r"\d+\. \S|Last updated \d{4}-") == [
+        ("2.2", "2.2. How do I make an NTP server?", "Add an allow directive.")]
+    mc = ("     * 3 Mouse\n          + 3.1 How do I enable mouse support?\n\n\f3 Mouse\n\n3.1 How do I enable\n"
+          "mouse support?\n\n   Invoke mc with -x.\n\n4 Display\n\n   chapter text\n")
+    assert bd.text_faq(mc, bd.MC_QUESTION, r"\f?\d+ \S") == [
+        ("3.1", "3.1 How do I enable mouse support?", "Invoke mc with -x.")]
+    slrn = ("  4.  Scoring\n\n  4.5.  Where can I get a full description of slrn 's regular expres-\n  sions?\n\n"
+            "  See the S-Lang docs; slrn 's scorefiles use\n  expressions and han-\n  dle e-\n  mail.\n\n"
+            "  5.  slrnpull\n\n  text\n")
+    assert bd.linuxdoc_faq(slrn) == [("4.5", "4.5. Where can I get a full description of slrn's regular expressions?",
+                                      "See the S-Lang docs; slrn's scorefiles use expressions and han-dle e-mail.")]
+
+
+def test_vsftpd_docbook_qanda_and_definition_list_faqs():
+    vsftpd = ("vsftpd FAQ\n\nQ) Help! Does vsftpd support IPv6?\nA) Yes, as of version 1.2.0.\n\n"
+              "Q) Help! Can I change the port?\nA1) Yes. Use listen_port.\nA2) Yes. Edit inetd.conf.\n")
+    assert bd.vsftpd_faq(vsftpd) == [("Does vsftpd support IPv6?", "Yes, as of version 1.2.0."),
+                                     ("Can I change the port?", "Yes. Use listen_port. Yes. Edit inetd.conf.")]
+    mplayer = ('<tr class="toc"><td><dl><dt>Q: <a href="#q1">How do I join two files?</a></dt></dl></td></tr>'
+               '<tr class="question"><td><p><b>Q:</b></p></td><td><p>\nHow do I join two\nfiles?\n</p></td></tr>'
+               '<tr class="answer"><td><p><b>A:</b></p></td><td><p>Use <tt>cat</tt>, if it is not corrupted'
+               '<a class="footnote"><sup class="footnote">[3]</sup></a>.</p></td></tr>'
+               '<tr class="qandadiv"><td><h3>8.2. Other</h3></td></tr><tr class="question"><td>Q:</td><td>Why?</td></tr>')
+    assert bd.docbook_qanda(mplayer) == [("Q: How do I join two files?", "Use cat, if it is not corrupted."),
+                                         ("Q: Why?", "")]
+    w3m = ('<ul><li><b>Index</b></li></ul><dl>\n <dt>\n  <b>How do I pronounce <q>w3m</q>?</b>\n </dt>\n <dd>\n'
+           '  <p>It\'s W-three-M.</p><!-- <a href="x">binaries</a> !-->\n </dd>\n</dl>')
+    assert bd.dl_faq(w3m) == [("How do I pronounce w3m?", "It's W-three-M.")]
+
+
 # ---------------------------------------------------------------- SFT mix
 
 def test_dataset_spec_name_or_name_colon_cap():
