@@ -250,7 +250,8 @@ def parse_args(argv=None):
 
 # the built-in datasets (data/build_datasets.py): directory name -> its --only choice
 BUILT_IN_DATASETS = {"manpages": "manpages", "foldoc": "foldoc", "pyfaq": "pyfaq", "faqs": "faqs",
-                     "faqs-heldout": "faqs", "faqs-heldout-eq30": "faqs", "faqs-more": "faqs-more"}
+                     "faqs-heldout": "faqs", "faqs-heldout-eq30": "faqs", "faqs-more": "faqs-more",
+                     "faqs-extra": "faqs-extra"}
 
 
 def dataset_problem(data_dir, flag="--data") -> str | None:
