@@ -158,7 +158,13 @@ def encode_record(tok, r: dict, max_doc_tokens: int, max_query_tokens: int = 256
     query, _ = truncate(tok, r["query"], max_query_tokens)
     thinking = r.get("reasoning") is not None
     prompt = build_prompt(tok, query, doc, r.get("instruction"), thinking=thinking)
-    return tok.encode(prompt), tok.encode(completion_text(r["score"], r.get("reasoning"))) + [tok.im_end]
+    return tok.encode(prompt), tok.encode(completion_text(spelled(r), r.get("reasoning"))) + [tok.im_end]
+
+
+def spelled(r: dict) -> int:
+    """The answer a record's completion spells: its score, or under --loss scale the answer its
+    target weighs most (see main)."""
+    return r.get("answer", r["score"])
 
 
 def encode_records(tok, records: list[dict], max_doc_tokens: int, max_query_tokens: int = 256, chunk: int = 2048):
@@ -171,7 +177,7 @@ def encode_records(tok, records: list[dict], max_doc_tokens: int, max_query_toke
         queries = truncate_batch(tok, [r["query"] for r in rs], max_query_tokens)
         prompts = [build_prompt(tok, q, d, r.get("instruction"), thinking=r.get("reasoning") is not None)
                    for r, (q, _), (d, _) in zip(rs, queries, docs)]
-        comps = tok.encode_batch([completion_text(r["score"], r.get("reasoning")) for r in rs])
+        comps = tok.encode_batch([completion_text(spelled(r), r.get("reasoning")) for r in rs])
         out += [(p, c + [tok.im_end]) for p, c in zip(tok.encode_batch(prompts), comps)]
     return out
 
@@ -246,6 +252,12 @@ def answer_logprobs(net, prompts, completions, digit_ids, targets, shared_prefix
 # the answers a first token can start, by digit token "0".."9": "1" starts "10" (a model trained on
 # 0..10 answers almost never means 1), so a target never asks for 1
 FIRST_TOKEN_SCORE = [0, 10, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def top_answer(t: float) -> int:
+    """The answer --loss scale's target for t weighs most (the lower one of an even split)."""
+    w = first_token_target(t, "scale")
+    return FIRST_TOKEN_SCORE[max(range(10), key=lambda d: (w[d], -FIRST_TOKEN_SCORE[d]))]
 
 
 def first_token_target(t: float, loss: str) -> list[float]:
@@ -393,6 +405,11 @@ def main(argv=None):
     resolved = resolved_args(args, procs, device, dtype, init_adapter_sha256=adapter_sum)
 
     records = read_records(args.data)  # bad input stops here, before the model loads
+
+    if args.loss == "scale":  # each fast-mode completion spells the answer its target weighs most, so
+        # the tokens after a middle digit are learnt too ("5</answer>", not "50" by analogy with "10")
+        records = [{**r, "answer": top_answer(r["target"])} if r["target"] is not None and r.get("reasoning") is None
+                   else r for r in records]
 
     # load: the starting model (+ --init-adapter), then LoRA on it
     seed_all(args.seed)

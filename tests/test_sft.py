@@ -158,6 +158,22 @@ def test_soft_and_scale_losses_train_on_the_teachers_targets(tmp_path):
         sft.main(train_args(data, tmp_path / "none", "--loss", "scale", "--steps", "1"))
 
 
+def test_scale_completions_spell_the_answer_the_target_weighs_most(tmp_path, capsys):
+    assert [sft.top_answer(t) for t in (0.0, 0.1, 0.15, 0.55, 0.95, 0.96)] == [0, 0, 2, 5, 9, 10]
+    rows = [json.loads(line) for line in open(write_records(tmp_path / "r.jsonl", n=4))]
+    with open(tmp_path / "t.jsonl", "w") as f:  # every record: score 0, target 0.2 (all of it on "2")
+        for r in rows:
+            f.write(json.dumps({**r, "score": 0, "target": 0.2}) + "\n")
+    sft.main(train_args(str(tmp_path / "t.jsonl"), tmp_path / "out", "--loss", "scale", "--steps", "1",
+                        "--sample-every", "1"))
+    out = capsys.readouterr().out
+    assert "(target '2</answer>" in out  # not the record's "0</answer>": the format after "2" is learnt
+    model, tok = load()
+    prompt, comp = sft.encode_record(tok, {**rows[0], "answer": 5}, 12)
+    assert tok.decode(comp).startswith("5</answer>")
+    assert sft.encode_records(tok, [{**rows[0], "answer": 5}], 12) == [(prompt, comp)]
+
+
 def test_completion_mask_includes_end_token_even_when_it_equals_pad():
     model, tok = load()
     pad = tok.pad_id
