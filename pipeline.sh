@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # ERank-135M end to end on this CPU, the recipe behind weights/erank-135m: datasets -> rung 1 (man
 # pages against random pages) -> SFT records without length cues, graded by a teacher -> SFT ->
-# SFT continued on records of new sources -> RL (r_RR) -> evaluation on the development sets -> the
-# adapter -> plots and the results table. Run it in the background (runs/ must exist for the log):
+# SFT continued on records of new sources -> on the records not read yet, the hard negatives' target
+# halved -> towards the target spread over the scale -> RL (r_RR) -> evaluation on the development
+# sets -> the adapter -> plots and the results table. Run it in the background (runs/ must exist):
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
 #
-# About 9 hours on a 2-core CPU (SFT ~6 s a step on one core). Every output records what made it in
+# About 13 hours on a 2-core CPU (SFT ~6 s a step on one core, 4,807 steps). Every output records what made it in
 # OUTPUT.args beside it: the command, after the records of the outputs it reads, and for a file its
 # sha256. Run again, a step whose output exists is skipped when its record is what the step would
 # write now. Otherwise the records and the evaluations are made again, and a training step that
@@ -111,8 +112,41 @@ train runs/r7-soft "$(recorded runs/r7/graded.jsonl)"$'\n'"$(recorded runs/sft-r
     --data runs/r7/graded.jsonl --loss soft --init-adapter runs/sft-r5-135m/adapter.safetensors --dtype bfloat16 \
     --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 \
     --steps 400 --save-every 50 --out runs/r7-soft
-build runs/sft-135m "$(recorded runs/r7-soft)" python tools/export_adapter.py runs/sft-r5-135m/adapter.safetensors \
-    runs/r7-soft/final --out runs/sft-135m --model-out runs/models/sft
+build runs/sft-r7-135m "$(recorded runs/r7-soft)" python tools/export_adapter.py runs/sft-r5-135m/adapter.safetensors \
+    runs/r7-soft/final --out runs/sft-r7-135m
+
+step "SFT continued on the 12,458 records r5-soft and r7-soft did not read, each BM25-hard negative's target halved, 1,557 steps"
+for r in r5 r7; do
+    build runs/$r/graded-hard50.jsonl "$(recorded runs/$r/train.jsonl)" python tools/grade_minilm.py \
+        runs/$r/train.jsonl --hard-scale 0.5 --out runs/$r/graded-hard50.jsonl
+done
+build runs/r8/rest-r7.jsonl "$(recorded runs/r7/graded-hard50.jsonl)" python tools/unread_records.py \
+    runs/r7/graded-hard50.jsonl --steps 400 --out runs/r8/rest-r7.jsonl
+build runs/r8/rest-r5.jsonl "$(recorded runs/r5/graded-hard50.jsonl)" python tools/unread_records.py \
+    runs/r5/graded-hard50.jsonl --steps 1500 --out runs/r8/rest-r5.jsonl
+concat() { cat "${@:2}" > "$1.tmp" && mv "$1.tmp" "$1"; }  # OUT IN...: atomic
+build runs/r8/train.jsonl "$(recorded runs/r8/rest-r7.jsonl)"$'\n'"$(recorded runs/r8/rest-r5.jsonl)" concat \
+    runs/r8/train.jsonl runs/r8/rest-r7.jsonl runs/r8/rest-r5.jsonl
+train runs/r8-hard50 "$(recorded runs/r8/train.jsonl)"$'\n'"$(recorded runs/sft-r7-135m)" python sft.py \
+    --data runs/r8/train.jsonl --loss soft --init-adapter runs/sft-r7-135m/adapter.safetensors --dtype bfloat16 \
+    --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 \
+    --steps 1557 --save-every 50 --out runs/r8-hard50
+build runs/sft-r8-135m "$(recorded runs/r8-hard50)" python tools/export_adapter.py runs/sft-r7-135m/adapter.safetensors \
+    runs/r8-hard50/final --out runs/sft-r8-135m
+
+step "SFT on the same records towards the target spread over the scale: 800 steps, then 200 in another order"
+train runs/r9-scale "$(recorded runs/r8/train.jsonl)"$'\n'"$(recorded runs/sft-r8-135m)" python sft.py \
+    --data runs/r8/train.jsonl --loss scale --seed 1 --init-adapter runs/sft-r8-135m/adapter.safetensors \
+    --dtype bfloat16 --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 \
+    --max-doc-tokens 512 --steps 800 --save-every 50 --out runs/r9-scale
+build runs/sft-r9-135m "$(recorded runs/r9-scale)" python tools/export_adapter.py runs/sft-r8-135m/adapter.safetensors \
+    runs/r9-scale/final --out runs/sft-r9-135m
+train runs/r9-fmt "$(recorded runs/r8/train.jsonl)"$'\n'"$(recorded runs/sft-r9-135m)" python sft.py \
+    --data runs/r8/train.jsonl --loss scale --seed 2 --init-adapter runs/sft-r9-135m/adapter.safetensors \
+    --dtype bfloat16 --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 \
+    --max-doc-tokens 512 --steps 200 --save-every 25 --out runs/r9-fmt
+build runs/sft-135m "$(recorded runs/r9-fmt)" python tools/export_adapter.py runs/sft-r9-135m/adapter.safetensors \
+    runs/r9-fmt/final --out runs/sft-135m --model-out runs/models/sft
 
 step "RL (r_RR, length-matched negatives) from the SFT model"
 train runs/rl "$(recorded runs/sft-135m)" python rl.py --model models/SmolLM2-135M-Instruct \
@@ -135,9 +169,9 @@ for set in faqs-heldout:dev faqs-heldout-eq30:dev pyfaq:test; do
         --split ${set##*:} --top-k 20 --json runs/results/${set%%:*}-minilm.json
 done
 
-step "the adapter: SFT + RL where it ranks above SFT on the two development sets and reads the examples, else SFT"
+step "the adapter: SFT + RL where it ranks 0.01 above SFT on the two development sets and reads the examples, else SFT"
 rl_helps() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker; mean nDCG@10 over the two sets
-    python -c "import json,sys; m=lambda n: sum(json.load(open(f'runs/results/{s}-{n}.json'))[1]['ndcg@10'] for s in ('faqs-heldout','faqs-heldout-eq30')); sys.exit(m('sft-rl') <= m('sft'))"
+    python -c "import json,sys; m=lambda n: sum(json.load(open(f'runs/results/{s}-{n}.json'))[1]['ndcg@10'] for s in ('faqs-heldout','faqs-heldout-eq30')) / 2; sys.exit(m('sft-rl') < m('sft') + 0.01)"
 }
 reads_examples() {  # MODEL NAME: by its score, not a tie, ls first on examples/query.json and the three ls
                     # documents above the four off-topic sentences of examples/short_documents.json

@@ -174,9 +174,9 @@ def opt(name):
 if args[0] == "data/build_datasets.py":
     for d in ("faqs", "faqs-more", "faqs-heldout", "faqs-heldout-eq30", "pyfaq", "manpages", "foldoc"):
         os.makedirs("data/beir/" + d, exist_ok=True)
-elif args[0] in ("data/make_sft.py", "tools/grade_minilm.py"):
+elif args[0] in ("data/make_sft.py", "tools/grade_minilm.py", "tools/unread_records.py"):
     os.makedirs(os.path.dirname(opt("--out")), exist_ok=True)
-    open(opt("--out"), "w").write(" ".join(args) + " " + os.urandom(4).hex())  # new content every time
+    open(opt("--out"), "w").write(" ".join(args) + " " + os.urandom(4).hex() + "\\n")  # new content every time
 elif args[0] in ("sft.py", "rl.py") and opt("--max-steps"):  # stops early: last/ at that step
     os.makedirs(opt("--out") + "/last", exist_ok=True)
     json.dump({{"step": int(opt("--max-steps")), "total_steps": int(opt("--steps"))}},
@@ -241,7 +241,9 @@ def test_pipeline_header_command_works_on_a_fresh_clone(tmp_path):
 
 RECIPE = (["data/make_sft.py", "sft.py", "data/make_sft.py", "tools/grade_minilm.py", "sft.py",
            "tools/export_adapter.py", "data/make_sft.py", "tools/grade_minilm.py", "sft.py",
-           "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
+           "tools/export_adapter.py", "tools/grade_minilm.py", "tools/grade_minilm.py", "tools/unread_records.py",
+           "tools/unread_records.py", "sft.py", "tools/export_adapter.py", "sft.py", "tools/export_adapter.py",
+           "sft.py", "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
           + ["eval.py", "eval.py", "eval.py", "bench/compare_minilm.py"] * 3 + ["rerank.py", "rerank.py", "bench/plot.py", "tools/results_table.py"])
 
 
@@ -267,7 +269,21 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     assert "--init-adapter runs/rb-random/last/adapter.safetensors" in record and "--max-queries 1000" in record
     record = (root / "runs" / "r7-soft.args").read_text()
     assert "--init-adapter runs/sft-r5-135m/adapter.safetensors" in record and "--datasets faqs-more" in record
-    assert "runs/r7-soft/final" in (root / "runs" / "sft-135m" / "adapter.safetensors").read_text()
+    assert "runs/r7-soft/final" in (root / "runs" / "sft-r7-135m" / "adapter.safetensors").read_text()
+    # r8: the records r5-soft and r7-soft did not read (r7's, then r5's), graded with the hard negatives halved
+    for r in ("r5", "r7"):
+        assert "--hard-scale 0.5" in (root / "runs" / r / "graded-hard50.jsonl.args").read_text()
+    rest = (root / "runs" / "r8" / "train.jsonl").read_text().splitlines()
+    assert [line.split()[:4] for line in rest] == [["tools/unread_records.py", "runs/r7/graded-hard50.jsonl", "--steps", "400"],
+                                                   ["tools/unread_records.py", "runs/r5/graded-hard50.jsonl", "--steps", "1500"]]
+    record = (root / "runs" / "r8-hard50.args").read_text()
+    assert "--init-adapter runs/sft-r7-135m/adapter.safetensors" in record and "--steps 1557" in record
+    # r9: the same records towards the scale, then 200 steps more in another order; its export is SFT's
+    record = (root / "runs" / "r9-scale.args").read_text()
+    assert "--loss scale --seed 1 --init-adapter runs/sft-r8-135m/adapter.safetensors" in record and "--steps 800" in record
+    record = (root / "runs" / "r9-fmt.args").read_text()
+    assert "--loss scale --seed 2 --init-adapter runs/sft-r9-135m/adapter.safetensors" in record and "--steps 200" in record
+    assert "runs/r9-fmt/final" in (root / "runs" / "sft-135m" / "adapter.safetensors").read_text()
     assert "sft.py --data runs/r5/graded.jsonl" in (root / "runs" / "results" / "faqs-heldout-sft-rl.json.args").read_text()
     # the adapter: SFT + RL, which ranks above SFT here and reads the examples
     assert "runs/rl/final" in (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
@@ -292,7 +308,7 @@ def test_pipeline_keeps_sft_when_sft_rl_misreads_the_examples(tmp_path):
     done, calls = run_pipeline(root, rl_reads="no")
     assert done.returncode == 0, done.stdout + done.stderr
     adapter = (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
-    assert "runs/r7-soft/final" in adapter and "runs/rl/final" not in adapter
+    assert "runs/r9-fmt/final" in adapter and "runs/rl/final" not in adapter
     assert "runs/erank-135m is runs/sft-135m" in done.stdout
 
 
