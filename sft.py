@@ -18,7 +18,9 @@ Run:
     torchrun --nproc_per_node 8 sft.py --lora-rank 0 --sharding fsdp ...  # the paper's sizes (docs/scaling.md)
 
 Input records, one JSON object a line:
-    {"query": str, "doc": str, "score": int 0..10, "instruction": str?, "reasoning": str?}
+    {"query": str, "doc": str, "score": int 0..10, "instruction": str?, "reasoning": str?, "target": float 0..1?}
+"target" is a teacher's probability of relevance (tools/grade_minilm.py): --loss soft and --loss scale
+train the first answer token towards it (first_token_target) instead of towards the score.
 
 Loss: token-level mean over the global batch,
     loss = -sum_{tokens t of all completions in the batch} log p(t | prefix) / (number of such tokens)
@@ -98,7 +100,8 @@ def parse_args(argv=None):
                    help="hard: cross-entropy on each record's integer score (the paper); soft: the first answer "
                    "token against the record's teacher 'target' (P(10) = target, P(0) = 1 - target; "
                    "tools/grade_minilm.py), where it has one; scale: the same, the target spread over the "
-                   "scale (the score 10 * target shared by the two nearest answers: first_token_target)")
+                   "scale (the score 10 * target shared by the two nearest answers: first_token_target), each "
+                   "completion spelling the answer it weighs most")
     g.add_argument("--group-loss", type=float, default=0.0, metavar="W",
                    help="add the listwise term group_contrast with weight W per record (implies --group-by-query; "
                    "one process; W=1 measured worse than none: docs/experiments.md)")
@@ -163,8 +166,8 @@ def encode_record(tok, r: dict, max_doc_tokens: int, max_query_tokens: int = 256
 
 def spelled(r: dict) -> int:
     """The answer a record's completion spells: its score, or under --loss scale the answer its
-    target weighs most (see main)."""
-    return r.get("answer", r["score"])
+    target weighs most (main sets "spelled" from top_answer)."""
+    return r.get("spelled", r["score"])
 
 
 def encode_records(tok, records: list[dict], max_doc_tokens: int, max_query_tokens: int = 256, chunk: int = 2048):
@@ -252,6 +255,7 @@ def answer_logprobs(net, prompts, completions, digit_ids, targets, shared_prefix
 # the answers a first token can start, by digit token "0".."9": "1" starts "10" (a model trained on
 # 0..10 answers almost never means 1), so a target never asks for 1
 FIRST_TOKEN_SCORE = [0, 10, 2, 3, 4, 5, 6, 7, 8, 9]
+SCALE = sorted(FIRST_TOKEN_SCORE)  # the answers a target spreads over: 0, 2, 3, ..., 9, 10
 
 
 def top_answer(t: float) -> int:
@@ -273,8 +277,10 @@ def first_token_target(t: float, loss: str) -> list[float]:
     if loss == "soft":
         w[1], w[0] = t, 1 - t
         return w
+    if loss != "scale":
+        raise ValueError(f"loss: expected 'soft' or 'scale', got {loss!r}")
     g = 10 * min(max(t, 0.0), 1.0)
-    scale = sorted(FIRST_TOKEN_SCORE)  # 0, 2, 3, ..., 10
+    scale = SCALE
     hi = next(i for i, v in enumerate(scale) if v >= g)
     lo = max(hi - 1, 0)
     a, b = scale[lo], scale[hi]
@@ -305,7 +311,7 @@ def first_digit_score(first_logp) -> torch.Tensor:
     "<answer>" is one token except for "10" ("1", "0"), and a model trained on 0..10 answers
     almost never means 1. A cheap proxy of rerank.py's expected score, for the training log."""
     p = torch.softmax(first_logp, -1)
-    values = torch.tensor([0, 10, 2, 3, 4, 5, 6, 7, 8, 9], dtype=p.dtype, device=p.device)
+    values = torch.tensor(FIRST_TOKEN_SCORE, dtype=p.dtype, device=p.device)
     return p @ values
 
 
@@ -405,10 +411,13 @@ def main(argv=None):
     resolved = resolved_args(args, procs, device, dtype, init_adapter_sha256=adapter_sum)
 
     records = read_records(args.data)  # bad input stops here, before the model loads
+    if args.loss in ("soft", "scale") and not any(r["target"] is not None and r.get("reasoning") is None for r in records):
+        raise SystemExit(f"--loss {args.loss}: {args.data} has no 'target' fields on fast-mode records "
+                         f"(grade it: python tools/grade_minilm.py)")
 
     if args.loss == "scale":  # each fast-mode completion spells the answer its target weighs most, so
         # the tokens after a middle digit are learnt too ("5</answer>", not "50" by analogy with "10")
-        records = [{**r, "answer": top_answer(r["target"])} if r["target"] is not None and r.get("reasoning") is None
+        records = [{**r, "spelled": top_answer(r["target"])} if r["target"] is not None and r.get("reasoning") is None
                    else r for r in records]
 
     # load: the starting model (+ --init-adapter), then LoRA on it
@@ -441,7 +450,7 @@ def main(argv=None):
     run = Run(args.out, resolved, procs, args.keep_checkpoints)
     step, st = start_or_resume(run, args.resume, total, model, trainable, opt,
                                must_match=("lora_rank", "lora_layers", "init_adapter_sha256"),
-                               warn_if_changed=("model", "init_adapter", "data", "lora_alpha", "batch_size", "seed", "lr",
+                               warn_if_changed=("model", "init_adapter", "data", "loss", "lora_alpha", "batch_size", "seed", "lr",
                                                 "max_doc_tokens"),
                                schedule_flags="--data/--batch-size/--epochs/--steps")
     if st is not None:
@@ -452,8 +461,6 @@ def main(argv=None):
     digit_ids = [tok.token_id(str(d)) for d in range(10)]
     fast = [r.get("reasoning") is None for r in records]  # the first completion token is the answer
     soft = args.loss in ("soft", "scale")
-    if soft and not any(r["target"] is not None for r in records):
-        raise SystemExit(f"--loss {args.loss}: {args.data} has no 'target' fields (grade it: python tools/grade_minilm.py)")
     recent_auc = []  # batch AUCs of the last 20 steps (logged as their mean; starts afresh on --resume)
 
     # loop

@@ -126,7 +126,9 @@ def test_scale_target_keeps_the_teachers_score_on_the_two_nearest_answers(t):
     assert sum(w) == pytest.approx(1) and min(w) >= 0
     assert sum(wd * s for wd, s in zip(w, score)) == pytest.approx(10 * t)  # its mean is the teacher's score
     used = sorted(s for wd, s in zip(w, score) if wd > 0)
-    assert len(used) <= 2 and (len(used) == 1 or used[1] - used[0] <= 2)  # neighbours on 0, 2..10
+    below = max(s for s in sft.SCALE if s <= 10 * t + 1e-9)  # the nearest answers either side of 10 t
+    above = min(s for s in sft.SCALE if s >= 10 * t - 1e-9)
+    assert set(used) <= {below, above} and used
     assert (w[1] > 0) == (t > 0.9)  # "1" (of "10") only above 9: no answer of 1
 
 
@@ -169,9 +171,30 @@ def test_scale_completions_spell_the_answer_the_target_weighs_most(tmp_path, cap
     out = capsys.readouterr().out
     assert "(target '2</answer>" in out  # not the record's "0</answer>": the format after "2" is learnt
     model, tok = load()
-    prompt, comp = sft.encode_record(tok, {**rows[0], "answer": 5}, 12)
+    prompt, comp = sft.encode_record(tok, {**rows[0], "spelled": 5}, 12)
     assert tok.decode(comp).startswith("5</answer>")
-    assert sft.encode_records(tok, [{**rows[0], "answer": 5}], 12) == [(prompt, comp)]
+    assert sft.encode_records(tok, [{**rows[0], "spelled": 5}], 12) == [(prompt, comp)]
+    with pytest.raises(ValueError, match="expected 'soft' or 'scale'"):
+        sft.first_token_target(0.5, "hard")
+
+
+def test_scale_leaves_thinking_records_their_own_answer(tmp_path, capsys):
+    rows = [json.loads(line) for line in open(write_records(tmp_path / "r.jsonl", n=4))]
+    with open(tmp_path / "t.jsonl", "w") as f:  # thinking records keep their score: no first-token target
+        for r in rows:
+            f.write(json.dumps({**r, "score": 0, "target": 0.2, "reasoning": "not about it"}) + "\n")
+        f.write(json.dumps({**rows[0], "score": 0, "target": 0.2}) + "\n")  # one fast-mode record
+    sft.main(train_args(str(tmp_path / "t.jsonl"), tmp_path / "out", "--loss", "scale", "--steps", "2",
+                        "--sample-every", "1", "--batch-size", "5"))
+    samples = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sample")]
+    targets = [line.split("(target ", 1)[1] for line in samples]  # what the record's completion spells
+    assert targets and all(t.startswith("'2</answer>") or "<answer>0</answer>" in t for t in targets)
+    assert any("<answer>0</answer>" in t for t in targets)  # a thinking record was sampled: still 0
+    with open(tmp_path / "think.jsonl", "w") as f:  # targets on thinking records only: nothing to train
+        for r in rows:
+            f.write(json.dumps({**r, "target": 0.2, "reasoning": "not about it"}) + "\n")
+    with pytest.raises(SystemExit, match="no 'target' fields on fast-mode records"):
+        sft.main(train_args(str(tmp_path / "think.jsonl"), tmp_path / "none", "--loss", "scale", "--steps", "1"))
 
 
 def test_completion_mask_includes_end_token_even_when_it_equals_pad():
