@@ -398,3 +398,27 @@ def test_results_table_puts_systems_down_and_sets_across_and_refuses_mismatched_
     bad.write_bytes(b"\xff\xfe[]")
     with pytest.raises(SystemExit, match="bad.json: not a readable JSON table"):
         read_rows([str(bad)])
+
+
+def readme_recipe():
+    """The python commands of the README's training steps (the bash block after 'as plain commands'),
+    one string each, continuation lines joined and spaces collapsed, without the leading 'python '."""
+    text = open(os.path.join(os.path.dirname(FIX), "..", "README.md"), encoding="utf-8").read()
+    block = text.split("as plain commands", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [" ".join(line.split()) for line in block.replace("\\\n", " ").splitlines()]
+    return [c[len("python "):] for c in commands if c.startswith("python ")]
+
+
+def test_readme_recipe_is_what_pipeline_runs(tmp_path):
+    root = fresh_clone(tmp_path)
+    done, _ = run_pipeline(root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = {" ".join(line.split()) for line in (root / "calls.log").read_text().splitlines()}
+    recipe = readme_recipe()
+    assert len(recipe) >= 20 and any(c.startswith("rl.py ") for c in recipe), recipe
+    missing = [c for c in recipe if c not in ran]
+    assert not missing, "README commands pipeline.sh does not run:\n" + "\n".join(missing)
+    makers = ("data/make_sft.py", "tools/grade_minilm.py", "tools/unread_records.py", "sft.py", "rl.py",
+              "tools/export_adapter.py")
+    unsaid = sorted(c for c in ran if c.split()[0] in makers and c not in recipe)
+    assert not unsaid, "pipeline.sh runs what the README's recipe does not say:\n" + "\n".join(unsaid)
