@@ -1149,13 +1149,20 @@ def faq_more_distractors(roots):
     return {d: t for d, t in out.items() if len(t.split()) >= 20}
 
 
-def build_faqs_more(cache_dir, allow_other_versions=False, n_distractors=4000):
-    debs = fetch(FAQ_MORE_PACKAGES, cache_dir, allow_other_versions)
+def build_faq_set(name, packages, sources, distractors, prefix, cache_dir, allow_other_versions, n_distractors):
+    """A FAQ dataset from Debian packages: sources(roots) gives the questions and answers,
+    distractors(roots) the other sections that make the corpus harder."""
+    debs = fetch(packages, cache_dir, allow_other_versions)
     roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
-    # only questions with a '?': these FAQs also number section titles and problem statements
-    corpus, queries, qrels = faq_records("faqs-more", faq_more_sources(roots), "faqm", need_question_mark=True)
-    add_distractors(corpus, faq_more_distractors(roots), n_distractors)
-    write_dataset("faqs-more", corpus, queries, split_qrels(qrels, queries), sources_txt("faqs-more", debs))
+    # only questions with a '?': these FAQs also number section titles and hold problem statements
+    corpus, queries, qrels = faq_records(name, sources(roots), prefix, need_question_mark=True)
+    add_distractors(corpus, distractors(roots), n_distractors)
+    write_dataset(name, corpus, queries, split_qrels(qrels, queries), sources_txt(name, debs))
+
+
+def build_faqs_more(cache_dir, allow_other_versions=False, n_distractors=4000):
+    build_faq_set("faqs-more", FAQ_MORE_PACKAGES, faq_more_sources, faq_more_distractors, "faqm",
+                  cache_dir, allow_other_versions, n_distractors)
 
 
 # ================================================================ still more FAQs (faqs-extra)
@@ -1361,12 +1368,8 @@ def faq_extra_distractors(roots):
 
 
 def build_faqs_extra(cache_dir, allow_other_versions=False, n_distractors=4000):
-    debs = fetch(FAQ_EXTRA_PACKAGES, cache_dir, allow_other_versions)
-    roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
-    # only questions with a '?', as in faqs-more: these FAQs also hold problem statements and titles
-    corpus, queries, qrels = faq_records("faqs-extra", faq_extra_sources(roots), "faqx", need_question_mark=True)
-    add_distractors(corpus, faq_extra_distractors(roots), n_distractors)
-    write_dataset("faqs-extra", corpus, queries, split_qrels(qrels, queries), sources_txt("faqs-extra", debs))
+    build_faq_set("faqs-extra", FAQ_EXTRA_PACKAGES, faq_extra_sources, faq_extra_distractors, "faqx",
+                  cache_dir, allow_other_versions, n_distractors)
 
 
 # ================================================================ CLI
