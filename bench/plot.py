@@ -6,6 +6,8 @@
 Writes docs/sft_curve.png (SFT loss, first answer token's loss, AUC and dev nDCG@10 against
 examples seen), docs/rl_reward.png (mean RL reward per step and dev nDCG@10, one
 line per run) and docs/results.png (nDCG@10 of every system in the evaluation tables).
+`--line docs/dev_curve.json` draws the README's learning curve, docs/dev_curve.png, from the
+committed points of the shipped line (each from docs/experiments.md).
 """
 import argparse
 import json
@@ -101,6 +103,34 @@ def plot_sft(plt, rows, args):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "sft_curve.png"), dpi=110)
+
+
+def plot_line(plt, path, out):
+    """docs/dev_curve.png from a file of points (docs/dev_curve.json): the shipped line's held-out AUC
+    and its nDCG@10 on the development sets against SFT examples seen, the baselines as lines."""
+    line = json.load(open(path))
+    points, ref = line["points"], line["reference"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    runs = list(dict.fromkeys(p["run"] for p in points))
+    for i, run in enumerate(runs):  # each run joined to the point before it, so the line is unbroken
+        at = [j for j, p in enumerate(points) if p["run"] == run]
+        own = ([at[0] - 1] if at[0] else []) + at
+        ax.plot([points[j]["examples"] for j in own], [points[j]["auc"] for j in own], "o-", ms=4,
+                color=f"C{i}", label=run)
+    ax.axhline(ref["all-MiniLM-L6-v2"]["auc"], color="k", ls=":", lw=1, label="all-MiniLM-L6-v2 (the teacher)")
+    ax.set(xlabel="SFT examples seen", ylabel="AUC against BM25-hard negatives", title="held-out AUC (faqs-heldout)")
+    ax.legend(fontsize=7, ncol=2)
+    for i, dataset in enumerate(("faqs-heldout", "faqs-heldout-eq30")):
+        have = [p for p in points if dataset in p]
+        ax2.plot([p["examples"] for p in have], [p[dataset] for p in have], "o-", color=f"C{i}",
+                 label=f"{dataset}, the model")
+        ax2.axhline(ref["BM25"][dataset], color=f"C{i}", ls="--", lw=1, label=f"{dataset}, BM25")
+        ax2.axhline(ref["all-MiniLM-L6-v2"][dataset], color=f"C{i}", ls=":", lw=1,
+                    label=f"{dataset}, all-MiniLM-L6-v2")
+    ax2.set(xlabel="SFT examples seen", ylabel="nDCG@10 (s x P(s))", title="BM25 top 20 reranked (512 doc tokens)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "dev_curve.png"), dpi=120)
 
 
 def plot_dev_curve(plt, args):
@@ -206,6 +236,7 @@ def main():
     ap.add_argument("--dev-ndcg", nargs="*", default=[], metavar="EXAMPLES=JSON",
                     help="eval.py --json tables of models that had seen EXAMPLES training examples: a second panel "
                     "of docs/dev_curve.png, nDCG@10 against examples (with --dev-curve)")
+    ap.add_argument("--line", metavar="JSON", help="docs/dev_curve.png from a file of points (docs/dev_curve.json)")
     ap.add_argument("--reference", nargs="*", default=[], metavar="JSON",
                     help="bench/compare_minilm.py --json tables: reference lines in the --dev-ndcg panel")
     args = ap.parse_args()
@@ -260,7 +291,9 @@ def main():
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "results.png"), dpi=120)
-    if args.dev_curve or args.dev_ndcg:
+    if args.line:
+        plot_line(plt, args.line, args.out)
+    elif args.dev_curve or args.dev_ndcg:
         plot_dev_curve(plt, args)
     print(f"plots written to {args.out}/")
 
