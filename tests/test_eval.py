@@ -431,3 +431,16 @@ def test_readme_recipe_is_what_pipeline_runs(tmp_path):
     unsaid = [c for c in trained if c not in recipe]
     assert not unsaid, "pipeline.sh runs what the README's recipe does not say:\n" + "\n".join(unsaid)
     assert trained == recipe, "the README's recipe is in another order than pipeline.sh's"
+
+
+def test_the_curves_points_are_in_order_and_name_their_sections():
+    docs = pathlib.Path(FIX).parent.parent / "docs"
+    line = json.loads((docs / "dev_curve.json").read_text(encoding="utf-8"))
+    headings = [h for h in (docs / "experiments.md").read_text(encoding="utf-8").splitlines() if h.startswith("## ")]
+    examples = [p["examples"] for p in line["points"]]
+    assert examples == sorted(set(examples)), "one point per number of examples, in order"
+    for p in line["points"]:
+        values = [p["auc"]] + [p[k] for k in ("faqs-heldout", "faqs-heldout-eq30") if k in p]
+        assert all(0 < v < 1 for v in values), p
+        for section in re.findall(r"\d{4}-\d{2}-\d{2}(?: \(\d+\))?", p["section"]):
+            assert any(h.startswith(f"## {section}:") for h in headings), (section, p)
