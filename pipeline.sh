@@ -177,14 +177,15 @@ step "the adapter: SFT + RL where it ranks 0.01 above SFT on the two development
 rl_helps() {  # eval.py's JSON: row 0 is BM25, row 1 the reranker; mean nDCG@10 over the two sets
     python -c "import json,sys; m=lambda n: sum(json.load(open(f'runs/results/{s}-{n}.json'))[1]['ndcg@10'] for s in ('faqs-heldout','faqs-heldout-eq30')) / 2; sys.exit(0 if m('sft-rl') >= m('sft') + 0.01 else 1)"
 }
-reads_examples() {  # MODEL NAME: by its score, not a tie, ls first on examples/query.json and the three ls
-                    # documents above the four off-topic sentences of examples/short_documents.json
+reads_examples() {  # MODEL NAME: by its score (ties by the expected score, rerank.py's order; never by input
+                    # position), ls first on examples/query.json and the three ls documents above the four
+                    # off-topic sentences of examples/short_documents.json
     mkdir -p runs/examples &&
     python rerank.py examples/query.json --model "$1" --output "runs/examples/$2-query.json" > /dev/null &&
     python rerank.py examples/short_documents.json --model "$1" --output "runs/examples/$2-short.json" > /dev/null &&
     python -c "import json,sys
 def above(path, first, rest):
-    s = {r['id']: r['score'] for r in json.load(open(path))[0]['results']}
+    s = {r['id']: (round(r['score'], 6), round(r['expected'], 6)) for r in json.load(open(path))[0]['results']}
     return min(s[i] for i in first) > max(s[i] for i in rest)
 sys.exit(not (above('runs/examples/$2-query.json', ['ls'], ['cp', 'paris', 'find', 'tar'])
               and above('runs/examples/$2-short.json', ['0', '4', '5'], ['1', '2', '3', '6'])))"

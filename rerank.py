@@ -225,8 +225,14 @@ def fuse(records: list[dict], first: list[float], weight: float):
 
 def sort_records(records: list[dict]) -> list[dict]:
     """Best first, ranks from 1. Scores equal to 6 decimals are ties (so float noise from batching
-    cannot reorder them), broken by input position, i.e. the first-stage rank; empty documents last."""
-    records.sort(key=lambda r: (bool(r.get("empty")), -round(r["score"], 6), r["position"]))
+    cannot reorder them), broken by the expected score (every answer 0 scores 0 at s * P(s), but an
+    unsure 0 has more mass on the higher answers than a sure one), then by input position, i.e. the
+    first-stage rank; empty documents last. Thinking mode has no expected score: position alone."""
+    def expected(r):
+        e = r.get("expected")
+        return 0.0 if e is None or math.isnan(e) else round(e, 6)
+
+    records.sort(key=lambda r: (bool(r.get("empty")), -round(r["score"], 6), -expected(r), r["position"]))
     for rank, r in enumerate(records, 1):
         r["rank"] = rank
     return records

@@ -171,6 +171,17 @@ def test_ties_break_by_input_position_and_trec_scores_strictly_decrease():
     assert all(a > b for a, b in zip(scores, scores[1:]))
 
 
+def test_a_tie_breaks_by_the_expected_score_then_by_input_position():
+    rec = lambda pos, answer, prob, expected: {"id": str(pos), "position": pos, "answer": answer, "prob": prob,
+                                               "expected": expected, "score": answer * prob}
+    recs = [rec(0, 0, 0.97, 0.2), rec(1, 10, 0.5, 6.0), rec(2, 0, 0.55, 3.9), rec(3, 0, 0.9, 0.2), rec(4, 5, 1.0, 5.0)]
+    # 5 x 1.0 ties 10 x 0.5 and loses on expected; the unsure 0 (id 2) before the sure ones, which keep their order
+    assert [r["id"] for r in R.sort_records([dict(r) for r in recs])] == ["1", "4", "2", "0", "3"]
+    thinking = [dict(r, expected=float("nan")) for r in recs[:4]] + [{"id": "5", "position": 5, "answer": 0,
+                                                                      "prob": 1.0, "score": 0.0}]
+    assert [r["id"] for r in R.sort_records(thinking)] == ["1", "0", "2", "3", "5"]
+
+
 def test_fusion_combines_z_scores():
     model, tok = digits_only("qwen3_tied")
     d = [{"id": str(i), "text": t, "score": float(10 - i)} for i, t in enumerate(docs(5, seed=1))]
