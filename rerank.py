@@ -27,8 +27,9 @@ How a score is made (ERank, arXiv 2509.00520: the paper's inference score, s x P
   - an empty or whitespace-only document (text and title) is not scored: it is ranked last, after
     every scored document, and a warning names it.
   - ties (frequent with integer scores; scores equal to 6 decimals count as tied) are broken by
-    input position (the first-stage rank),
-    so rankings are deterministic; TREC files get strictly decreasing scores (see write_trec).
+    the expected score (every answer 0 scores 0, but an unsure 0 has a higher expected score than
+    a sure one), then by input position (the first-stage rank), so rankings are deterministic;
+    TREC files get strictly decreasing scores (see write_trec).
   - optional fusion with first-stage scores: w * z(first) + (1 - w) * z(rerank), z-normalised
     per query over the scored candidates; the paper uses w = 0.2 (`--fusion 0.2`).
 """
