@@ -2,12 +2,12 @@
 # ERank-135M end to end on this CPU, the recipe behind weights/erank-135m: datasets -> rung 1 (man
 # pages against random pages) -> SFT records without length cues, graded by a teacher -> SFT ->
 # SFT continued on records of new sources -> on the records not read yet, the hard negatives' target
-# halved -> towards the target spread over the scale -> RL (r_RR) -> evaluation on the development
-# sets -> the adapter -> plots and the results table. Run it in the background (runs/ must exist):
+# halved -> RL (r_RR) -> evaluation on the development sets -> the adapter -> plots and the results
+# table. Run it in the background (runs/ must exist):
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
 #
-# About 13 hours on a 2-core CPU (SFT ~6 s a step on one core, 4,807 steps). Every output records what made it in
+# About 11 hours on a 2-core CPU (SFT ~6 s a step on one core, 3,807 steps). Every output records what made it in
 # OUTPUT.args beside it: the command, after the records of the outputs it reads, and for a file its
 # sha256. Run again, a step whose output exists is skipped when its record is what the step would
 # write now. Otherwise the records and the evaluations are made again, and a training step that
@@ -132,25 +132,8 @@ train runs/r8-hard50 "$(recorded runs/r8/train.jsonl)"$'\n'"$(recorded runs/sft-
     --data runs/r8/train.jsonl --loss soft --init-adapter runs/sft-r7-135m/adapter.safetensors --dtype bfloat16 \
     --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 \
     --steps 1557 --save-every 50 --out runs/r8-hard50
-build runs/sft-r8-135m "$(recorded runs/r8-hard50)" python tools/export_adapter.py runs/sft-r7-135m/adapter.safetensors \
-    runs/r8-hard50/final --out runs/sft-r8-135m
-
-step "SFT on the same records towards the target spread over the scale: 800 steps, then 200 in another order"
-# The shipped adapter's r9-scale ran before --loss scale spelled each completion's answer (its completions
-# were the records' 0 or 10, and it wrote "20" after "2"); r9-fmt's 200 steps taught the format. Here
-# both runs spell it, so r9-fmt is 200 more steps of the same.
-train runs/r9-scale "$(recorded runs/r8/train.jsonl)"$'\n'"$(recorded runs/sft-r8-135m)" python sft.py \
-    --data runs/r8/train.jsonl --loss scale --seed 1 --init-adapter runs/sft-r8-135m/adapter.safetensors \
-    --dtype bfloat16 --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 \
-    --max-doc-tokens 512 --steps 800 --save-every 50 --out runs/r9-scale
-build runs/sft-r9-135m "$(recorded runs/r9-scale)" python tools/export_adapter.py runs/sft-r8-135m/adapter.safetensors \
-    runs/r9-scale/final --out runs/sft-r9-135m
-train runs/r9-fmt "$(recorded runs/r8/train.jsonl)"$'\n'"$(recorded runs/sft-r9-135m)" python sft.py \
-    --data runs/r8/train.jsonl --loss scale --seed 2 --init-adapter runs/sft-r9-135m/adapter.safetensors \
-    --dtype bfloat16 --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 \
-    --max-doc-tokens 512 --steps 200 --save-every 25 --out runs/r9-fmt
-build runs/sft-135m "$(recorded runs/r9-fmt)" python tools/export_adapter.py runs/sft-r9-135m/adapter.safetensors \
-    runs/r9-fmt/final --out runs/sft-135m --model-out runs/models/sft
+build runs/sft-135m "$(recorded runs/r8-hard50)" python tools/export_adapter.py runs/sft-r7-135m/adapter.safetensors \
+    runs/r8-hard50/final --out runs/sft-135m --model-out runs/models/sft
 
 step "RL (r_RR, length-matched negatives) from the SFT model"
 train runs/rl "$(recorded runs/sft-135m)" python rl.py --model models/SmolLM2-135M-Instruct \
@@ -161,14 +144,19 @@ build runs/sft-rl-135m "$(recorded runs/rl)" python tools/export_adapter.py runs
     runs/rl/final --out runs/sft-rl-135m --model-out runs/models/sft-rl
 
 step "evaluation: BM25 top 20 reranked at rerank.py's settings (512 doc tokens, bf16, fast mode)"
-evaluate() {  # set split name model-record model
+evaluate() {  # set split name model-record model [fused]: at rerank.py's settings; with "fused" also
+             # fused with BM25's scores (--fusion 0.2, the paper's hybrid), from the same scored pairs
     build runs/results/$1-$3.json "$(recorded "$4")" python eval.py --data data/beir/$1 --split $2 --top-k 20 \
         --max-doc-tokens 512 --dtype bfloat16 --name $3 --model $5 --json runs/results/$1-$3.json
+    if [ "${6:-}" = fused ]; then
+        build runs/results/$1-$3-fused.json "$(recorded "$4")" python eval.py --data data/beir/$1 --split $2 --top-k 20 \
+            --max-doc-tokens 512 --dtype bfloat16 --fusion 0.2 --name $3-fused --model $5 --json runs/results/$1-$3-fused.json
+    fi
 }
 for set in faqs-heldout:dev faqs-heldout-eq30:dev pyfaq:test; do
     evaluate "${set%%:*}" "${set##*:}" base models/SmolLM2-135M-Instruct models/SmolLM2-135M-Instruct
-    evaluate "${set%%:*}" "${set##*:}" sft runs/sft-135m runs/models/sft
-    evaluate "${set%%:*}" "${set##*:}" sft-rl runs/sft-rl-135m runs/models/sft-rl
+    evaluate "${set%%:*}" "${set##*:}" sft runs/sft-135m runs/models/sft fused
+    evaluate "${set%%:*}" "${set##*:}" sft-rl runs/sft-rl-135m runs/models/sft-rl fused
     build runs/results/${set%%:*}-minilm.json "" python bench/compare_minilm.py --data data/beir/${set%%:*} \
         --split ${set##*:} --top-k 20 --json runs/results/${set%%:*}-minilm.json
 done

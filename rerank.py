@@ -799,13 +799,15 @@ def rate_line(stats: dict) -> str:
 
 
 def print_ranking(item, records, width=70):
+    fused = any("rerank_score" in r for r in records)  # --fusion: the model's own score under "model"
     print(f"\nquery {item['id']}: {item['query']}")
-    print(f"{'rank':>4} {'score':>7} {'answer':>6} {'P':>5}  id: text")
+    print(f"{'rank':>4} {'score':>7} " + (f"{'model':>7} " if fused else "") + f"{'answer':>6} {'P':>5}  id: text")
     texts = {d["id"]: d["text"] for d in item["documents"]}
     for r in records:
         snippet = " ".join(texts[r["id"]].split())[:width]
         ans = "-" if r["answer"] is None else r["answer"]
-        print(f"{r['rank']:>4} {r['score']:>7.3f} {ans:>6} {r['prob']:>5.2f}  {r['id']}: {snippet}")
+        own = f"{r.get('rerank_score', r['score']):>7.3f} " if fused else ""
+        print(f"{r['rank']:>4} {r['score']:>7.3f} {own}{ans:>6} {r['prob']:>5.2f}  {r['id']}: {snippet}")
 
 
 def check_device(device: str | None):

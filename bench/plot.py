@@ -127,6 +127,12 @@ def plot_line(plt, path, out):
         ax2.axhline(ref["BM25"][dataset], color=f"C{i}", ls="--", lw=1, label=f"{dataset}, BM25")
         ax2.axhline(ref["all-MiniLM-L6-v2"][dataset], color=f"C{i}", ls=":", lw=1,
                     label=f"{dataset}, all-MiniLM-L6-v2")
+    for p in points:
+        if p.get("shipped"):  # the default model's point
+            for dataset in ("faqs-heldout", "faqs-heldout-eq30"):
+                ax2.plot(p["examples"], p[dataset], "*", ms=13, color="gold", mec="k", zorder=3)
+            ax2.annotate("the default", (p["examples"], p["faqs-heldout"]), textcoords="offset points",
+                         xytext=(-20, 10), fontsize=8)
     ax2.set(xlabel="SFT examples seen", ylabel="nDCG@10 (s x P(s))", title="BM25 top 20 reranked (512 doc tokens)")
     ax2.legend(fontsize=7)
     fig.tight_layout()

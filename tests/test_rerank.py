@@ -194,6 +194,19 @@ def test_fusion_combines_z_scores():
         assert r["rerank_score"] == pytest.approx(plain[r["id"]])
 
 
+def test_a_fused_ranking_prints_the_models_own_score_beside_it(tmp_path, capsys):
+    d = [{"id": str(i), "text": t, "score": float(i)} for i, t in enumerate(docs(3, seed=1))]
+    path = write(tmp_path, "in.json", json.dumps({"query": "q", "documents": d}))
+    fix = os.path.join(FIX, "qwen3_tied")
+    assert R.main([path, "--model", fix, "--fusion", "0.2", "--output", str(tmp_path / "f.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split()[:3] == ["rank", "score", "model"]
+    for r, line in zip(json.load(open(tmp_path / "f.json"))[0]["results"], lines[3:]):
+        assert line.split()[1:3] == [f"{r['score']:.3f}", f"{r['rerank_score']:.3f}"]
+    assert R.main([path, "--model", fix]) == 0
+    assert "model" not in capsys.readouterr().out.splitlines()[2]
+
+
 def test_unparseable_output_scores_lowest_and_is_counted():
     rr = R.Reranker(os.path.join(FIX, "llama"), thinking=True, max_new_tokens=4, verbose=False)
     recs = rr.rerank("q", ["a", "b"])
