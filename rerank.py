@@ -782,7 +782,8 @@ def read_run_and_beir(run_path: str, beir_dir: str, top_k: int) -> list[dict]:
 
 def trec_lines(qid: str, records: list[dict], tag: str) -> list[str]:
     """TREC run lines with strictly decreasing scores: score - 1e-6 * rank keeps the order we
-    chose (ties already broken by first-stage position) so trec_eval cannot re-break ties by id."""
+    chose (ties already broken by the expected score, then first-stage position) so trec_eval cannot
+    re-break ties by id."""
     return [f"{qid} Q0 {r['id']} {r['rank']} {r['score'] - 1e-6 * r['rank']:.6f} {tag}" for r in records]
 
 
@@ -806,7 +807,7 @@ def print_ranking(item, records, width=70):
     for r in records:
         snippet = " ".join(texts[r["id"]].split())[:width]
         ans = "-" if r["answer"] is None else r["answer"]
-        own = f"{r.get('rerank_score', r['score']):>7.3f} " if fused else ""
+        own = (f"{'-':>7} " if r.get("empty") else f"{r['rerank_score']:>7.3f} ") if fused else ""
         print(f"{r['rank']:>4} {r['score']:>7.3f} {own}{ans:>6} {r['prob']:>5.2f}  {r['id']}: {snippet}")
 
 

@@ -118,7 +118,7 @@ def plot_line(plt, path, out):
         ax.plot([points[j]["examples"] for j in own], [points[j]["auc"] for j in own], "o-", ms=4,
                 color=f"C{i}", label=run)
     ax.axhline(ref["all-MiniLM-L6-v2"]["auc"], color="k", ls=":", lw=1, label="all-MiniLM-L6-v2 (the teacher)")
-    ax.set(xlabel="SFT examples seen", ylabel="AUC against BM25-hard negatives", title="held-out AUC (faqs-heldout)")
+    ax.set(xlabel="SFT examples seen after rung 1", ylabel="AUC against BM25-hard negatives", title="held-out AUC (faqs-heldout)")
     ax.legend(fontsize=7, ncol=2)
     for i, dataset in enumerate(("faqs-heldout", "faqs-heldout-eq30")):
         have = [p for p in points if dataset in p]
@@ -133,7 +133,8 @@ def plot_line(plt, path, out):
                 ax2.plot(p["examples"], p[dataset], "*", ms=13, color="gold", mec="k", zorder=3)
             ax2.annotate("the default", (p["examples"], p["faqs-heldout"]), textcoords="offset points",
                          xytext=(-20, 10), fontsize=8)
-    ax2.set(xlabel="SFT examples seen", ylabel="nDCG@10 (s x P(s))", title="BM25 top 20 reranked (512 doc tokens)")
+    ax2.set(xlabel="SFT examples seen after rung 1", ylabel="nDCG@10 (s x P(s), ties by position)",
+            title="BM25 top 20 reranked (512 doc tokens)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "dev_curve.png"), dpi=120)
