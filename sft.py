@@ -28,6 +28,7 @@ computed micro-batch by micro-batch (each micro-batch's sum is divided by the gl
 the gradient does not depend on the micro-batch size or on the number of processes.
 --group-loss W adds, for each query of the batch, a listwise term (group_contrast): its positive
 against its own negatives, counted W times per record of the group, over the same global count.
+Its batches hold whole queries, dealt out in turn to the processes.
 
 Output directory (--out):
     log.jsonl            one JSON object per step: loss, answer_loss (the first answer token's loss),
@@ -104,7 +105,7 @@ def parse_args(argv=None):
                    "completion spelling the answer it weighs most")
     g.add_argument("--group-loss", type=float, default=0.0, metavar="W",
                    help="add the listwise term group_contrast with weight W per record (implies --group-by-query; "
-                   "one process; W=1 measured worse than none: docs/experiments.md)")
+                   "W=1 measured worse than none: docs/experiments.md)")
     g.add_argument("--max-records", type=int, default=0, help="use a seeded sample of N records (0 = all)")
     add_model_args(ap, None, "HF-layout checkpoint to start from (default: built-in SmolLM2-135M)")
     g = ap.add_argument_group("optimisation")
@@ -335,26 +336,34 @@ def signal_stats(signal: list, recent_auc: list) -> dict:
 
 def process_micro_batches(batch: list, procs, size: int, queries: list | None = None) -> list:
     """This process's share of a global batch (an equal slice), cut into micro-batches of `size`;
-    with `queries` (a key per record; one process), one micro-batch per query instead."""
+    with `queries` (a key per record), one micro-batch per whole query instead, the batch's queries
+    dealt out in turn to the processes (a batch holds at least one query a process: enough_queries)."""
     if queries is not None:
         of = {}
         for i in batch:
             of.setdefault(queries[i], []).append(i)
-        return list(of.values())
+        return list(of.values())[procs.rank::procs.world]
     share = len(batch) // procs.world
     mine = batch[procs.rank * share:(procs.rank + 1) * share]
     return [mine[j:j + size] for j in range(0, len(mine), size)]
 
 
-def sum_over_processes(loss_sum, tokens: int, signal: list, procs, device):
-    """-> (loss sum, token count, learning-signal triples) of all processes together."""
-    stats = torch.tensor([float(loss_sum), float(tokens)], dtype=torch.float64, device=device)  # NCCL: CUDA tensors
+def enough_queries(batches: list, queries: list, world: int) -> list:
+    """The batches of whole queries that hold at least one query for each of `world` processes (one
+    process: all of them). A query larger than the batch fills one alone: with two processes it is
+    skipped, so that no process waits for a gradient another never computes."""
+    return [b for b in batches if len({queries[i] for i in b}) >= world]
+
+
+def sum_over_processes(sums: list, signal: list, procs, device):
+    """-> (sums, learning-signal triples) of all processes together (sums: numbers to add up)."""
+    stats = torch.tensor([float(x) for x in sums], dtype=torch.float64, device=device)  # NCCL: CUDA tensors
     if procs.ddp:
         dist.all_reduce(stats)
         shards = [None] * procs.world
         dist.all_gather_object(shards, signal)
         signal = [x for shard in shards for x in shard]
-    return float(stats[0]), float(stats[1]), signal
+    return stats.tolist(), signal
 
 
 def step_line(row: dict, total: int) -> str:
@@ -394,9 +403,6 @@ def main(argv=None):
     args = parse_args(argv)
     procs = start_processes(args.device)
     args.device, log = procs.device, procs.log
-    if (args.group_loss or args.group_by_query) and procs.world > 1:
-        raise SystemExit("--group-by-query and --group-loss run on one process (batches of whole queries "
-                         "do not split evenly between processes)")
     if args.batch_size % procs.world:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {procs.world}")
     adapter_sum = adapter_sha256(args.init_adapter)
@@ -438,8 +444,15 @@ def main(argv=None):
     grouped = query_of if args.group_by_query or args.group_loss else None
     # an epoch is the batches epoch_batches makes: len(records) // batch_size of them, or as many
     # as whole queries pack into (epoch 0's count; another epoch's packing may differ by a few)
-    steps_per_epoch = (len(epoch_batches(lengths, args.batch_size, args.seed, 0, args.length_grouping, grouped))
-                       if grouped else len(records) // args.batch_size)
+    def batches_of(epoch):  # the epoch's global batches (record indices)
+        if grouped is None:
+            return epoch_batches(lengths, args.batch_size, args.seed, epoch, args.length_grouping)
+        return enough_queries(epoch_batches(lengths, args.batch_size, args.seed, epoch, queries=grouped),
+                              grouped, procs.world)
+    steps_per_epoch = len(batches_of(0)) if grouped else len(records) // args.batch_size
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{args.data}: no batch of --batch-size {args.batch_size} holds {procs.world} whole queries "
+                         f"(one a process); raise --batch-size")
     total = args.steps or max(1, int(args.epochs * steps_per_epoch))
     warmup = int(args.warmup * total)
     log(f"data {args.data}: {len(records)} records, {sum(lengths):,} tokens (mean {sum(lengths) / len(lengths):.0f}, "
@@ -471,7 +484,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         epoch, k = divmod(step, steps_per_epoch)
         if epoch not in schedule:
-            schedule = {epoch: epoch_batches(lengths, args.batch_size, args.seed, epoch, args.length_grouping, grouped)}
+            schedule = {epoch: batches_of(epoch)}
         batch = schedule[epoch][k % len(schedule[epoch])]  # global batch (record indices)
         n_target = sum(len(encoded[i][1]) for i in batch)  # completion tokens in the whole global batch
         lr = set_lr(opt, cosine_lr(step, total, warmup, args.lr))
@@ -507,7 +520,8 @@ def main(argv=None):
         grad_norm = clip_grad_norm(trainable, args.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss_sum, tokens, signal = sum_over_processes(loss_sum, tokens, signal, procs, device)
+        (loss_sum, tokens, group_sum, groups), signal = sum_over_processes([loss_sum, tokens, group_sum, groups],
+                                                                           signal, procs, device)
         step += 1
         examples += len(batch)
         dt = time.perf_counter() - t0

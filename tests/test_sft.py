@@ -455,6 +455,40 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert log1 == pytest.approx(log2, abs=1e-5)
 
 
+def test_the_group_loss_on_two_processes_matches_one_process(tmp_path):
+    rng = random.Random(2)
+    with open(tmp_path / "g.jsonl", "w") as f:  # 4 queries of 3 records: batches of 6 hold two queries
+        for q in range(4):
+            query = f"query {q} " + rng.choice(WORDS)
+            for k in range(3):
+                f.write(json.dumps({"query": query, "doc": " ".join(rng.choice(WORDS) for _ in range(4)),
+                                    "score": 10 if k == 0 else 0}) + "\n")
+    args = lambda out: train_args(str(tmp_path / "g.jsonl"), out, "--batch-size", "6", "--steps", "3",
+                                  "--group-loss", "1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(29500 + (os.getpid() + 7) % 1000), "sft.py", *args(tmp_path / "two")],
+                       cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sft.main(args(tmp_path / "one"))
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0)
+    rows = lambda out: [json.loads(x) for x in open(out / "log.jsonl")]
+    for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / "two")):  # both processes' queries in the log
+        assert (a["loss"], a["group_loss"]) == pytest.approx((b["loss"], b["group_loss"]), abs=1e-5)
+
+
+def test_a_query_that_fills_a_batch_alone_is_skipped_on_two_processes():
+    queries = ["a"] * 6 + ["b", "b", "c", "c", "d", "d", "e", "e"]
+    batches = sft.epoch_batches([1] * len(queries), 6, seed=0, epoch=0, queries=queries)
+    kept = sft.enough_queries(batches, queries, 2)
+    assert [0, 1, 2, 3, 4, 5] in [sorted(b) for b in batches] and all(0 not in b for b in kept)
+    assert kept and all(len({queries[i] for i in b}) >= 2 for b in kept)  # one query for each process
+    assert sft.enough_queries(batches, queries, 1) == batches
+    procs = type("P", (), {"rank": 1, "world": 2})
+    assert sft.process_micro_batches([6, 7, 8, 9, 10, 11], procs, 4, queries) == [[8, 9]]
+
+
 def test_log_line_is_greppable(tmp_path, capsys):
     data = write_records(tmp_path / "r.jsonl", n=4)
     sft.main(train_args(data, tmp_path / "o", "--max-steps", "1", "--sample-every", "1"))
