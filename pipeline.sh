@@ -2,12 +2,12 @@
 # ERank-135M end to end on this CPU, the recipe behind weights/erank-135m: datasets -> rung 1 (man
 # pages against random pages) -> SFT records without length cues, graded by a teacher -> SFT ->
 # SFT continued on records of new sources -> on the records not read yet, the hard negatives' target
-# halved -> RL (r_RR) -> evaluation on the development sets -> the adapter -> plots and the results
+# halved -> new sources again -> RL (r_RR) -> evaluation on the development sets -> the adapter -> plots and the results
 # table. Run it in the background (runs/ must exist):
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
 #
-# About 11 hours on a 2-core CPU (SFT ~6 s a step on one core, 3,807 steps). Every output records what made it in
+# About 12 hours on a 2-core CPU (SFT ~6 s a step on one core, 4,507 steps). Every output records what made it in
 # OUTPUT.args beside it: the command, after the records of the outputs it reads, and for a file its
 # sha256. Run again, a step whose output exists is skipped when its record is what the step would
 # write now. Otherwise the records and the evaluations are made again, and a training step that
@@ -70,7 +70,7 @@ train() {
 }
 
 step "datasets"
-for d in pyfaq manpages foldoc faqs faqs-more faqs-heldout faqs-heldout-eq30; do
+for d in pyfaq manpages foldoc faqs faqs-more faqs-extra faqs-heldout faqs-heldout-eq30; do
     [ -d data/beir/$d ] || { python data/build_datasets.py; break; }
 done
 
@@ -132,8 +132,21 @@ train runs/r8-hard50 "$(recorded runs/r8/train.jsonl)"$'\n'"$(recorded runs/sft-
     --data runs/r8/train.jsonl --loss soft --init-adapter runs/sft-r7-135m/adapter.safetensors --dtype bfloat16 \
     --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 --max-doc-tokens 512 \
     --steps 1557 --save-every 50 --out runs/r8-hard50
-build runs/sft-135m "$(recorded runs/r8-hard50)" python tools/export_adapter.py runs/sft-r7-135m/adapter.safetensors \
-    runs/r8-hard50/final --out runs/sft-135m --model-out runs/models/sft
+build runs/sft-r8-135m "$(recorded runs/r8-hard50)" python tools/export_adapter.py runs/sft-r7-135m/adapter.safetensors \
+    runs/r8-hard50/final --out runs/sft-r8-135m
+
+step "SFT continued on new sources again: 21 more projects' FAQs (faqs-extra), another draw of man pages and glossary entries, 700 steps"
+build runs/r10/train.jsonl "" python data/make_sft.py --datasets faqs-extra manpages:500 foldoc:500 --mapping binary \
+    --max-positives 1 --n-hard 2 --n-medium 0 --n-easy 0 --n-other 1 --n-offtopic 1 --shared-length 8 300 \
+    --thinking-share 0.1 --seed 2 --out runs/r10/train.jsonl
+build runs/r10/graded-hard50.jsonl "$(recorded runs/r10/train.jsonl)" python tools/grade_minilm.py runs/r10/train.jsonl \
+    --hard-scale 0.5 --out runs/r10/graded-hard50.jsonl
+train runs/r11 "$(recorded runs/r10/graded-hard50.jsonl)"$'\n'"$(recorded runs/sft-r8-135m)" python sft.py \
+    --data runs/r10/graded-hard50.jsonl --loss soft --seed 3 --init-adapter runs/sft-r8-135m/adapter.safetensors \
+    --dtype bfloat16 --lora-layers 10 --lr 1e-3 --warmup 0.05 --batch-size 8 --micro-batch-size 4 \
+    --max-doc-tokens 512 --steps 700 --save-every 50 --out runs/r11
+build runs/sft-135m "$(recorded runs/r11)" python tools/export_adapter.py runs/sft-r8-135m/adapter.safetensors \
+    runs/r11/final --out runs/sft-135m --model-out runs/models/sft
 
 step "RL (r_RR, length-matched negatives) from the SFT model"
 train runs/rl "$(recorded runs/sft-135m)" python rl.py --model models/SmolLM2-135M-Instruct \

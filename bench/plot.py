@@ -112,18 +112,23 @@ def plot_line(plt, path, out):
     points, ref = line["points"], line["reference"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     runs = list(dict.fromkeys(p["run"] for p in points))
-    for i, run in enumerate(runs):  # each run joined to the point before it, so the line is unbroken
+    # each run joined to the point it continued: its first point's "from" (examples), else the point before it
+    def own(run):
         at = [j for j, p in enumerate(points) if p["run"] == run]
-        own = ([at[0] - 1] if at[0] else []) + at
-        ax.plot([points[j]["examples"] for j in own], [points[j]["auc"] for j in own], "o-", ms=4,
-                color=f"C{i}", label=run)
+        start = points[at[0]].get("from")
+        parent = ([j for j, p in enumerate(points) if p["examples"] == start][-1:] if start is not None
+                  else [at[0] - 1] if at[0] else [])
+        return [points[j] for j in parent + at]
+    for i, run in enumerate(runs):
+        ax.plot([p["examples"] for p in own(run)], [p["auc"] for p in own(run)], "o-", ms=4, color=f"C{i}", label=run)
     ax.axhline(ref["all-MiniLM-L6-v2"]["auc"], color="k", ls=":", lw=1, label="all-MiniLM-L6-v2 (the teacher)")
     ax.set(xlabel="SFT examples seen after rung 1", ylabel="AUC against BM25-hard negatives", title="held-out AUC (faqs-heldout)")
     ax.legend(fontsize=7, ncol=2)
     for i, dataset in enumerate(("faqs-heldout", "faqs-heldout-eq30")):
-        have = [p for p in points if dataset in p]
-        ax2.plot([p["examples"] for p in have], [p[dataset] for p in have], "o-", color=f"C{i}",
-                 label=f"{dataset}, the model")
+        for k, run in enumerate(runs):
+            have = [p for p in own(run) if dataset in p]
+            ax2.plot([p["examples"] for p in have], [p[dataset] for p in have], "o-", color=f"C{i}",
+                     label=f"{dataset}, the model" if k == 0 else None)
         ax2.axhline(ref["BM25"][dataset], color=f"C{i}", ls="--", lw=1, label=f"{dataset}, BM25")
         ax2.axhline(ref["all-MiniLM-L6-v2"][dataset], color=f"C{i}", ls=":", lw=1,
                     label=f"{dataset}, all-MiniLM-L6-v2")

@@ -173,7 +173,7 @@ with open("calls.log", "a") as f:
 def opt(name):
     return args[args.index(name) + 1] if name in args else None
 if args[0] == "data/build_datasets.py":
-    for d in ("faqs", "faqs-more", "faqs-heldout", "faqs-heldout-eq30", "pyfaq", "manpages", "foldoc"):
+    for d in ("faqs", "faqs-more", "faqs-extra", "faqs-heldout", "faqs-heldout-eq30", "pyfaq", "manpages", "foldoc"):
         os.makedirs("data/beir/" + d, exist_ok=True)
 elif args[0] in ("data/make_sft.py", "tools/grade_minilm.py", "tools/unread_records.py"):
     os.makedirs(os.path.dirname(opt("--out")), exist_ok=True)
@@ -245,7 +245,8 @@ def test_pipeline_header_command_works_on_a_fresh_clone(tmp_path):
 RECIPE = (["data/make_sft.py", "sft.py", "data/make_sft.py", "tools/grade_minilm.py", "sft.py",
            "tools/export_adapter.py", "data/make_sft.py", "tools/grade_minilm.py", "sft.py",
            "tools/export_adapter.py", "tools/grade_minilm.py", "tools/grade_minilm.py", "tools/unread_records.py",
-           "tools/unread_records.py", "sft.py", "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
+           "tools/unread_records.py", "sft.py", "tools/export_adapter.py", "data/make_sft.py", "tools/grade_minilm.py",
+           "sft.py", "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
           # per set: base; SFT alone and fused; SFT + RL alone and fused; MiniLM
           + (["eval.py"] * 5 + ["bench/compare_minilm.py"]) * 3
           + ["rerank.py", "rerank.py", "bench/plot.py", "tools/results_table.py"])
@@ -268,7 +269,7 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     done, calls = run_pipeline(root)
     assert done.returncode == 0, done.stdout + done.stderr
     assert calls == RECIPE[1:], calls  # the rung-1 records were made above
-    # SFT starts from rung 1's adapter, each continuation from the export before it, RL from r8-hard50's
+    # SFT starts from rung 1's adapter, each continuation from the export before it, RL from r11's
     record = (root / "runs" / "r5-soft.args").read_text()
     assert "--init-adapter runs/rb-random/last/adapter.safetensors" in record and "--max-queries 1000" in record
     record = (root / "runs" / "r7-soft.args").read_text()
@@ -282,7 +283,11 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
                                                    ["tools/unread_records.py", "runs/r5/graded-hard50.jsonl", "--steps", "1500"]]
     record = (root / "runs" / "r8-hard50.args").read_text()
     assert "--init-adapter runs/sft-r7-135m/adapter.safetensors" in record and "--steps 1557" in record
-    assert "runs/r8-hard50/final" in (root / "runs" / "sft-135m" / "adapter.safetensors").read_text()  # SFT's export
+    assert "runs/r8-hard50/final" in (root / "runs" / "sft-r8-135m" / "adapter.safetensors").read_text()
+    # r11: new sources from r8's export; its export is SFT's
+    record = (root / "runs" / "r11.args").read_text()
+    assert "--loss soft --seed 3 --init-adapter runs/sft-r8-135m/adapter.safetensors" in record and "--datasets faqs-extra" in record
+    assert "runs/r11/final" in (root / "runs" / "sft-135m" / "adapter.safetensors").read_text()
     assert "sft.py --data runs/r5/graded.jsonl" in (root / "runs" / "results" / "faqs-heldout-sft-rl.json.args").read_text()
     # the adapter: SFT + RL, which ranks above SFT here and reads the examples
     assert "runs/rl/final" in (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
@@ -310,7 +315,7 @@ def test_pipeline_keeps_sft_when_sft_rl_misreads_the_examples(tmp_path):
     done, calls = run_pipeline(root, rl_reads="no")
     assert done.returncode == 0, done.stdout + done.stderr
     adapter = (root / "runs" / "erank-135m" / "adapter.safetensors").read_text()
-    assert "runs/r8-hard50/final" in adapter and "runs/rl/final" not in adapter
+    assert "runs/r11/final" in adapter and "runs/rl/final" not in adapter
     assert "runs/erank-135m is runs/sft-135m" in done.stdout
 
 
@@ -439,6 +444,7 @@ def test_the_curves_points_are_in_order_and_name_their_sections():
     headings = [h for h in (docs / "experiments.md").read_text(encoding="utf-8").splitlines() if h.startswith("## ")]
     examples = [p["examples"] for p in line["points"]]
     assert examples == sorted(set(examples)), "one point per number of examples, in order"
+    assert all(p["from"] in examples and p["from"] < p["examples"] for p in line["points"] if "from" in p)
     for p in line["points"]:
         values = [p["auc"]] + [p[k] for k in ("faqs-heldout", "faqs-heldout-eq30") if k in p]
         assert all(0 < v < 1 for v in values), p
