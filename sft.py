@@ -92,8 +92,8 @@ def parse_args(argv=None):
     g.add_argument("--max-query-tokens", type=int, default=256, help="queries are truncated to this many tokens")
     g.add_argument("--group-by-query", action="store_true", help="batches hold whole queries' records (a "
                    "query's positive and negatives side by side, sharing the query's prompt prefix) instead of "
-                   "random records: as many whole queries as fit in --batch-size; use a micro-batch that is "
-                   "a multiple of the records per query")
+                   "random records: as many whole queries as fit in --batch-size, one micro-batch a query "
+                   "(--micro-batch-size is not used), dealt out in turn to the processes")
     g.add_argument("--length-grouping", type=int, default=0, metavar="N",
                    help="sort records by length within chunks of N batches: less padding (0 = random batches, "
                    "the measured best: docs/experiments.md)")
@@ -350,8 +350,9 @@ def process_micro_batches(batch: list, procs, size: int, queries: list | None = 
 
 def enough_queries(batches: list, queries: list, world: int) -> list:
     """The batches of whole queries that hold at least one query for each of `world` processes (one
-    process: all of them). A query larger than the batch fills one alone: with two processes it is
-    skipped, so that no process waits for a gradient another never computes."""
+    process: all of them), so that no process waits for a gradient another never computes. Packing
+    is greedy: where queries have many records, or differ in size, a batch often holds one query
+    only, and several processes skip it (main logs how many)."""
     return [b for b in batches if len({queries[i] for i in b}) >= world]
 
 
@@ -403,6 +404,9 @@ def main(argv=None):
     args = parse_args(argv)
     procs = start_processes(args.device)
     args.device, log = procs.device, procs.log
+    if (args.group_loss or args.group_by_query) and args.sharding == "fsdp" and procs.world > 1:
+        raise SystemExit("--group-loss and --group-by-query give processes different numbers of micro-batches "
+                         "(one a query), which --sharding fsdp cannot sync: use --sharding ddp")
     if args.batch_size % procs.world:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the process count {procs.world}")
     adapter_sum = adapter_sha256(args.init_adapter)
@@ -443,16 +447,21 @@ def main(argv=None):
     query_of = [r["query"] for r in records]
     grouped = query_of if args.group_by_query or args.group_loss else None
     # an epoch is the batches epoch_batches makes: len(records) // batch_size of them, or as many
-    # as whole queries pack into (epoch 0's count; another epoch's packing may differ by a few)
+    # as whole queries pack into, less those with fewer queries than processes (epoch 0's count;
+    # another epoch's packing may differ by a few)
     def batches_of(epoch):  # the epoch's global batches (record indices)
         if grouped is None:
             return epoch_batches(lengths, args.batch_size, args.seed, epoch, args.length_grouping)
         return enough_queries(epoch_batches(lengths, args.batch_size, args.seed, epoch, queries=grouped),
                               grouped, procs.world)
     steps_per_epoch = len(batches_of(0)) if grouped else len(records) // args.batch_size
-    if steps_per_epoch == 0:
-        raise SystemExit(f"{args.data}: no batch of --batch-size {args.batch_size} holds {procs.world} whole queries "
-                         f"(one a process); raise --batch-size")
+    if grouped and procs.world > 1:
+        packed = len(epoch_batches(lengths, args.batch_size, args.seed, 0, queries=grouped))
+        log(f"{packed - steps_per_epoch} of epoch 0's {packed} batches of whole queries hold fewer than "
+            f"{procs.world} queries (one a process) and are skipped")
+        if steps_per_epoch == 0:
+            raise SystemExit(f"{args.data}: no batch of --batch-size {args.batch_size} holds {procs.world} whole "
+                             f"queries, one for each process; raise --batch-size")
     total = args.steps or max(1, int(args.epochs * steps_per_epoch))
     warmup = int(args.warmup * total)
     log(f"data {args.data}: {len(records)} records, {sum(lengths):,} tokens (mean {sum(lengths) / len(lengths):.0f}, "
@@ -462,7 +471,8 @@ def main(argv=None):
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     run = Run(args.out, resolved, procs, args.keep_checkpoints)
     step, st = start_or_resume(run, args.resume, total, model, trainable, opt,
-                               must_match=("lora_rank", "lora_layers", "init_adapter_sha256"),
+                               must_match=("lora_rank", "lora_layers", "init_adapter_sha256")
+                               + (("world_size",) if grouped else ()),  # it decides which batches are kept
                                warn_if_changed=("model", "init_adapter", "data", "loss", "lora_alpha", "batch_size", "seed", "lr",
                                                 "max_doc_tokens"),
                                schedule_flags="--data/--batch-size/--epochs/--steps")
@@ -492,7 +502,7 @@ def main(argv=None):
         tokens = 0
         signal = []  # (first answer token's loss, expected score, relevant?) of this step's fast-mode records
         group_sum, groups = 0.0, 0  # the listwise term (--group-loss), for the log
-        micro = process_micro_batches(batch, procs, args.micro_batch_size, query_of if args.group_loss else None)
+        micro = process_micro_batches(batch, procs, args.micro_batch_size, grouped)
         for j, mb in enumerate(micro):
             # DDP syncs gradients on the last micro-batch only (FSDP reduce-scatters each one's)
             sync = net.no_sync() if net is not model and j < len(micro) - 1 else contextlib.nullcontext()

@@ -457,13 +457,13 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 def test_the_group_loss_on_two_processes_matches_one_process(tmp_path):
     rng = random.Random(2)
-    with open(tmp_path / "g.jsonl", "w") as f:  # 4 queries of 3 records: batches of 6 hold two queries
-        for q in range(4):
+    with open(tmp_path / "g.jsonl", "w") as f:  # 6 queries of 2 records: batches of 6 hold three queries,
+        for q in range(6):                            # two for one process, one for the other
             query = f"query {q} " + rng.choice(WORDS)
-            for k in range(3):
+            for k in range(2):
                 f.write(json.dumps({"query": query, "doc": " ".join(rng.choice(WORDS) for _ in range(4)),
                                     "score": 10 if k == 0 else 0}) + "\n")
-    args = lambda out: train_args(str(tmp_path / "g.jsonl"), out, "--batch-size", "6", "--steps", "3",
+    args = lambda out: train_args(str(tmp_path / "g.jsonl"), out, "--batch-size", "6", "--steps", "2",
                                   "--group-loss", "1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_port", str(29500 + (os.getpid() + 7) % 1000), "sft.py", *args(tmp_path / "two")],
