@@ -74,8 +74,8 @@ from eval import dev_ndcg, ndcg_at_k
 from rerank import HelpFormatter, Reranker, parse_answer
 from sharding import check_sharding, gathered, is_sharded
 from training import (LoRALinear, Run, adapter_sha256, add_checkpoint_args, add_dev_args, add_model_args, autocast_for,
-                      cosine_lr, finish_run, load_start, prepare_training, resolved_args, run_cli, save_due,
-                      save_step, seed_all, set_lr, start_or_resume, start_processes, train_state)
+                      cosine_lr, finish_run, load_start, parse_resuming, prepare_training, resolved_args, run_cli,
+                      save_due, save_step, seed_all, set_lr, start_or_resume, start_processes, train_state)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -138,7 +138,7 @@ def parse_args(argv=None):
     g.add_argument("--eval-every", type=int, default=0, help="dev nDCG@10 before training, every N steps and at the end (0 = never)")
     g.add_argument("--sample-every", type=int, default=10, help="print a prompt -> completion -> score -> reward every N steps")
     add_checkpoint_args(ap, out="runs/rl", save_every=50)
-    return ap.parse_args(argv)
+    return parse_resuming(ap, argv)
 
 
 # ----------------------------------------------------------------------------- rewards (pure functions)

@@ -75,8 +75,8 @@ from model import completion_logits, token_logprobs
 from rerank import HelpFormatter, build_prompt, completion_text, parse_answer, truncate, truncate_batch
 from sharding import check_sharding, clip_grad_norm, gathered
 from training import (Run, adapter_sha256, add_checkpoint_args, add_dev_args, add_model_args, autocast_for, cosine_lr,
-                      finish_run, load_start, prepare_training, replicated, resolved_args, rng_state, run_cli,
-                      save_due, save_step, seed_all, set_lr, set_rng_state, start_or_resume, start_processes,
+                      finish_run, load_start, parse_resuming, prepare_training, replicated, resolved_args, rng_state,
+                      run_cli, save_due, save_step, seed_all, set_lr, set_rng_state, start_or_resume, start_processes,
                       train_state)
 
 
@@ -127,7 +127,7 @@ def parse_args(argv=None):
     g.add_argument("--eval-every", type=int, default=0, help="dev nDCG@10 every N steps and at the end (0 = never)")
     g.add_argument("--sample-every", type=int, default=25, help="print prompt tail -> greedy completion every N steps")
     add_checkpoint_args(ap, out="runs/sft", save_every=100)
-    return ap.parse_args(argv)
+    return parse_resuming(ap, argv)
 
 
 # ----------------------------------------------------------------------------- records

@@ -89,7 +89,27 @@ def add_checkpoint_args(ap, out: str, save_every: int):
                    "(0 = never)")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="step-N/ directories kept (the newest; "
                    "older ones are deleted; 0 = keep all). last/ and final/ are always kept")
-    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last")
+    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last, with the arguments "
+                   "it was started with (flags given again override them)")
+
+
+def parse_resuming(ap, argv=None):
+    """Parse the command line; with --resume, the arguments saved in <out>/last/args.json fill in
+    every flag not given again, so `--resume --out DIR` alone continues a run. Not carried over:
+    --max-steps (where the last session chose to stop) and --device (where this one runs).
+    start_or_resume then checks that what was given again still matches the checkpoint."""
+    args = ap.parse_args(argv)
+    saved_path = os.path.join(args.out, "last", "args.json")
+    if not args.resume or not os.path.exists(saved_path):
+        return args  # start_or_resume says what is missing
+    try:
+        with open(saved_path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{saved_path}: cannot read the saved arguments ({e})")
+    keep = set(vars(args)) - {"resume", "out", "max_steps", "device"}
+    ap.set_defaults(**{k: v for k, v in saved.items() if k in keep})
+    return ap.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- processes and autocast

@@ -431,10 +431,22 @@ def test_max_steps_stops_and_resume_finishes_the_same_schedule(tmp_path):
     sft.main(train_args(data, tmp_path / "a", "--lora-rank", "0", "--epochs", "2"))
     sft.main(train_args(data, tmp_path / "b", "--lora-rank", "0", "--epochs", "2", "--max-steps", "3"))
     assert not os.path.exists(tmp_path / "b" / "final")
-    sft.main(train_args(data, tmp_path / "b", "--lora-rank", "0", "--epochs", "2", "--resume"))
+    # --resume alone takes the run's own arguments from last/args.json (not its --max-steps); a flag
+    # given again overrides its saved value
+    again = sft.parse_args(["--resume", "--out", str(tmp_path / "b"), "--sample-every", "7"])
+    assert (again.data, again.lora_rank, again.epochs, again.lr, again.max_steps, again.sample_every) == (
+        data, 0, 2.0, 1e-2, 0, 7)
+    sft.main(["--resume", "--out", str(tmp_path / "b")])
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+
+
+def test_resume_with_unreadable_saved_arguments_says_which_file(tmp_path):
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "args.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"last/args.json: cannot read the saved arguments"):
+        sft.parse_args(["--resume", "--out", str(tmp_path)])
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
