@@ -129,7 +129,8 @@ def sample_long(rng, pool, n, words, at_least):
 
 def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_positives=0,
                  n_hard=2, n_medium=1, n_easy=0, seed=0, progress=True, near_dup=0.5, max_negatives=0,
-                 match_length=False, shared_length=None, n_other=0, n_offtopic=0, offtopic_texts=()):
+                 match_length=False, shared_length=None, n_other=0, n_offtopic=0, offtopic_texts=(),
+                 page_negatives=False):
     """-> (records, dropped): dropped counts the near-duplicate negatives removed, per bucket.
     match_length: each negative's text is cut to its leading sentences, nearest in words to the
     text of the query's first positive (see --match-length); titles are not cut.
@@ -137,7 +138,10 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
     length drawn for the query (draw_length; see --shared-length). n_other: negatives that are the
     positives of other queries of the same dataset (answers to other questions); n_offtopic:
     negatives drawn from offtopic_texts (documents of the other datasets). Both are cut like the
-    rest, so at a short drawn length they are one or two off-topic sentences."""
+    rest, so at a short drawn length they are one or two off-topic sentences.
+    page_negatives: where every document id is PAGE#SECTION (the answers of one FAQ page), the hard
+    negatives and the other answers come from the positive's own page when it has enough of them:
+    the neighbouring answers a reranker of that FAQ must tell apart."""
     name = Path(data_dir).resolve().name
     if split == "train" and (name == "pyfaq" or name.startswith("faqs-heldout")):
         raise SystemExit(f"{data_dir}: {name} is held out for evaluation; never train on it")
@@ -147,8 +151,10 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
         qids = sorted(random.Random(f"{seed}:{name}").sample(qids, max_queries))
     qrels = {q: qrels[q] for q in qids}
     texts = {d: doc_text(corpus[d]) for d in corpus} if near_dup > 0 else None
+    paged = page_negatives and all("#" in d for d in corpus)
+    page = {d: d.split("#")[0] for d in corpus} if paged else None
     mined = mine_candidates(BM25.from_dir(data_dir), queries, qrels, n_hard=n_hard, n_medium=n_medium,
-                            n_easy=n_easy, seed=seed, progress=progress, texts=texts, near_dup=near_dup)
+                            n_easy=n_easy, seed=seed, progress=progress, texts=texts, near_dup=near_dup, page=page)
     dropped = {}
     for m in mined:
         for bucket, n in m["dropped"].items():
@@ -170,8 +176,11 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
         at_least = len(cut.split()) if cut else 0  # other answers and off-topic texts: long enough to cut
         rng = random.Random(f"{seed}:{m['qid']}:extra")
         mine = {d for d, _ in m["pos"]} | {d for d, _ in negs}
-        negs = negs + [(d, "other") for d in sample_long(rng, [d for d in answers if d not in mine], n_other,
-                                                         answer_words, at_least)]
+        others = [d for d in answers if d not in mine]
+        if page is not None:  # the other answers of the positive's page, when there are enough
+            neighbours = [d for d in others if page[d] == page[pos[0][0]]]
+            others = neighbours if len(neighbours) >= n_other else others
+        negs = negs + [(d, "other") for d in sample_long(rng, others, n_other, answer_words, at_least)]
         docs = {d: corpus[d] for d, _ in pos + negs}
         for k, i in enumerate(sample_long(rng, range(len(offtopic_texts)), n_offtopic, offtopic_words, at_least)):
             docs[f"offtopic-{k}"] = {"title": "", "text": offtopic_texts[i]}
@@ -225,6 +234,8 @@ def main(argv=None):
                    "(positives of other queries of the same dataset)")
     g.add_argument("--n-offtopic", type=int, default=0, help="negatives per query drawn from the documents of the "
                    "other --datasets (off-topic; one or two sentences when the query's length is short)")
+    g.add_argument("--page-negatives", action="store_true", help="in datasets whose document ids are PAGE#SECTION "
+                   "(the FAQs), hard negatives and other answers come from the positive's own page: its neighbours")
     g.add_argument("--thinking-share", type=float, default=0.0,
                    help="this share of records (seeded) in the thinking format: the thinking-mode prompt, then "
                    "an empty <think></think> block and the answer, so --thinking works without a teacher")
@@ -249,7 +260,8 @@ def main(argv=None):
                                      args.max_positives, args.n_hard, args.n_medium, args.n_easy, args.seed,
                                      near_dup=args.near_dup, max_negatives=args.max_negatives,
                                      match_length=args.match_length, shared_length=args.shared_length,
-                                     n_other=args.n_other, n_offtopic=args.n_offtopic, offtopic_texts=others)
+                                     n_other=args.n_other, n_offtopic=args.n_offtopic, offtopic_texts=others,
+                                     page_negatives=args.page_negatives)
         counts = {}
         for r in recs:
             counts[r["score"]] = counts.get(r["score"], 0) + 1

@@ -547,6 +547,38 @@ def test_shared_length_other_answers_and_offtopic_negatives(tmp_path, monkeypatc
     assert len(lengths) > 3, lengths  # the length is drawn per query
 
 
+def test_page_negatives_come_from_the_positives_own_page(tmp_path, monkeypatch):
+    from data import make_sft
+    # two FAQ pages of twelve answers; a query shares three words with every answer of the other page
+    # and one with those of its own: BM25's ten best negatives are the other page's, page negatives not
+    docs, queries, qrels = [], [], []
+    for page, other in (("alpha", "beta"), ("beta", "alpha")):
+        for i in range(12):
+            docs.append({"_id": f"{page}-faq#{i}", "title": "", "text": f"Answer about thing{page}{i} and common "
+                         f"ground, with {page}x {page}y {page}z."})
+            queries.append({"_id": f"{page}-q{i}", "text": f"thing{page}{i} common {other}x {other}y {other}z"})
+            qrels.append(f"{page}-q{i}\t{page}-faq#{i}\t2\n")
+    write(tmp_path / "faq" / "corpus.jsonl", "\n".join(json.dumps(d) for d in docs) + "\n")
+    write(tmp_path / "faq" / "queries.jsonl", "\n".join(json.dumps(q) for q in queries) + "\n")
+    write(tmp_path / "faq" / "qrels" / "train.tsv", "query-id\tcorpus-id\tscore\n" + "".join(qrels))
+    monkeypatch.setattr(make_sft.BM25, "from_dir", lambda d: BM25.from_corpus(load_corpus(d)))
+    runs = {}
+    for flag in ([], ["--page-negatives"]):
+        out = tmp_path / f"sft{len(flag)}.jsonl"
+        make_sft.main(["--root", str(tmp_path), "--datasets", "faq", "--n-hard", "2", "--n-medium", "0",
+                       "--n-other", "1", "--mapping", "binary", "--near-dup", "0", "--out", str(out)] + flag)
+        runs[bool(flag)] = [json.loads(line) for line in out.read_text().splitlines()]
+    page = lambda r: r["docid"].split("#")[0]
+    for paged, recs in runs.items():
+        pages = {r["qid"]: page(r) for r in recs if r["score"] == 10}
+        negs = [r for r in recs if r["score"] == 0]
+        assert sorted(r["label"] for r in negs) == ["hard"] * 48 + ["other"] * 24
+        same = [page(r) == pages[r["qid"]] for r in negs if r["label"] == "hard"]
+        assert all(same) if paged else not any(same), (paged, same)
+        if paged:
+            assert all(page(r) == pages[r["qid"]] for r in negs)  # the other answers too
+
+
 def test_held_out_sets_are_refused_for_training(tmp_path):
     from data import make_sft
     for name in ("pyfaq", "faqs-heldout", "faqs-heldout-eq30"):
