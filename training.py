@@ -96,8 +96,9 @@ def add_checkpoint_args(ap, out: str, save_every: int):
 def parse_resuming(ap, argv=None):
     """Parse the command line; with --resume, the arguments saved in <out>/last/args.json fill in
     every flag not given again, so `--resume --out DIR` alone continues a run. Not carried over:
-    --max-steps (where the last session chose to stop) and --device (where this one runs).
-    start_or_resume then checks that what was given again still matches the checkpoint."""
+    --max-steps (where the last session chose to stop), --device and --cpu-offload (where this one
+    runs). A switch saved on (store_true) stays on. start_or_resume then checks that what was given
+    again still matches the checkpoint."""
     args = ap.parse_args(argv)
     saved_path = os.path.join(args.out, "last", "args.json")
     if not args.resume or not os.path.exists(saved_path):
@@ -107,7 +108,7 @@ def parse_resuming(ap, argv=None):
             saved = json.load(f)
     except (OSError, ValueError) as e:
         raise SystemExit(f"{saved_path}: cannot read the saved arguments ({e})")
-    keep = set(vars(args)) - {"resume", "out", "max_steps", "device"}
+    keep = set(vars(args)) - {"resume", "out", "max_steps", "device", "cpu_offload"}
     ap.set_defaults(**{k: v for k, v in saved.items() if k in keep})
     return ap.parse_args(argv)
 

@@ -188,7 +188,7 @@ def mine_candidates(bm25, queries, qrels, n_hard=10, n_medium=5, n_easy=4, seed=
     another document from the same bucket when one is left.
     page ({docid: page}, for documents that are sections of a page, as the answers of one FAQ): the
     "hard" negatives come from the first positive's own page, its documents in BM25's order (the
-    page's ranks 1-10), when it has at least n_hard of them among BM25's top 1000.
+    page's ranks 1-10, or 1-n_hard), when it has at least n_hard of them among BM25's top 1000.
 
     Returns [{"qid", "query", "pos": [(docid, grade)], "neg": [(docid, bucket)],
     "dropped": {bucket: count}}] sorted by qid.
@@ -216,8 +216,8 @@ def mine_candidates(bm25, queries, qrels, n_hard=10, n_medium=5, n_easy=4, seed=
             taken = {d for d, _ in neg}  # (buckets overlap only where "hard" came from the page)
             pool = [d for d in ranked[lo - 1:hi] if rels.get(d, 0) < 1 and d not in taken]
             if bucket == "hard" and page is not None:
-                same_page = [d for d in ranked if page[d] == page[pos[0][0]] and rels.get(d, 0) < 1][:hi]
-                pool = same_page if len(same_page) >= want["hard"] else pool
+                same_page = [d for d in ranked if page[d] == page[pos[0][0]] and rels.get(d, 0) < 1]
+                pool = same_page[:max(hi, want["hard"])] if len(same_page) >= want["hard"] else pool
             picks = rng.sample(pool, min(want[bucket], len(pool)))
             spare = [d for d in pool if d not in picks]
             for d in picks:

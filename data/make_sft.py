@@ -269,6 +269,11 @@ def main(argv=None):
               + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items()))
               + " | near-duplicate negatives dropped: " + ", ".join(f"{b} {n}" for b, n in dropped.items()),
               file=sys.stderr)
+        if args.page_negatives:
+            page = {r["qid"]: r["docid"].split("#")[0] for r in recs if r["label"].startswith("grade")}
+            near = [r["label"] in ("hard", "other") and r["docid"].split("#")[0] == page[r["qid"]] for r in recs]
+            print(f"{name}: {sum(near)} hard and other negatives from the positive's page"
+                  + ("" if sum(near) else " (its ids are not PAGE#SECTION, or no page has enough)"), file=sys.stderr)
         records += recs
     if args.thinking_share > 0:  # sft.py reads "reasoning" (here empty) as: thinking-format record
         rng = random.Random(f"{args.seed}:thinking")

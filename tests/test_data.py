@@ -565,18 +565,21 @@ def test_page_negatives_come_from_the_positives_own_page(tmp_path, monkeypatch):
     runs = {}
     for flag in ([], ["--page-negatives"]):
         out = tmp_path / f"sft{len(flag)}.jsonl"
-        make_sft.main(["--root", str(tmp_path), "--datasets", "faq", "--n-hard", "2", "--n-medium", "0",
+        make_sft.main(["--root", str(tmp_path), "--datasets", "faq", "--n-hard", "2", "--n-medium", "1",
                        "--n-other", "1", "--mapping", "binary", "--near-dup", "0", "--out", str(out)] + flag)
         runs[bool(flag)] = [json.loads(line) for line in out.read_text().splitlines()]
     page = lambda r: r["docid"].split("#")[0]
     for paged, recs in runs.items():
         pages = {r["qid"]: page(r) for r in recs if r["score"] == 10}
         negs = [r for r in recs if r["score"] == 0]
-        assert sorted(r["label"] for r in negs) == ["hard"] * 48 + ["other"] * 24
+        assert sorted(r["label"] for r in negs) == ["hard"] * 48 + ["medium"] * 24 + ["other"] * 24
+        for q in pages:  # no document twice for a query: BM25's ranks 11-100 hold the page's too
+            docids = [r["docid"] for r in recs if r["qid"] == q]
+            assert len(docids) == len(set(docids)) == 5, docids
         same = [page(r) == pages[r["qid"]] for r in negs if r["label"] == "hard"]
         assert all(same) if paged else not any(same), (paged, same)
         if paged:
-            assert all(page(r) == pages[r["qid"]] for r in negs)  # the other answers too
+            assert all(page(r) == pages[r["qid"]] for r in negs if r["label"] != "medium")  # the other answers too
 
 
 def test_held_out_sets_are_refused_for_training(tmp_path):
