@@ -170,7 +170,7 @@ def dev_ndcg(model, tok, data_dir: str, split: str = "dev", n_queries: int = 20,
     cache = {} if cache is None else cache
     key = (data_dir, split, n_queries, top_k)
     if key not in cache:
-        if "pyfaq" in Path(data_dir).name or split == "test":
+        if "pyfaq" in Path(data_dir).name or Path(data_dir).name.startswith("debian-") or split == "test":
             raise ValueError(f"--dev-data {data_dir} --dev-split {split}: the held-out test set; never tune on it")
         corpus, queries, qrels = load_corpus(data_dir), load_queries(data_dir), load_qrels(data_dir, split)
         bm25 = BM25.from_dir(data_dir, cache_dir=bm25_cache or DEFAULT_CACHE)
@@ -251,7 +251,7 @@ def parse_args(argv=None):
 # the built-in datasets (data/build_datasets.py): directory name -> its --only choice
 BUILT_IN_DATASETS = {"manpages": "manpages", "foldoc": "foldoc", "pyfaq": "pyfaq", "faqs": "faqs",
                      "faqs-heldout": "faqs", "faqs-heldout-eq30": "faqs", "faqs-more": "faqs-more",
-                     "faqs-extra": "faqs-extra"}
+                     "faqs-extra": "faqs-extra", "debian-faq": "debian-faq", "debian-faq-eq30": "debian-faq"}
 
 
 def dataset_problem(data_dir, flag="--data") -> str | None:

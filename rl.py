@@ -87,7 +87,7 @@ def parse_args(argv=None):
     g = ap.add_argument_group("data")
     g.add_argument("--data", default="data/beir/manpages,data/beir/foldoc",
                    help="comma-separated BEIR directories whose --split qrels give the training queries")
-    g.add_argument("--split", default="train", help="qrels split to train on (never pyfaq, never test)")
+    g.add_argument("--split", default="train", help="qrels split to train on (never pyfaq or debian-*, never test)")
     g.add_argument("--docs-per-query", type=int, default=20, help="N: candidate documents per query (paper: 20)")
     g.add_argument("--positives", type=int, default=1, help="at most this many positives among the N (paper: 1)")
     g.add_argument("--match-length", action="store_true", help="cut each negative's text to its leading sentences, "
@@ -345,8 +345,9 @@ class TrainData:
         self.sets, self.keys = {}, []
         for d in dirs:
             name = os.path.basename(os.path.normpath(d))
-            if name == "pyfaq" or split == "test":
-                raise SystemExit(f"--data {d} --split {split}: pyfaq and test splits are held out; never train on them")
+            if name == "pyfaq" or name.startswith("debian-") or split == "test":
+                raise SystemExit(f"--data {d} --split {split}: pyfaq, debian-* and test splits are held out; "
+                                 "never train on them")
             queries, qrels = load_queries(d), load_qrels(d, split)
             qids = sorted(q for q in qrels if q in queries and any(g >= 1 for g in qrels[q].values()))
             if not qids:

@@ -3,7 +3,7 @@
 Run:
     python data/build_datasets.py                  # all of them
     python data/build_datasets.py --only faqs      # one of: manpages, foldoc, pyfaq, faqs, faqs-more,
-                                                   # faqs-extra
+                                                   # faqs-extra, debian-faq
 
 Output, under data/beir/<name>/: corpus.jsonl, queries.jsonl, qrels/{train,dev,test}.tsv and
 SOURCES.txt (the Debian packages, versions and sha256 used, with their licences).
@@ -43,6 +43,14 @@ SOURCES.txt (the Debian packages, versions and sha256 used, with their licences)
               questions with a '?'. Distractors: sections of the PuTTY, WeeChat, Privoxy, MPlayer, lxml and
               Django manuals and the Mojolicious guides. None of its sources is in faqs, faqs-more or
               faqs-heldout.
+    debian-faq the test set, reported once at the end: query = a question of the Debian project's own
+              FAQ (debian-faq; a section heading with a '?', numbering removed); relevant = that
+              section's answer (grade 2). Distractors: up to 1,500 sections of the Debian Reference
+              (debian-reference-en), a fixed hash-ordered subsample (2.100 has 441 of 20 words or more,
+              so all are taken). Titles empty. Every judgement is in qrels/test.tsv; no training set
+              reads the Debian project's documents, and nothing is trained or tuned on this one.
+              `--only debian-faq` also builds:
+    debian-faq-eq30     the same, every document cut to its first 30 words, so length tells nothing.
 
 Determinism: a fixed list of packages pinned to exact versions is fetched with `apt-get download`
 into data/cache/debs and unpacked with `dpkg-deb -x` into data/cache/extract (nothing is
@@ -109,6 +117,9 @@ LICENCES = {
                   "(MIT); doxygen-doc GPL-2; python-lxml-doc BSD-3-clause; docutils-doc public domain; "
                   "python-django-doc BSD-3-clause; python-sqlalchemy-doc Expat (MIT); libmoose-perl and "
                   "libtemplate-perl GPL-1+ or Artistic; libmojolicious-perl Artistic-2.0",
+    "debian-faq": "per package (see usr/share/doc/<package>/copyright in each .deb): debian-faq, Copyright "
+                  "1996-2003 Software in the Public Interest, verbatim and modified copies permitted under "
+                  "an identical permission notice; debian-reference-en GPL-2+",
 }
 
 
@@ -1186,6 +1197,7 @@ HTML_END = {
     "graphicsmagick": r'<p><a href="Copyright\.html">', "doxygen-doc": r"<!-- start footer part -->",
     "python-django-doc": r'<div class="yui-b" id="sidebar">',
     "python-sqlalchemy-doc": r'<div id="docs-bottom-navigation"',
+    "debian-faq": r'<div class="(?:footnotes|navfooter)">', "debian-reference-en": r'<div class="(?:footnotes|navfooter)">',
 }
 # HTML FAQs whose questions are headings: (source, package, file or glob)
 HEADING_FAQS_EXTRA = [
@@ -1372,10 +1384,75 @@ def build_faqs_extra(cache_dir, allow_other_versions=False, n_distractors=4000):
                   cache_dir, allow_other_versions, n_distractors)
 
 
+# ================================================================ the Debian FAQ (debian-faq): the test set
+
+# The Debian project's own documents, which no training set reads: the FAQ's questions against
+# its answers and sections of the Debian Reference. Every judgement is a test judgement.
+DEBIAN_PACKAGES = [("debian-faq", "11.1"), ("debian-reference-en", "2.100")]
+DEBIAN_FAQ_DIR = "usr/share/doc/debian/FAQ"            # one page a chapter: basic-defs.en.html, ...
+DEBIAN_REFERENCE_DIR = "usr/share/debian-reference"    # pr01, ch01-ch12, apa .en.html
+_DOCBOOK_TOC = r'(?s)<div class="toc">.*?</div>'       # a chapter's table of contents (no nested divs)
+
+
+def docbook_page(pkg, text):
+    """A DocBook chapter page (the Debian FAQ, the Debian Reference), ready for html_heading_sections:
+    cut at its footnotes and navigation footer (HTML_END), its table of contents and footnote marks
+    ("[1]") dropped."""
+    text = re.sub(_DOCBOOK_TOC, " ", html_page(pkg, text))
+    return re.sub(r'<sup class="footnote">.*?</sup>', "", text)
+
+
+def docbook_faq(page):
+    """A DocBook FAQ whose questions are section headings (the Debian FAQ: <h2 class="title"><a
+    id="whatisdebian"></a>1.2. What is Debian GNU/Linux?</h2>). A heading with a '?' is a question;
+    its answer is its section's text and that of the subsections that are not questions ("8.1.1.
+    dpkg" under "8.1. What programs does Debian provide ...?"), up to the next heading of its level
+    or above. -> [(question, answer)]"""
+    out, enclosing = [], []  # enclosing: (level, index in out) of the questions whose section we are in
+    for level, head, text in html_heading_sections(page):
+        while enclosing and enclosing[-1][0] >= level:
+            enclosing.pop()
+        if "?" in head:
+            enclosing.append((level, len(out)))
+            out.append([head, text])
+        elif enclosing:
+            answer = out[enclosing[-1][1]]
+            answer[1] = " ".join([answer[1], clean_question(head), text]).strip()
+    return [(q, a) for q, a in out]
+
+
+def debian_reference_sections(root):
+    """Every section of the Debian Reference's English HTML (the contents page skipped). -> {doc_id: text}"""
+    out = {}
+    for path in sorted((root / DEBIAN_REFERENCE_DIR).glob("*.en.html")):
+        if path.name != "index.en.html":
+            for _, head, text in html_heading_sections(docbook_page("debian-reference-en", read_text_file(path))):
+                add_section(out, f"debian-reference-{path.name.split('.')[0]}#{slug(head)}", text)
+    return {d: t for d, t in out.items() if len(t.split()) >= 20}
+
+
+def build_debian_faq(cache_dir, allow_other_versions=False, n_distractors=1500):
+    debs = fetch(DEBIAN_PACKAGES, cache_dir, allow_other_versions)
+    roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
+    faq = roots["debian-faq"] / DEBIAN_FAQ_DIR
+    pages = [p for p in sorted(faq.glob("*.en.html")) if p.name != "index.en.html"]  # index: title page, contents
+    if not pages:
+        sys.exit(f"{faq}: no *.en.html pages in the unpacked package (a different package version?)")
+    sources = {"debian-faq": [(f"debian-faq#{slug(q)}", q, a) for path in pages
+                              for q, a in docbook_faq(docbook_page("debian-faq", read_text_file(path)))]}
+    corpus, queries, qrels = faq_records("debian-faq", sources, "debfaq", need_question_mark=True)
+    add_distractors(corpus, debian_reference_sections(roots["debian-reference-en"]), n_distractors)
+    judged = {"test": qrels}  # the test set: no train or dev split, nothing is trained or tuned on it
+    write_dataset("debian-faq", corpus, queries, judged, sources_txt("debian-faq", debs))
+    # the same, every document cut to its first EQUAL_WORDS words: length tells nothing
+    cut = {d: {**v, "text": words(v["text"], EQUAL_WORDS)} for d, v in corpus.items()}
+    write_dataset(f"debian-faq-eq{EQUAL_WORDS}", cut, queries, judged, sources_txt("debian-faq", debs))
+
+
 # ================================================================ CLI
 
 BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq, "faqs": build_faqs,
-            "faqs-more": build_faqs_more, "faqs-extra": build_faqs_extra}
+            "faqs-more": build_faqs_more, "faqs-extra": build_faqs_extra, "debian-faq": build_debian_faq}
 
 
 def parse_args(argv=None):

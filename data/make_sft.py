@@ -4,10 +4,10 @@
     python data/make_sft.py --mapping graded --max-queries 500 --out runs/sft/small.jsonl
     python data/make_sft.py --datasets faqs manpages:300 foldoc:300     # a mix with stated proportions
 
-For every TRAIN query of the chosen datasets (manpages, foldoc, faqs; pyfaq is the held-out test
-set and is refused), candidates are mined as in ERank (data/bm25.mine_candidates): every judged
-positive plus negatives sampled from BM25 ranks 1-10 ("hard"), 11-100 ("medium") and 101-1000
-("easy"). Grades become integer scores through --mapping:
+For every TRAIN query of the chosen datasets (manpages, foldoc, faqs; pyfaq and debian-faq are
+held-out test sets and are refused), candidates are mined as in ERank (data/bm25.mine_candidates):
+every judged positive plus negatives sampled from BM25 ranks 1-10 ("hard"), 11-100 ("medium") and
+101-1000 ("easy"). Grades become integer scores through --mapping:
 
     binary   grade >= 1 -> 10, negative -> 0
     graded   grade 2 -> 10, grade 1 -> 5, negative -> 0                       (default)
@@ -143,7 +143,7 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
     negatives and the other answers come from the positive's own page when it has enough of them:
     the neighbouring answers a reranker of that FAQ must tell apart."""
     name = Path(data_dir).resolve().name
-    if split == "train" and (name == "pyfaq" or name.startswith("faqs-heldout")):
+    if split == "train" and (name == "pyfaq" or name.startswith(("faqs-heldout", "debian-"))):
         raise SystemExit(f"{data_dir}: {name} is held out for evaluation; never train on it")
     corpus, queries, qrels = load_corpus(data_dir), load_queries(data_dir), load_qrels(data_dir, split)
     qids = sorted(q for q in qrels if q in queries)

@@ -416,6 +416,32 @@ def test_vsftpd_docbook_qanda_and_definition_list_faqs():
     assert bd.dl_faq(w3m) == [("How do I pronounce w3m?", "It's W-three-M.")]
 
 
+def test_debian_faq_questions_keep_their_non_question_subsections():
+    # the Debian FAQ's DocBook markup (debian-faq 11.1, pkgtools.en.html and support.en.html, shortened)
+    page = ('<div class="navheader"><table><tr><th>Chapter 8. Tools</th></tr></table><hr /></div><div class="chapter">'
+            '<div class="titlepage"><div><div><h1 class="title"><a id="pkgtools"></a>Chapter 8. The Debian package '
+            'management tools</h1></div></div></div><div class="toc"><p><strong>Table of Contents</strong></p>'
+            '<dl class="toc"><dt><span class="section"><a href="pkgtools.en.html#pkgprogs">8.1. What programs does '
+            'Debian provide?</a></span></dt></dl></div><div class="section"><div class="titlepage"><div><div>'
+            '<h2 class="title"><a id="pkgprogs"></a>8.1. What programs does Debian provide for managing its '
+            'packages?</h2></div></div></div><p>\nThere are multiple tools.\n</p><div class="section"><div '
+            'class="titlepage"><div><div><h3 class="title"><a id="dpkg"></a>8.1.1. dpkg</h3></div></div></div><p>\n'
+            'This is the main <code class="literal">dpkg</code> program.<a href="#ftn.idm475" class="footnote" '
+            'id="idm475"><sup class="footnote">[1]</sup></a>\n</p></div><div class="section"><div class="titlepage">'
+            '<div><div><h4 class="title"><a id="coc"></a>8.1.1.1. What is the code of conduct?</h4></div></div></div>'
+            '<p>Be polite.</p></div><h3 class="title"><a id="apt-get"></a>8.1.2. APT</h3><p>APT is the Advanced '
+            'Package Tool.</p></div><div class="section"><div class="titlepage"><div><div><h2 class="title"><a '
+            'id="authors"></a>8.2. Authors</h2></div></div></div><p>Many people.</p></div></div><div '
+            'class="footnotes"><br /><hr /><div id="ftn.idm475" class="footnote"><p>[1] A footnote.</p></div></div>'
+            '<div class="navfooter"><hr /><table><tr><td>Chapter 9. Keeping your Debian system up-to-date</td>'
+            '</tr></table></div></body></html>')
+    assert bd.docbook_faq(bd.docbook_page("debian-faq", page)) == [
+        ("8.1. What programs does Debian provide for managing its packages?",
+         "There are multiple tools. dpkg This is the main dpkg program. APT APT is the Advanced Package Tool."),
+        ("8.1.1.1. What is the code of conduct?", "Be polite.")]
+    assert bd.clean_question("8.1.1.1. What is the code of conduct?") == "What is the code of conduct?"
+
+
 # ---------------------------------------------------------------- SFT mix
 
 def test_dataset_spec_name_or_name_colon_cap():
@@ -584,6 +610,6 @@ def test_page_negatives_come_from_the_positives_own_page(tmp_path, monkeypatch):
 
 def test_held_out_sets_are_refused_for_training(tmp_path):
     from data import make_sft
-    for name in ("pyfaq", "faqs-heldout", "faqs-heldout-eq30"):
+    for name in ("pyfaq", "faqs-heldout", "faqs-heldout-eq30", "debian-faq", "debian-faq-eq30"):
         with pytest.raises(SystemExit, match="held out"):
             make_sft.make_records(tmp_path / name, split="train")
