@@ -864,12 +864,13 @@ def test_leftovers_of_a_killed_write_are_pruned_but_not_a_write_of_this_run(tmp_
 
 def test_a_run_continues_from_a_committed_adapter(tmp_path, capsys):
     """sft.py --init-adapter A, then export_adapter(A, new run): the base model plus the combined
-    adapter equals the continued run's final weights. The log says the adapter is added in memory:
-    the starting model's files are not changed."""
+    adapter equals the continued run's final weights, also where the two adapters cover different
+    blocks (the first the last block only, the second all). The log says the adapter is added in
+    memory: the starting model's files are not changed."""
     from tools import export_adapter
 
     data = write_records(tmp_path / "r.jsonl", n=8)
-    sft.main(train_args(data, tmp_path / "a", "--steps", "2"))
+    sft.main(train_args(data, tmp_path / "a", "--steps", "2", "--lora-layers", "1"))
     first = str(tmp_path / "a" / "final" / "adapter.safetensors")
     capsys.readouterr()
     sft.main(train_args(data, tmp_path / "b", "--steps", "2", "--init-adapter", first))
@@ -877,6 +878,8 @@ def test_a_run_continues_from_a_committed_adapter(tmp_path, capsys):
     assert f"added {first} to the weights of" in out and "in memory (the files on disk are unchanged)" in out, out
     assert not [line for line in out.splitlines() if first in line and "merg" in line], out
     combined = export_adapter.combine([first, str(tmp_path / "b" / "final")])
+    ranks = {k: v.shape[0] for k, v in combined.items() if k.endswith(".lora_A")}
+    assert sorted(set(ranks.values())) == [16, 32], ranks  # the last block's modules hold both deltas
     from safetensors.torch import save_file
     save_file(combined, str(tmp_path / "both.safetensors"))
     model, _ = load()
