@@ -807,7 +807,8 @@ def main(argv=None):
     step, _ = start_or_resume(run, args.resume, total, policy, trainable, opt,
                               must_match=("lora_rank", "lora_layers", "init_adapter_sha256"),
                               warn_if_changed=("model", "init_adapter", "data", "match_length", "reward", "rr_ties",
-                                               "lora_alpha", "group_size", "docs_per_query", "seed", "lr", "sharding"))
+                                               "lora_alpha", "group_size", "docs_per_query", "seed", "lr", "sharding",
+                                               "device", "autocast"))
 
     dev_cache = {}
 

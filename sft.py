@@ -474,7 +474,7 @@ def main(argv=None):
                                must_match=("lora_rank", "lora_layers", "init_adapter_sha256")
                                + (("world_size",) if grouped else ()),  # it decides which batches are kept
                                warn_if_changed=("model", "init_adapter", "data", "loss", "lora_alpha", "batch_size", "seed", "lr",
-                                                "max_doc_tokens"),
+                                                "max_doc_tokens", "device", "autocast"),
                                schedule_flags="--data/--batch-size/--epochs/--steps")
     if st is not None:
         set_rng_state(st["rng"])

@@ -90,7 +90,7 @@ def add_checkpoint_args(ap, out: str, save_every: int):
     g.add_argument("--keep-checkpoints", type=int, default=2, help="step-N/ directories kept (the newest; "
                    "older ones are deleted; 0 = keep all). last/ and final/ are always kept")
     g.add_argument("--resume", action="store_true", help="continue exactly from <out>/last, with the arguments "
-                   "it was started with (flags given again override them)")
+                   "it was started with (flags given again override them; a switch saved on stays on)")
 
 
 def parse_resuming(ap, argv=None):
@@ -108,6 +108,8 @@ def parse_resuming(ap, argv=None):
             saved = json.load(f)
     except (OSError, ValueError) as e:
         raise SystemExit(f"{saved_path}: cannot read the saved arguments ({e})")
+    if not isinstance(saved, dict):
+        raise SystemExit(f"{saved_path}: the saved arguments are not a JSON object")
     keep = set(vars(args)) - {"resume", "out", "max_steps", "device", "cpu_offload"}
     ap.set_defaults(**{k: v for k, v in saved.items() if k in keep})
     return ap.parse_args(argv)

@@ -58,6 +58,10 @@ def minilm_run(first_run: dict, data: Path) -> dict:
     with torch.no_grad():
         for q, cands in sorted(first_run.items()):
             ids = sorted(cands)
+            missing = ([q] if q not in queries else []) + [d for d in ids if d not in corpus]
+            if missing:
+                raise SystemExit(f"{data}: the first run's query or documents {missing[:3]} are not in it; "
+                                 "is --data the dataset the run ranked?")
             texts = [(corpus[d].get("title", "") + "\n" + corpus[d]["text"]).strip() for d in ids]
             out[q] = dict(zip(ids, (embed(model, tok, texts) @ embed(model, tok, [queries[q]])[0]).tolist()))
     return out
@@ -73,7 +77,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     qrels = load_qrels(Path(args.data), args.split)
     top = lambda run: {q: dict(sorted(s.items(), key=lambda x: -x[1])[:args.top_k]) for q, s in run.items()}
-    runs = {Path(p).name: top(read_trec_run(p)) for p in args.run}
+    runs = {p: top(read_trec_run(p)) for p in dict.fromkeys(args.run)}  # each file once, named by its path
     if args.minilm:
         runs["all-MiniLM-L6-v2"] = minilm_run(next(iter(runs.values())), Path(args.data))
     print("| run | questions | relevant first | AUC vs its page's other documents | AUC vs other pages' |")

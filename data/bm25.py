@@ -217,7 +217,8 @@ def mine_candidates(bm25, queries, qrels, n_hard=10, n_medium=5, n_easy=4, seed=
             pool = [d for d in ranked[lo - 1:hi] if rels.get(d, 0) < 1 and d not in taken]
             if bucket == "hard" and page is not None:
                 same_page = [d for d in ranked if page[d] == page[pos[0][0]] and rels.get(d, 0) < 1]
-                pool = same_page[:max(hi, want["hard"])] if len(same_page) >= want["hard"] else pool
+                if len(same_page) >= want["hard"]:  # the page's own first ranks; else ranks 1-10 of all
+                    pool = same_page[:max(hi, want["hard"])]
             picks = rng.sample(pool, min(want[bucket], len(pool)))
             spare = [d for d in pool if d not in picks]
             for d in picks:

@@ -143,7 +143,10 @@ def make_records(data_dir, split="train", mapping="graded", max_queries=0, max_p
     negatives and the other answers come from the positive's own page when it has enough of them:
     the neighbouring answers a reranker of that FAQ must tell apart."""
     name = Path(data_dir).resolve().name
-    if split == "train" and (name == "pyfaq" or name.startswith(("faqs-heldout", "debian-"))):
+    if split == "test" or name == "pyfaq" or name.startswith("debian-"):
+        raise SystemExit(f"{data_dir} --split {split}: test splits, pyfaq and debian-* are held out for "
+                         "testing; records are never made from them")
+    if split == "train" and name.startswith("faqs-heldout"):
         raise SystemExit(f"{data_dir}: {name} is held out for evaluation; never train on it")
     corpus, queries, qrels = load_corpus(data_dir), load_queries(data_dir), load_qrels(data_dir, split)
     qids = sorted(q for q in qrels if q in queries)
@@ -270,8 +273,11 @@ def main(argv=None):
               + " | near-duplicate negatives dropped: " + ", ".join(f"{b} {n}" for b, n in dropped.items()),
               file=sys.stderr)
         if args.page_negatives:
-            page = {r["qid"]: r["docid"].split("#")[0] for r in recs if r["label"].startswith("grade")}
-            near = [r["label"] in ("hard", "other") and r["docid"].split("#")[0] == page[r["qid"]] for r in recs]
+            page_of = {}  # qid -> the page negatives were mined from: that of its first positive record
+            for r in recs:
+                if r["label"].startswith("grade"):
+                    page_of.setdefault(r["qid"], r["docid"].split("#")[0])
+            near = [r["label"] in ("hard", "other") and r["docid"].split("#")[0] == page_of[r["qid"]] for r in recs]
             print(f"{name}: {sum(near)} hard and other negatives from the positive's page"
                   + ("" if sum(near) else " (its ids are not PAGE#SECTION, or no page has enough)"), file=sys.stderr)
         records += recs

@@ -613,3 +613,8 @@ def test_held_out_sets_are_refused_for_training(tmp_path):
     for name in ("pyfaq", "faqs-heldout", "faqs-heldout-eq30", "debian-faq", "debian-faq-eq30"):
         with pytest.raises(SystemExit, match="held out"):
             make_sft.make_records(tmp_path / name, split="train")
+    for name in ("pyfaq", "debian-faq", "debian-faq-eq30"):  # test sets: no records from any split
+        with pytest.raises(SystemExit, match="held out"):
+            make_sft.make_records(tmp_path / name, split="dev")
+    with pytest.raises(SystemExit, match="held out"):  # nor from any dataset's test split
+        make_sft.make_records(tmp_path / "manpages", split="test")

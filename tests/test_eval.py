@@ -455,8 +455,8 @@ def test_the_curves_points_are_in_order_and_name_their_sections():
 def test_neighbour_stats_split_the_negatives_by_page():
     from bench.neighbours import neighbour_stats
     run = {"q1": {"a#1": 3.0, "a#2": 5.0, "b#1": 1.0},   # its page's other answer above it, another page's below
-           "q2": {"a#3": 2.0, "b#2": 4.0, "a#4": 0.0}}   # the other way round; q3 has no judged document here
+           "q2": {"a#3": 2.0, "b#2": 4.0, "a#4": 3.0}}   # both above it; q3 has no judged document here
     qrels = {"q1": {"a#1": 2}, "q2": {"a#3": 2}, "q3": {"c#1": 2}}
     s = neighbour_stats({**run, "q3": {"a#1": 1.0}}, qrels)
     assert (s["questions"], s["first"]) == (2, 0)
-    assert s["auc_same_page"] == 0.5 and s["auc_other_pages"] == 0.5  # (0 + 1) / 2 both ways
+    assert s["auc_same_page"] == 0.0 and s["auc_other_pages"] == 0.5  # (0 + 0) / 2 and (1 + 0) / 2

@@ -331,6 +331,9 @@ def test_rollouts_repeat_with_the_same_seed_and_parse_fast_mode_answers(toy):
 def test_training_data_refuses_held_out_sets(toy):
     with pytest.raises(SystemExit, match="held out"):
         rl.TrainData([toy["data"]], "test", 4, 1, 0, toy["cache"])
+    for name in ("pyfaq", "debian-faq", "debian-faq-eq30"):  # whatever the split
+        with pytest.raises(SystemExit, match="held out"):
+            rl.TrainData([f"data/beir/{name}"], "train", 4, 1, 0, toy["cache"])
 
 
 def test_training_data_gives_one_positive_and_mined_negatives(toy):

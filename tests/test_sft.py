@@ -447,6 +447,9 @@ def test_resume_with_unreadable_saved_arguments_says_which_file(tmp_path):
     (tmp_path / "last" / "args.json").write_text("{not json")
     with pytest.raises(SystemExit, match=r"last/args.json: cannot read the saved arguments"):
         sft.parse_args(["--resume", "--out", str(tmp_path)])
+    (tmp_path / "last" / "args.json").write_text("[]")  # JSON, but not the arguments' object
+    with pytest.raises(SystemExit, match=r"last/args.json: the saved arguments are not a JSON object"):
+        sft.parse_args(["--resume", "--out", str(tmp_path)])
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -598,8 +601,9 @@ def test_dev_evaluation_logs_ndcg(tmp_path):
 
 def test_dev_evaluation_refuses_the_test_set(tmp_path):
     model, tok = load()
-    with pytest.raises(ValueError, match="held-out"):
-        E.dev_ndcg(model, tok, "data/beir/pyfaq")
+    for data, split in (("data/beir/pyfaq", "dev"), ("data/beir/debian-faq", "dev"), ("data/beir/manpages", "test")):
+        with pytest.raises(ValueError, match="held-out"):
+            E.dev_ndcg(model, tok, data, split=split)
 
 
 def test_training_and_inference_cut_documents_to_the_same_tokens():
