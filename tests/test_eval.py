@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import re
+import statistics
 import sys
 
 import pytest
@@ -460,3 +461,24 @@ def test_neighbour_stats_split_the_negatives_by_page():
     s = neighbour_stats({**run, "q3": {"a#1": 1.0}}, qrels)
     assert (s["questions"], s["first"]) == (2, 0)
     assert s["auc_same_page"] == 0.0 and s["auc_other_pages"] == 0.5  # (0 + 0) / 2 and (1 + 0) / 2
+
+
+def test_paired_runs_compare_the_same_steps_and_refuse_other_batches(tmp_path, capsys):
+    from bench import paired_runs
+
+    def log(name, losses, tokens):
+        (tmp_path / name).mkdir()
+        rows = [{"step": k + 1, "answer_loss": x, "tokens": t, "seconds": 1.0} for k, (x, t) in enumerate(zip(losses, tokens))]
+        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    log("a", [0.5, 0.4, 0.6, 0.3], [10, 11, 12, 13])
+    log("b", [0.4, 0.2, 0.5, 0.3], [10, 11, 12, 13])   # lower by 0.1, 0.2, 0.1, 0.0
+    log("c", [0.4, 0.2, 0.5, 0.3], [10, 99, 12, 13])   # another batch at step 2
+    r = paired_runs.paired(paired_runs.read_log(tmp_path / "a"), paired_runs.read_log(tmp_path / "b"), 1, 3)
+    assert r["steps"] == 3 and r["diff"] == pytest.approx(-0.4 / 3) and r["a"] == pytest.approx(0.5)
+    assert r["se"] == pytest.approx(statistics.stdev([-0.1, -0.2, -0.1]) / 3 ** 0.5)
+    paired_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--ranges", "1-3", "4-4"])
+    out = capsys.readouterr().out
+    assert "| 1-3 | 3 | -0.1333 ± 0.0333 | -4.0 |" in out and "| 4-4 | fewer than 2" in out
+    with pytest.raises(SystemExit, match="read different batches .* from step 2"):
+        paired_runs.main([str(tmp_path / "a"), str(tmp_path / "c")])
