@@ -468,7 +468,9 @@ def test_paired_runs_compare_the_same_steps_and_refuse_other_batches(tmp_path, c
 
     def log(name, losses, tokens):
         (tmp_path / name).mkdir()
-        rows = [{"step": k + 1, "answer_loss": x, "tokens": t, "seconds": 1.0} for k, (x, t) in enumerate(zip(losses, tokens))]
+        rows = [{"step": k + 1, "answer_loss": x, "tokens": t, "seconds": 1.0, "epoch": 0}
+                for k, (x, t) in enumerate(zip(losses, tokens))]
+        rows.append({"step": 5, "answer_loss": 9.0, "tokens": 1, "seconds": 1.0, "epoch": 1})  # read again: left out
         (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     log("a", [0.5, 0.4, 0.6, 0.3], [10, 11, 12, 13])
@@ -479,6 +481,7 @@ def test_paired_runs_compare_the_same_steps_and_refuse_other_batches(tmp_path, c
     assert r["se"] == pytest.approx(statistics.stdev([-0.1, -0.2, -0.1]) / 3 ** 0.5)
     paired_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--ranges", "1-3", "4-4"])
     out = capsys.readouterr().out
+    assert "4 first-epoch steps" in out and "at step 1 (before any update if 1): -0.1000" in out
     assert "| 1-3 | 3 | -0.1333 ± 0.0333 | -4.0 |" in out and "| 4-4 | fewer than 2" in out
     with pytest.raises(SystemExit, match="read different batches .* from step 2"):
         paired_runs.main([str(tmp_path / "a"), str(tmp_path / "c")])
