@@ -86,8 +86,8 @@ def main(argv=None):
         if r is None:
             print(f"| {first}-{last} | fewer than 2 steps logged by both | | | | | |")
             continue
-        ratio = r["diff"] / r["se"] if r["se"] > 0 else float("nan")
-        print(f"| {first}-{last} | {r['steps']} | {r['diff']:+.4f} ± {r['se']:.4f} | {ratio:+.1f} | {r['a']:.3f} | "
+        ratio = f"{r['diff'] / r['se']:+.1f}" if r["se"] > 0 else "–"  # identical runs: every difference 0
+        print(f"| {first}-{last} | {r['steps']} | {r['diff']:+.4f} ± {r['se']:.4f} | {ratio} | {r['a']:.3f} | "
               f"{r['b']:.3f} | {r['a_seconds']:.1f} / {r['b_seconds']:.1f} |")
 
 
