@@ -251,7 +251,8 @@ def parse_args(argv=None):
 # the built-in datasets (data/build_datasets.py): directory name -> its --only choice
 BUILT_IN_DATASETS = {"manpages": "manpages", "foldoc": "foldoc", "pyfaq": "pyfaq", "faqs": "faqs",
                      "faqs-heldout": "faqs", "faqs-heldout-eq30": "faqs", "faqs-more": "faqs-more",
-                     "faqs-extra": "faqs-extra", "debian-faq": "debian-faq", "debian-faq-eq30": "debian-faq"}
+                     "faqs-extra": "faqs-extra", "faqs-wide": "faqs-wide", "debian-faq": "debian-faq",
+                     "debian-faq-eq30": "debian-faq"}
 
 
 def dataset_problem(data_dir, flag="--data") -> str | None:

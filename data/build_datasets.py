@@ -3,7 +3,7 @@
 Run:
     python data/build_datasets.py                  # all of them
     python data/build_datasets.py --only faqs      # one of: manpages, foldoc, pyfaq, faqs, faqs-more,
-                                                   # faqs-extra, debian-faq
+                                                   # faqs-extra, faqs-wide, debian-faq
 
 Output, under data/beir/<name>/: corpus.jsonl, queries.jsonl, qrels/{train,dev,test}.tsv and
 SOURCES.txt (the Debian packages, versions and sha256 used, with their licences).
@@ -43,6 +43,11 @@ SOURCES.txt (the Debian packages, versions and sha256 used, with their licences)
               questions with a '?'. Distractors: sections of the PuTTY, WeeChat, Privoxy, MPlayer, lxml and
               Django manuals and the Mojolicious guides. None of its sources is in faqs, faqs-more or
               faqs-heldout.
+    faqs-wide  training data in faqs' form from 165 more projects: every English FAQ in Markdown,
+              reStructuredText or plain text that Debian 12 ships and no set above reads, listed with
+              pinned versions in data/faqs_wide.tsv and read by three generic parsers (a heading or
+              question line with a '?' is a question, its section the answer). No distractors: the
+              other answers, most from other projects, are the corpus.
     debian-faq the test set, reported once at the end: query = a question of the Debian project's own
               FAQ (debian-faq; a section heading with a '?', numbering removed); relevant = that
               section's answer (grade 2). Distractors: up to 1,500 sections of the Debian Reference
@@ -117,6 +122,7 @@ LICENCES = {
                   "(MIT); doxygen-doc GPL-2; python-lxml-doc BSD-3-clause; docutils-doc public domain; "
                   "python-django-doc BSD-3-clause; python-sqlalchemy-doc Expat (MIT); libmoose-perl and "
                   "libtemplate-perl GPL-1+ or Artistic; libmojolicious-perl Artistic-2.0",
+    "faqs-wide": "per package, listed below (see usr/share/doc/<package>/copyright in each .deb)",
     "debian-faq": "per package (see usr/share/doc/<package>/copyright in each .deb): debian-faq, Copyright "
                   "1996-2003 Software in the Public Interest, verbatim and modified copies permitted under "
                   "an identical permission notice; debian-reference-en GPL-2+",
@@ -1384,6 +1390,176 @@ def build_faqs_extra(cache_dir, allow_other_versions=False, n_distractors=4000):
                   cache_dir, allow_other_versions, n_distractors)
 
 
+# ================================================================ many projects' FAQs (faqs-wide)
+
+# The English FAQs in Markdown, reStructuredText or plain text that Debian 12 ships outside the sets
+# above: files named *faq* in the archive's Contents index, kept where the parsers below find at
+# least three questions. data/faqs_wide.tsv pins each package, its version and the FAQ's path. Three
+# generic parsers read them all, where the sets above have one parser a source: some answers keep
+# a little markup, in exchange for about 150 projects. Left out, as everywhere: the held-out FAQs
+# (zsh, git, curl), Python's and the Debian project's own documents (and Debian-specific FAQs such
+# as debian-java-faq), and the packages the sets above read.
+FAQS_WIDE_LIST = ROOT / "faqs_wide.tsv"
+_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+<>:._])\1{2,}\s*$")  # an rst heading's underline (or overline)
+_ENGLISH = set("the a an of to and in is it you that for be this with on are can not or if as by do i "
+               "your from at".split())
+
+
+def faqs_wide_list(path=FAQS_WIDE_LIST):
+    """data/faqs_wide.tsv -> [(package, version, path of the FAQ in the package)]; '#' lines are comments."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            fields = line.split("\t")
+            if len(fields) != 3:
+                sys.exit(f"{path}:{n}: expected 3 tab-separated fields (package, version, path), got {len(fields)}")
+            rows.append(tuple(fields))
+    return rows
+
+
+def rst_text(text):
+    """reStructuredText -> plain text: roles (:ref:`text <target>`), links (`text <url>`_), literals
+    (``code``), emphasis and directive lines (.. note::, .. _target: url, :option: lines) reduced to
+    their words."""
+    text = re.sub(r"(?m)^\s*\.\. .*$", " ", text)
+    text = re.sub(r"(?m)^\s*:[\w-]+:.*$", " ", text)
+    text = re.sub(r":[\w:+-]+:`([^`<]*?)\s*(?:<[^>]*>)?`", r"\1", text)
+    text = re.sub(r"`([^`<]*?)\s*<[^>]*>`__?", r"\1", text)
+    text = re.sub(r"``([^`]*)``", r"\1", text)
+    text = re.sub(r"`([^`]*)`_{0,2}", r"\1", text)
+    text = re.sub(r"\*\*([^*]*)\*\*", r"\1", text)
+    text = re.sub(r"(?m)^\s*([=\-~^*+#])\1{3,}\s*$", " ", text)  # transitions and stray rules
+    return " ".join(text.replace("::", ":").split())
+
+
+def rst_sections(text):
+    """reStructuredText -> [(heading, text)]: a heading is an unindented line underlined by a run of
+    one punctuation character at least as long (an overline, if any, is dropped with it)."""
+    lines = text.split("\n")
+    heads = [i for i in range(len(lines) - 1)
+             if lines[i].strip() and not lines[i].startswith(" ") and not _UNDERLINE.match(lines[i])
+             and _UNDERLINE.match(lines[i + 1]) and len(lines[i + 1].rstrip()) >= len(lines[i].rstrip())]
+    out = []
+    for k, i in enumerate(heads):
+        end = heads[k + 1] if k + 1 < len(heads) else len(lines)
+        if k + 1 < len(heads) and end - 1 > i + 1 and _UNDERLINE.match(lines[end - 1]):
+            end -= 1  # the next heading's overline
+        out.append((lines[i].strip(), rst_text("\n".join(lines[i + 2:end]))))
+    return out
+
+
+def md_sections(text):
+    """Markdown -> [(heading, text)]: '#' headings, underlined (=== / ---) headings and lines that
+    are one bold question ('**How do I ...?**'); '#' inside code fences is not a heading."""
+    text = re.sub(r"(?s)```.*?```", lambda m: m.group(0).replace("#", " "), text)
+    lines = text.split("\n")
+    heads = []  # (line, heading, lines it takes)
+    for i, line in enumerate(lines):
+        atx = re.match(r"^#{1,6}\s+(.*?)[\s#]*$", line)
+        if atx:
+            heads.append((i, atx.group(1), 1))
+        elif (i + 1 < len(lines) and line.strip() and not line.startswith(" ")
+              and re.match(r"^(?:={3,}|-{3,})\s*$", lines[i + 1])):
+            heads.append((i, line.strip(), 2))
+        elif re.match(r"^\s*(?:[-*]\s+)?\*\*[^*]+\?\*\*\s*$", line):
+            heads.append((i, line.strip(" -*"), 1))
+    out = []
+    for k, (i, head, taken) in enumerate(heads):
+        end = heads[k + 1][0] if k + 1 < len(heads) else len(lines)
+        out.append((markdown_text(head), markdown_text("\n".join(lines[i + taken:end]))))
+    return out
+
+
+_TEXT_QUESTION = re.compile(r"^\s{0,4}(?:Q(?:uestion)?\s*\d*[:.)]\s*|\d+(?:\.\d+)*[.):]?\s+|[-*o]\s+)?(\S.*\?)\s*$")
+
+
+def text_sections(text):
+    """Plain-text FAQ -> [(question, answer)]: a question is a line after a blank line that ends with
+    '?' (numbering, "Q:" or a bullet before it dropped; indented at most 4 spaces; at most 30 words),
+    its answer everything up to the next question ("A:" dropped)."""
+    out, lines = [], text.split("\n")
+    for i, line in enumerate(lines):
+        m = _TEXT_QUESTION.match(line)
+        if m and (i == 0 or not lines[i - 1].strip()) and len(m.group(1).split()) <= 30:
+            out.append([m.group(1), []])
+        elif out:
+            out[-1][1].append(line)
+    return [(q, " ".join(" ".join(a).split())) for q, a in out]
+
+
+def english(text):
+    """Mostly ASCII, with English function words among its words (drops the translated FAQs)."""
+    found = re.findall(r"[A-Za-z']+", text.lower())
+    return (len(found) >= 3 and sum(w in _ENGLISH for w in found) >= 0.12 * len(found)
+            and sum(c.isascii() for c in text) >= 0.9 * len(text))
+
+
+def faq_heading(text):
+    """A question heading's own marks dropped: anchors (<a name="x"/>, {#Q021}), rst roles and literals,
+    heading rules ("== Q =="), labels ("[Q] -", "<11>", "[G.3]", "Q.", ": ") and escapes ("\\?")."""
+    text = re.sub(r"<a\b[^>]*>|</a>|\{#[^}]*\}", "", text, flags=re.I)
+    text = rst_text(text).replace("\\", "")
+    return re.sub(r"^(?:[=*#:\s]+|\[Q\]\s*-?\s*|<\d+>\s*|\[[A-Z]?\.?\d+(?:\.\d+)*\]\s*|Q\.\s+)+|[=*#\s]+$", "", text)
+
+
+def generic_faq(path, text):
+    """One FAQ file, by its format (.rst/.rst.txt, .md/.md.txt/.markdown, anything else plain text)
+    -> [(question, answer)]: headings with a '?', English, 2-40 words a question, 5 words or more an
+    answer, heading marks ("== Q ==", "*** Q") and "A:" dropped."""
+    name = path.name.lower().removesuffix(".gz").removesuffix(".txt")
+    if name.endswith(".rst"):
+        sections = rst_sections(text)
+    elif name.endswith((".md", ".markdown")):
+        sections = md_sections(text)
+    else:
+        sections = text_sections(text)
+    out = []
+    for question, answer in sections:
+        question = faq_heading(clean_question(faq_heading(question)))  # "Q1 : Why ...?" has two labels
+        answer = re.sub(r"^(?:A(?:nswer)?\s*\d*[:.]\s+|A\d+\s+|\[A\]\s*-?\s*|-{1,3}\s+)|\s+-{3,}$", "", answer)
+        if "?" in question and 2 <= len(question.split()) <= 40 and len(answer.split()) >= 5 \
+                and english(question + " " + answer):
+            out.append((question, answer))
+    return out
+
+
+def faqs_wide_sources(roots, entries):
+    """-> {package: [(doc_id, question, answer)]}. A FAQ shipped by several packages (fonts-noto-*,
+    llvm-1x-doc) is read once, from the first; doc ids are PACKAGE#question, PACKAGE-2#... for a
+    package's second FAQ file."""
+    src, seen, files = {}, set(), {}
+    for pkg, _, path in entries:
+        text = read_text_file(roots[pkg] / path)
+        if sha1(text) in seen:
+            continue
+        seen.add(sha1(text))
+        files[pkg] = files.get(pkg, 0) + 1
+        page = pkg if files[pkg] == 1 else f"{pkg}-{files[pkg]}"
+        src.setdefault(pkg, []).extend((f"{page}#{slug(q)}", q, a) for q, a in generic_faq(Path(path), text))
+    return src
+
+
+def copyright_licence(root, pkg):
+    """The first 'License:' of a package's machine-readable copyright file, else 'see copyright'."""
+    path = root / "usr/share/doc" / pkg / "copyright"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    m = re.search(r"(?m)^License:\s*(\S.*)$", text)
+    return m.group(1).strip() if m else "see usr/share/doc/<package>/copyright"
+
+
+def build_faqs_wide(cache_dir, allow_other_versions=False):
+    entries = faqs_wide_list()
+    packages = sorted({(pkg, version) for pkg, version, _ in entries})
+    debs = fetch(packages, cache_dir, allow_other_versions)
+    roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
+    corpus, queries, qrels = faq_records("faqs-wide", faqs_wide_sources(roots, entries), "faqw",
+                                         need_question_mark=True)
+    licences = "\n".join(f"  {pkg}: {copyright_licence(roots[pkg], pkg)}" for pkg, _ in packages)
+    write_dataset("faqs-wide", corpus, queries, split_qrels(qrels, queries),
+                  sources_txt("faqs-wide", debs) + "licences (the first License: of each copyright file):\n"
+                  + licences + "\n")
+
+
 # ================================================================ the Debian FAQ (debian-faq): the test set
 
 # The Debian project's own documents, which no training set reads: the FAQ's questions against
@@ -1452,7 +1628,8 @@ def build_debian_faq(cache_dir, allow_other_versions=False, n_distractors=1500):
 # ================================================================ CLI
 
 BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq, "faqs": build_faqs,
-            "faqs-more": build_faqs_more, "faqs-extra": build_faqs_extra, "debian-faq": build_debian_faq}
+            "faqs-more": build_faqs_more, "faqs-extra": build_faqs_extra, "faqs-wide": build_faqs_wide,
+            "debian-faq": build_debian_faq}
 
 
 def parse_args(argv=None):

@@ -97,7 +97,7 @@ def parse_dataset_spec(spec: str, default_cap: int) -> tuple[str, int]:
     return name, int(cap)
 
 
-BUILT_IN = ("manpages", "foldoc", "pyfaq", "faqs", "faqs-more", "faqs-extra")  # data/build_datasets.py --only NAME
+BUILT_IN = ("manpages", "foldoc", "pyfaq", "faqs", "faqs-more", "faqs-extra", "faqs-wide")  # data/build_datasets.py --only NAME
 
 
 def check_built(root: str, name: str):

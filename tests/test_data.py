@@ -3,6 +3,7 @@ roff, HTML, plain text), the BEIR loader's error messages, BM25 against a hand c
 candidate mining with its near-duplicate filter, the SFT dataset mix and stable splits."""
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -440,6 +441,77 @@ def test_debian_faq_questions_keep_their_non_question_subsections():
          "There are multiple tools. dpkg This is the main dpkg program. APT APT is the Advanced Package Tool."),
         ("8.1.1.1. What is the code of conduct?", "Be polite.")]
     assert bd.clean_question("8.1.1.1. What is the code of conduct?") == "What is the code of conduct?"
+
+
+# ---------------------------------------------------------------- generic FAQ parsers (faqs-wide)
+
+def test_rst_sections_headings_by_underline_and_markup_reduced():
+    rst = ("=========\nBorg FAQ\n=========\n\n.. contents::\n\nUsage\n-----\n\nGeneral text.\n\n"
+           "Can I back up VM disk images?\n~~~~~~~~~~~~~~~~~~~~~~~~~~~~~\n\nYes, see :ref:`the docs <vm>` and "
+           "``borg create``,\n`the site <https://x.org>`_ and **note**::\n\n    borg list\n\n"
+           ".. _vm: https://x.org/vm\n\n------------\nWhy so slow?\n------------\nIt hashes.\n")
+    assert bd.rst_sections(rst) == [("Borg FAQ", ""), ("Usage", "General text."),
+                                     ("Can I back up VM disk images?",
+                                      "Yes, see the docs and borg create, the site and note: borg list"),
+                                     ("Why so slow?", "It hashes.")]
+    # a line of text above a short rule is no heading (the rule is shorter than the line)
+    assert bd.rst_sections("Is this a heading?\n---\nno\n") == []
+
+
+def test_md_sections_atx_setext_and_bold_questions_not_code():
+    md = ("# FAQ\n\n## How do I *start*?\n\nRun `tool` [here](http://x).\n\n```sh\n# not a heading\n```\n\n"
+          "Why is it red?\n---\nBecause.\n\n**Can I help?**\nYes please.\n")
+    assert bd.md_sections(md) == [("FAQ", ""), ("How do I *start*?", "Run tool here. not a heading"),
+                                  ("Why is it red?", "Because."), ("Can I help?", "Yes please.")]
+
+
+def test_text_sections_questions_after_a_blank_line():
+    text = ("Getmail FAQ\n\n1.2 What is a maildir?\n\n  A maildir is a format.\nIs it safe? Yes it is.\n\n"
+            "Q: Can I use it?\nA: Yes, with care.\n\n        Indented deep, is this a question?\n    no.\n")
+    assert bd.text_sections(text) == [
+        ("What is a maildir?", "A maildir is a format. Is it safe? Yes it is."),
+        ("Can I use it?", "A: Yes, with care. Indented deep, is this a question? no.")]
+
+
+def test_generic_faq_by_format_keeps_english_questions_only(tmp_path):
+    md = ("## [Q] - Is it free?\n\n[A] - Yes, it is free for you to use in any way. ---\n\n"
+          "## Installation\n\nSee the README for all of the steps.\n\n## Why?\n\nToo short.\n\n"
+          "## Wie installiere ich es?\n\nMit dem Paketmanager, der in der Distribution ist.\n")
+    assert bd.generic_faq(tmp_path / "FAQ.md.gz", md) == [("Is it free?", "Yes, it is free for you to use in any way.")]
+    text = "Q3.1: How do I quit?\n\nA: Press q and the program exits at once.\n"
+    assert bd.generic_faq(tmp_path / "FAQ", text) == [("How do I quit?", "Press q and the program exits at once.")]
+    rst = "How do I quit?\n==============\n\nPress ``q`` and the program exits.\n"
+    assert bd.generic_faq(tmp_path / "faq.rst.txt", rst) == [("How do I quit?", "Press q and the program exits.")]
+    assert not bd.english("Mit dem Paketmanager der Distribution, wie immer.")
+    assert bd.english("Press q and the program exits at once.")
+
+
+def test_faqs_wide_sources_read_a_shared_faq_once_and_name_second_files(tmp_path):
+    faq = "## How do I quit the program?\n\nPress q and it exits at once.\n"
+    for pkg, name, text in [("a", "FAQ.md", faq), ("a", "more/faq.md", faq.replace("quit", "start")),
+                            ("b", "FAQ.md", faq)]:
+        (tmp_path / pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / pkg / name).write_text(text)
+    roots = {"a": tmp_path / "a", "b": tmp_path / "b"}
+    src = bd.faqs_wide_sources(roots, [("a", "1", "FAQ.md"), ("a", "1", "more/faq.md"), ("b", "2", "FAQ.md")])
+    assert src == {"a": [("a#How-do-I-quit-the-program", "How do I quit the program?", "Press q and it exits at once."),
+                         ("a-2#How-do-I-start-the-program", "How do I start the program?",
+                          "Press q and it exits at once.")]}
+
+
+def test_faqs_wide_list_rows_and_errors(tmp_path):
+    good = tmp_path / "ok.tsv"
+    good.write_text("# comment\nzoneminder-doc\t1.36.33+dfsg1-1\tusr/share/doc/x/faq.rst.txt\n\n")
+    assert bd.faqs_wide_list(good) == [("zoneminder-doc", "1.36.33+dfsg1-1", "usr/share/doc/x/faq.rst.txt")]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("pkg 1.0 path\n")
+    with pytest.raises(SystemExit, match=r"bad.tsv:1: expected 3 tab-separated fields"):
+        bd.faqs_wide_list(bad)
+    rows = bd.faqs_wide_list()  # the committed list: no held-out, Debian or already-read source
+    used = {n for lst in (bd.FAQ_PACKAGES, bd.FAQ_MORE_PACKAGES, bd.FAQ_EXTRA_PACKAGES, bd.DEBIAN_PACKAGES,
+                          bd.PYDOC_PACKAGES) for n, _ in lst}
+    assert len(rows) > 150 and not {p for p, _, _ in rows} & used
+    assert not [path for _, _, path in rows if re.search(r"debian|/(zsh|git|curl)\b", path, re.I)]
 
 
 # ---------------------------------------------------------------- SFT mix
