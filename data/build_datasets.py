@@ -43,7 +43,7 @@ SOURCES.txt (the Debian packages, versions and sha256 used, with their licences)
               questions with a '?'. Distractors: sections of the PuTTY, WeeChat, Privoxy, MPlayer, lxml and
               Django manuals and the Mojolicious guides. None of its sources is in faqs, faqs-more or
               faqs-heldout.
-    faqs-wide  training data in faqs' form from 165 more projects: every English FAQ in Markdown,
+    faqs-wide  training data in faqs' form from 163 more projects: every English FAQ in Markdown,
               reStructuredText or plain text that Debian 12 ships and no set above reads, listed with
               pinned versions in data/faqs_wide.tsv and read by three generic parsers (a heading or
               question line with a '?' is a question, its section the answer). No distractors: the
@@ -68,6 +68,7 @@ import argparse
 import gzip
 import hashlib
 import html
+import json
 import os
 import re
 import shutil
@@ -1396,11 +1397,14 @@ def build_faqs_extra(cache_dir, allow_other_versions=False, n_distractors=4000):
 # above: files named *faq* in the archive's Contents index, kept where the parsers below find at
 # least three questions. data/faqs_wide.tsv pins each package, its version and the FAQ's path. Three
 # generic parsers read them all, where the sets above have one parser a source: some answers keep
-# a little markup, in exchange for about 150 projects. Left out, as everywhere: the held-out FAQs
+# a little markup, in exchange for about 160 projects. Left out, as everywhere: the held-out FAQs
 # (zsh, git, curl), Python's and the Debian project's own documents (and Debian-specific FAQs such
-# as debian-java-faq), and the packages the sets above read.
+# as debian-java-faq), the packages the sets above read, and any question that is also a question
+# of an evaluation set (pyfaq, faqs-heldout, debian-faq).
 FAQS_WIDE_LIST = ROOT / "faqs_wide.tsv"
+EVALUATION_SETS = ("pyfaq", "faqs-heldout", "debian-faq")
 _UNDERLINE = re.compile(r"^([=\-~^\"'`#*+<>:._])\1{2,}\s*$")  # an rst heading's underline (or overline)
+_RULE = re.compile(r"^\s*([-=_*~#])\1{3,}\s*$")               # a plain-text rule: "-----", "=====", "____"
 _ENGLISH = set("the a an of to and in is it you that for be this with on are can not or if as by do i "
                "your from at".split())
 
@@ -1419,16 +1423,21 @@ def faqs_wide_list(path=FAQS_WIDE_LIST):
 
 def rst_text(text):
     """reStructuredText -> plain text: roles (:ref:`text <target>`), links (`text <url>`_), literals
-    (``code``), emphasis and directive lines (.. note::, .. _target: url, :option: lines) reduced to
-    their words."""
+    (``code``), substitutions (|name|) and emphasis reduced to their words; directive lines (.. note::,
+    .. _target: url), field lists (:param x:) and rules dropped, and with them the bodies of the
+    directives that hold no prose (spelling, toctree, only, index, contents)."""
+    text = re.sub(r"(?m)^\.\. (?:spelling(?:word-list)?|toctree|only|index|contents)::.*\n(?:[ \t]+.*\n|[ \t]*\n)*",
+                  "", text)
     text = re.sub(r"(?m)^\s*\.\. .*$", " ", text)
-    text = re.sub(r"(?m)^\s*:[\w-]+:.*$", " ", text)
+    text = re.sub(r"(?m)^\s*:[\w -]+:(?=\s|$).*$", " ", text)  # a field, not a role (":ref:`x`" has a backtick)
     text = re.sub(r":[\w:+-]+:`([^`<]*?)\s*(?:<[^>]*>)?`", r"\1", text)
     text = re.sub(r"`([^`<]*?)\s*<[^>]*>`__?", r"\1", text)
     text = re.sub(r"``([^`]*)``", r"\1", text)
     text = re.sub(r"`([^`]*)`_{0,2}", r"\1", text)
+    text = re.sub(r"\|([\w -]+)\|", r"\1", text)
+    text = re.sub(r"\b(\w+)__?(?=[\s.,;:)]|$)", r"\1", text)  # a named link: "Django_"
     text = re.sub(r"\*\*([^*]*)\*\*", r"\1", text)
-    text = re.sub(r"(?m)^\s*([=\-~^*+#])\1{3,}\s*$", " ", text)  # transitions and stray rules
+    text = re.sub(r"(?m)^\s*([=\-~^*+#])\1{3,}\s*$", " ", text)
     return " ".join(text.replace("::", ":").split())
 
 
@@ -1450,18 +1459,21 @@ def rst_sections(text):
 
 def md_sections(text):
     """Markdown -> [(heading, text)]: '#' headings, underlined (=== / ---) headings and lines that
-    are one bold question ('**How do I ...?**'); '#' inside code fences is not a heading."""
-    text = re.sub(r"(?s)```.*?```", lambda m: m.group(0).replace("#", " "), text)
+    are one bold question ('**How do I ...?**'); nothing inside a code fence is a heading."""
     lines = text.split("\n")
-    heads = []  # (line, heading, lines it takes)
+    heads, fenced = [], False  # heads: (line, heading, lines it takes)
     for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if fenced:
+            continue
         atx = re.match(r"^#{1,6}\s+(.*?)[\s#]*$", line)
         if atx:
             heads.append((i, atx.group(1), 1))
         elif (i + 1 < len(lines) and line.strip() and not line.startswith(" ")
               and re.match(r"^(?:={3,}|-{3,})\s*$", lines[i + 1])):
             heads.append((i, line.strip(), 2))
-        elif re.match(r"^\s*(?:[-*]\s+)?\*\*[^*]+\?\*\*\s*$", line):
+        elif re.match(r"^\s*(?:[-*]\s+)?\*\*.+\?\*\*\s*$", line):
             heads.append((i, line.strip(" -*"), 1))
     out = []
     for k, (i, head, taken) in enumerate(heads):
@@ -1470,20 +1482,36 @@ def md_sections(text):
     return out
 
 
-_TEXT_QUESTION = re.compile(r"^\s{0,4}(?:Q(?:uestion)?\s*\d*[:.)]\s*|\d+(?:\.\d+)*[.):]?\s+|[-*o]\s+)?(\S.*\?)\s*$")
+_LABEL = r"(?:Q(?:uestion)?\s*\d*\s*[:.)]|\d+(?:\.\d+)*[a-z]?(?:[.):]|\.-)?|[-*o])"  # "Q1 :", "3.2", "2e.", "4)", "7.-", "*"
 
 
 def text_sections(text):
-    """Plain-text FAQ -> [(question, answer)]: a question is a line after a blank line that ends with
-    '?' (numbering, "Q:" or a bullet before it dropped; indented at most 4 spaces; at most 30 words),
-    its answer everything up to the next question ("A:" dropped)."""
-    out, lines = [], text.split("\n")
-    for i, line in enumerate(lines):
-        m = _TEXT_QUESTION.match(line)
-        if m and (i == 0 or not lines[i - 1].strip()) and len(m.group(1).split()) <= 30:
-            out.append([m.group(1), []])
-        elif out:
-            out[-1][1].append(line)
+    """Plain-text FAQ -> [(question, answer)]. A question is a paragraph after a blank line or a rule
+    ("-----") that ends with '?' and has at most 30 words: one line (a label such as "3.2" or "Q:"
+    optional, indented at most 4 spaces), or up to three lines, the first of them labelled. Its
+    answer is everything up to the next question; rules are dropped."""
+    lines = [line for line in text.split("\n")]
+    out, i = [], 0
+    while i < len(lines):
+        starts = i == 0 or not lines[i - 1].strip() or _RULE.match(lines[i - 1])
+        para = []
+        if starts and re.match(r"^\s{0,4}\S", lines[i]) and not _RULE.match(lines[i]):
+            for j in range(i, min(i + 3, len(lines))):
+                if not lines[j].strip() or _RULE.match(lines[j]):
+                    break
+                para.append(lines[j])
+                if lines[j].rstrip().endswith("?"):
+                    break
+        question = " ".join(" ".join(para).split())
+        one_line = len(para) == 1
+        if (para and question.endswith("?") and len(question.split()) <= 30
+                and (one_line or re.match(rf"^\s*{_LABEL}\s", para[0]))):
+            out.append([question, []])
+            i += len(para)
+            continue
+        if out and not _RULE.match(lines[i]):
+            out[-1][1].append(lines[i])
+        i += 1
     return [(q, " ".join(" ".join(a).split())) for q, a in out]
 
 
@@ -1495,65 +1523,80 @@ def english(text):
 
 
 def faq_heading(text):
-    """A question heading's own marks dropped: anchors (<a name="x"/>, {#Q021}), rst roles and literals,
-    heading rules ("== Q =="), labels ("[Q] -", "<11>", "[G.3]", "Q.", ": ") and escapes ("\\?")."""
+    """A question without its marks: anchors (<a name="x"/>, {#Q021}), rst roles and literals,
+    heading rules ("== Q =="), quotes, escapes ("\\?") and labels ("Q1 :", "[Q] -", "<11>", "[G.3]",
+    "2e.", "4)", "7.-", "10.Is", "> ")."""
     text = re.sub(r"<a\b[^>]*>|</a>|\{#[^}]*\}", "", text, flags=re.I)
     text = rst_text(text).replace("\\", "")
-    return re.sub(r"^(?:[=*#:\s]+|\[Q\]\s*-?\s*|<\d+>\s*|\[[A-Z]?\.?\d+(?:\.\d+)*\]\s*|Q\.\s+)+|[=*#\s]+$", "", text)
+    label = rf"[=*#:>\s]+|\[Q\]\s*-?\s*|<\d+>\s*|\[[A-Z]?\.?\d+(?:\.\d+)*\]\s*|{_LABEL}\s+|\d+\.(?=[A-Z])"
+    text = re.sub(rf"^(?:{label})+|[=*#\s]+$", "", text)
+    return text[1:-1] if len(text) > 2 and text[0] == text[-1] == '"' else text
 
 
 def generic_faq(path, text):
     """One FAQ file, by its format (.rst/.rst.txt, .md/.md.txt/.markdown, anything else plain text)
     -> [(question, answer)]: headings with a '?', English, 2-40 words a question, 5 words or more an
-    answer, heading marks ("== Q ==", "*** Q") and "A:" dropped."""
+    answer. A heading that continues its parent's ("…run the latest version?") is left out; so are
+    answers' "A:" labels, HTML line breaks and key lines ("%%%% Q:key", crawl's FAQ)."""
     name = path.name.lower().removesuffix(".gz").removesuffix(".txt")
     if name.endswith(".rst"):
         sections = rst_sections(text)
     elif name.endswith((".md", ".markdown")):
         sections = md_sections(text)
     else:
-        sections = text_sections(text)
+        sections = text_sections(re.sub(r"(?m)^%%%%.*$", "", text))
     out = []
     for question, answer in sections:
-        question = faq_heading(clean_question(faq_heading(question)))  # "Q1 : Why ...?" has two labels
+        question = faq_heading(question)
+        answer = re.sub(r"<br\s*/?>", " ", answer, flags=re.I)
         answer = re.sub(r"^(?:A(?:nswer)?\s*\d*[:.]\s+|A\d+\s+|\[A\]\s*-?\s*|-{1,3}\s+)|\s+-{3,}$", "", answer)
-        if "?" in question and 2 <= len(question.split()) <= 40 and len(answer.split()) >= 5 \
-                and english(question + " " + answer):
-            out.append((question, answer))
+        if ("?" in question and not question.startswith(("…", "...")) and 2 <= len(question.split()) <= 40
+                and len(answer.split()) >= 5 and english(question + " " + answer)):
+            out.append((question, " ".join(answer.split())))
     return out
 
 
 def faqs_wide_sources(roots, entries):
-    """-> {package: [(doc_id, question, answer)]}. A FAQ shipped by several packages (fonts-noto-*,
-    llvm-1x-doc) is read once, from the first; doc ids are PACKAGE#question, PACKAGE-2#... for a
-    package's second FAQ file."""
-    src, seen, files = {}, set(), {}
+    """-> {package: [(doc_id, question, answer)]}; doc ids are PACKAGE#question, PACKAGE-2#question
+    for a package's second FAQ file."""
+    src, files = {}, {}
     for pkg, _, path in entries:
-        text = read_text_file(roots[pkg] / path)
-        if sha1(text) in seen:
-            continue
-        seen.add(sha1(text))
         files[pkg] = files.get(pkg, 0) + 1
         page = pkg if files[pkg] == 1 else f"{pkg}-{files[pkg]}"
+        text = read_text_file(roots[pkg] / path)
         src.setdefault(pkg, []).extend((f"{page}#{slug(q)}", q, a) for q, a in generic_faq(Path(path), text))
     return src
 
 
+def evaluation_questions(names=EVALUATION_SETS):
+    """The normalised questions of the evaluation sets (built before faqs-wide), which it leaves out."""
+    out = set()
+    for name in names:
+        path = ROOT / "beir" / name / "queries.jsonl"
+        if not path.is_file():
+            sys.exit(f"{path}: not built. faqs-wide leaves out the questions of {', '.join(names)}: build "
+                     f"them first (python data/build_datasets.py --only {'faqs' if name == 'faqs-heldout' else name})")
+        out |= {norm_text(json.loads(line)["text"]) for line in path.read_text(encoding="utf-8").splitlines()}
+    return out
+
+
 def copyright_licence(root, pkg):
-    """The first 'License:' of a package's machine-readable copyright file, else 'see copyright'."""
+    """The first 'License:' of a package's machine-readable copyright file, or a pointer to the file."""
     path = root / "usr/share/doc" / pkg / "copyright"
     text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
     m = re.search(r"(?m)^License:\s*(\S.*)$", text)
-    return m.group(1).strip() if m else "see usr/share/doc/<package>/copyright"
+    return m.group(1).strip() if m else f"see usr/share/doc/{pkg}/copyright"
 
 
 def build_faqs_wide(cache_dir, allow_other_versions=False):
+    held_out = evaluation_questions()
     entries = faqs_wide_list()
     packages = sorted({(pkg, version) for pkg, version, _ in entries})
     debs = fetch(packages, cache_dir, allow_other_versions)
     roots = {pkg: unpack(deb, cache_dir) for pkg, _, deb in debs}
-    corpus, queries, qrels = faq_records("faqs-wide", faqs_wide_sources(roots, entries), "faqw",
-                                         need_question_mark=True)
+    sources = {pkg: [(d, q, a) for d, q, a in items if norm_text(clean_question(q)) not in held_out]
+               for pkg, items in faqs_wide_sources(roots, entries).items()}
+    corpus, queries, qrels = faq_records("faqs-wide", sources, "faqw", need_question_mark=True)
     licences = "\n".join(f"  {pkg}: {copyright_licence(roots[pkg], pkg)}" for pkg, _ in packages)
     write_dataset("faqs-wide", corpus, queries, split_qrels(qrels, queries),
                   sources_txt("faqs-wide", debs) + "licences (the first License: of each copyright file):\n"
@@ -1628,8 +1671,8 @@ def build_debian_faq(cache_dir, allow_other_versions=False, n_distractors=1500):
 # ================================================================ CLI
 
 BUILDERS = {"manpages": build_manpages, "foldoc": build_foldoc, "pyfaq": build_pyfaq, "faqs": build_faqs,
-            "faqs-more": build_faqs_more, "faqs-extra": build_faqs_extra, "faqs-wide": build_faqs_wide,
-            "debian-faq": build_debian_faq}
+            "faqs-more": build_faqs_more, "faqs-extra": build_faqs_extra, "debian-faq": build_debian_faq,
+            "faqs-wide": build_faqs_wide}  # faqs-wide last: it leaves out the evaluation sets' questions
 
 
 def parse_args(argv=None):

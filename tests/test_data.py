@@ -448,37 +448,75 @@ def test_debian_faq_questions_keep_their_non_question_subsections():
 def test_rst_sections_headings_by_underline_and_markup_reduced():
     rst = ("=========\nBorg FAQ\n=========\n\n.. contents::\n\nUsage\n-----\n\nGeneral text.\n\n"
            "Can I back up VM disk images?\n~~~~~~~~~~~~~~~~~~~~~~~~~~~~~\n\nYes, see :ref:`the docs <vm>` and "
-           "``borg create``,\n`the site <https://x.org>`_ and **note**::\n\n    borg list\n\n"
+           "``borg create``,\n`the site <https://x.org>`_, |project| and **note**::\n\n    borg list\n\n"
            ".. _vm: https://x.org/vm\n\n------------\nWhy so slow?\n------------\nIt hashes.\n")
     assert bd.rst_sections(rst) == [("Borg FAQ", ""), ("Usage", "General text."),
                                      ("Can I back up VM disk images?",
-                                      "Yes, see the docs and borg create, the site and note: borg list"),
+                                      "Yes, see the docs and borg create, the site, project and note: borg list"),
                                      ("Why so slow?", "It hashes.")]
     # a line of text above a short rule is no heading (the rule is shorter than the line)
     assert bd.rst_sections("Is this a heading?\n---\nno\n") == []
 
 
+def test_rst_text_keeps_lines_that_start_with_a_role_and_drops_prose_free_directives():
+    # celery's FAQ: a line starting with a role is answer text; a field list and a spelling block are not
+    rst = (":mod:`~celery.bin.worker` is an implementation of Celery in Python. If the\nlanguage has an AMQP client,"
+           " it works.\n\n:param x: a field\n\n.. spelling::\n\n   csr\n   eos\n\nSee Django_ too.\n")
+    assert bd.rst_text(rst) == ("~celery.bin.worker is an implementation of Celery in Python. If the language has "
+                                "an AMQP client, it works. See Django too.")
+
+
 def test_md_sections_atx_setext_and_bold_questions_not_code():
-    md = ("# FAQ\n\n## How do I *start*?\n\nRun `tool` [here](http://x).\n\n```sh\n# not a heading\n```\n\n"
-          "Why is it red?\n---\nBecause.\n\n**Can I help?**\nYes please.\n")
-    assert bd.md_sections(md) == [("FAQ", ""), ("How do I *start*?", "Run tool here. not a heading"),
-                                  ("Why is it red?", "Because."), ("Can I help?", "Yes please.")]
+    md = ("# FAQ\n\n## How do I start?\n\nRun `tool` [here](http://x).\n\n```c\n#include <x.h>\n```\n\n"
+          "Why is it red?\n---\nBecause.\n\n**Can I use *Net-SNMP*?**\nYes please.\n")
+    assert bd.md_sections(md) == [("FAQ", ""), ("How do I start?", "Run tool here. #include <x.h>"),
+                                  ("Why is it red?", "Because."), ("Can I use *Net-SNMP*?", "Yes please.")]
 
 
-def test_text_sections_questions_after_a_blank_line():
+def test_text_sections_questions_after_a_blank_line_or_a_rule():
     text = ("Getmail FAQ\n\n1.2 What is a maildir?\n\n  A maildir is a format.\nIs it safe? Yes it is.\n\n"
             "Q: Can I use it?\nA: Yes, with care.\n\n        Indented deep, is this a question?\n    no.\n")
     assert bd.text_sections(text) == [
-        ("What is a maildir?", "A maildir is a format. Is it safe? Yes it is."),
-        ("Can I use it?", "A: Yes, with care. Indented deep, is this a question? no.")]
+        ("1.2 What is a maildir?", "A maildir is a format. Is it safe? Yes it is."),
+        ("Q: Can I use it?", "A: Yes, with care. Indented deep, is this a question? no.")]
+    # UW IMAP's FAQ: a labelled question wrapped over two lines; pam_mount's: a question after a rule
+    imap = ("1.1 Can I set up a POP or IMAP server on UNIX, Linux, or OSF/1?\n\n    Yes.\n\n"
+            "1.2 I am currently using qpopper. Do I need to replace it with\n    ipop3d?\n\n    No.\n"
+            "=====\nWhy are my volumes not unmounted?\n\nA logout hook is missing.\n\n"
+            "An answer that ends its paragraph\nwith a question of its own?\n")
+    assert bd.text_sections(imap) == [
+        ("1.1 Can I set up a POP or IMAP server on UNIX, Linux, or OSF/1?", "Yes."),
+        ("1.2 I am currently using qpopper. Do I need to replace it with ipop3d?", "No."),
+        ("Why are my volumes not unmounted?",
+         "A logout hook is missing. An answer that ends its paragraph with a question of its own?")]
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ('<A name="func_mock"/> Q. Can I mock a C function API?', "Can I mock a C function API?"),
+    ("Q1 : Compiling is really slow on MacOS X. Why? {#Q003}", "Compiling is really slow on MacOS X. Why?"),
+    ("<11> How do I get a list of functions?", "How do I get a list of functions?"),
+    ('[G.3] What is the "setslient" method?', 'What is the "setslient" method?'),
+    ("Where can I use ``await``\\?", "Where can I use await?"),
+    ("2e. How do I compile the game?", "How do I compile the game?"),
+    ("4) What is a proxy used for?", "What is a proxy used for?"),
+    ("7.- There are rooms, why?", "There are rooms, why?"),
+    ("10.Is it recommended?", "Is it recommended?"),
+    ("> Where can I get information?", "Where can I get information?"),
+    ('"Why is it slow?"', "Why is it slow?"),
+    ("== How do I quit? ==", "How do I quit?"),
+    ("3D or 2D?", "3D or 2D?"),
+])
+def test_faq_heading_drops_labels_and_marks(raw, clean):
+    assert bd.faq_heading(raw) == clean
 
 
 def test_generic_faq_by_format_keeps_english_questions_only(tmp_path):
-    md = ("## [Q] - Is it free?\n\n[A] - Yes, it is free for you to use in any way. ---\n\n"
+    md = ("## [Q] - Is it free?\n\n[A] - Yes, it is free for you to use<br> in any way. ---\n\n"
           "## Installation\n\nSee the README for all of the steps.\n\n## Why?\n\nToo short.\n\n"
+          "## …run the latest source version?\n\nUse the git checkout of the project.\n\n"
           "## Wie installiere ich es?\n\nMit dem Paketmanager, der in der Distribution ist.\n")
     assert bd.generic_faq(tmp_path / "FAQ.md.gz", md) == [("Is it free?", "Yes, it is free for you to use in any way.")]
-    text = "Q3.1: How do I quit?\n\nA: Press q and the program exits at once.\n"
+    text = "3.1 How do I quit?\n\nA: Press q and the program exits at once.\n"
     assert bd.generic_faq(tmp_path / "FAQ", text) == [("How do I quit?", "Press q and the program exits at once.")]
     rst = "How do I quit?\n==============\n\nPress ``q`` and the program exits.\n"
     assert bd.generic_faq(tmp_path / "faq.rst.txt", rst) == [("How do I quit?", "Press q and the program exits.")]
@@ -486,17 +524,24 @@ def test_generic_faq_by_format_keeps_english_questions_only(tmp_path):
     assert bd.english("Press q and the program exits at once.")
 
 
-def test_faqs_wide_sources_read_a_shared_faq_once_and_name_second_files(tmp_path):
+def test_faqs_wide_sources_name_a_packages_second_faq(tmp_path):
     faq = "## How do I quit the program?\n\nPress q and it exits at once.\n"
-    for pkg, name, text in [("a", "FAQ.md", faq), ("a", "more/faq.md", faq.replace("quit", "start")),
-                            ("b", "FAQ.md", faq)]:
+    for pkg, name, text in [("a", "FAQ.md", faq), ("a", "more/faq.md", faq.replace("quit", "start"))]:
         (tmp_path / pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / pkg / name).write_text(text)
-    roots = {"a": tmp_path / "a", "b": tmp_path / "b"}
-    src = bd.faqs_wide_sources(roots, [("a", "1", "FAQ.md"), ("a", "1", "more/faq.md"), ("b", "2", "FAQ.md")])
+    src = bd.faqs_wide_sources({"a": tmp_path / "a"}, [("a", "1", "FAQ.md"), ("a", "1", "more/faq.md")])
     assert src == {"a": [("a#How-do-I-quit-the-program", "How do I quit the program?", "Press q and it exits at once."),
                          ("a-2#How-do-I-start-the-program", "How do I start the program?",
                           "Press q and it exits at once.")]}
+
+
+def test_faqs_wide_needs_the_evaluation_sets_and_leaves_their_questions_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(bd, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match=r"pyfaq/queries.jsonl: not built. faqs-wide leaves out the questions"):
+        bd.evaluation_questions()
+    (tmp_path / "beir" / "pyfaq").mkdir(parents=True)
+    (tmp_path / "beir" / "pyfaq" / "queries.jsonl").write_text('{"_id": "q1", "text": "What is Python?"}\n')
+    assert bd.evaluation_questions(("pyfaq",)) == {"what is python?"}
 
 
 def test_faqs_wide_list_rows_and_errors(tmp_path):
@@ -511,7 +556,8 @@ def test_faqs_wide_list_rows_and_errors(tmp_path):
     used = {n for lst in (bd.FAQ_PACKAGES, bd.FAQ_MORE_PACKAGES, bd.FAQ_EXTRA_PACKAGES, bd.DEBIAN_PACKAGES,
                           bd.PYDOC_PACKAGES) for n, _ in lst}
     assert len(rows) > 150 and not {p for p, _, _ in rows} & used
-    assert not [path for _, _, path in rows if re.search(r"debian|/(zsh|git|curl)\b", path, re.I)]
+    assert not [p for p, _, path in rows if re.search(r"debian|^apt|^dpkg|^python3\.\d+-doc$|/(zsh|git|curl)\b",
+                                                      f"{p}:{path}", re.I)]
 
 
 # ---------------------------------------------------------------- SFT mix
