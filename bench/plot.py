@@ -112,13 +112,11 @@ def plot_line(plt, path, out):
     points, ref = line["points"], line["reference"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     runs = list(dict.fromkeys(p["run"] for p in points))
-    # each run joined to the point it continued: its first point's "from" (examples), else the point before it
+    # each run joined to the point it continued: its first point's "from" (examples seen there)
     def own(run):
-        at = [j for j, p in enumerate(points) if p["run"] == run]
-        start = points[at[0]].get("from")
-        parent = ([j for j, p in enumerate(points) if p["examples"] == start][-1:] if start is not None
-                  else [at[0] - 1] if at[0] else [])
-        return [points[j] for j in parent + at]
+        mine = [p for p in points if p["run"] == run]
+        parent = [p for p in points if p["examples"] == mine[0].get("from")]
+        return parent + mine
     for i, run in enumerate(runs):
         ax.plot([p["examples"] for p in own(run)], [p["auc"] for p in own(run)], "o-", ms=4, color=f"C{i}", label=run)
     ax.axhline(ref["all-MiniLM-L6-v2"]["auc"], color="k", ls=":", lw=1, label="all-MiniLM-L6-v2 (the teacher)")

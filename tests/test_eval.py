@@ -446,6 +446,8 @@ def test_the_curves_points_are_in_order_and_name_their_sections():
     examples = [p["examples"] for p in line["points"]]
     assert examples == sorted(set(examples)), "one point per number of examples, in order"
     assert all(p["from"] in examples and p["from"] < p["examples"] for p in line["points"] if "from" in p)
+    firsts = [p for i, p in enumerate(line["points"]) if p["run"] not in {q["run"] for q in line["points"][:i]}]
+    assert all("from" in p for p in firsts[1:]), "every run but the first says which point it continued"
     for p in line["points"]:
         values = [p["auc"]] + [p[k] for k in ("faqs-heldout", "faqs-heldout-eq30") if k in p]
         assert all(0 < v < 1 for v in values), p
