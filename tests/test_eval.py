@@ -249,7 +249,7 @@ RECIPE = (["data/make_sft.py", "sft.py", "data/make_sft.py", "tools/grade_minilm
            "tools/unread_records.py", "sft.py", "tools/export_adapter.py", "data/make_sft.py", "tools/grade_minilm.py",
            "sft.py", "tools/export_adapter.py", "rl.py", "tools/export_adapter.py"]
           # per set: base; SFT alone and fused; SFT + RL alone and fused; MiniLM
-          + (["eval.py"] * 5 + ["bench/compare_minilm.py"]) * 3
+          + (["eval.py"] * 5 + ["bench/compare_minilm.py"]) * 5
           + ["rerank.py", "rerank.py", "bench/plot.py", "tools/results_table.py"])
 
 
@@ -298,7 +298,8 @@ def test_pipeline_records_arguments_and_never_reuses_other_outputs(tmp_path):
     assert sorted(row.split(" | ")[0][2:] for row in table[2:]) == sorted(
         ["BM25", "base", "sft", "sft-fused", "sft-rl", "sft-rl-fused", "all-MiniLM-L6-v2"]), table
     assert "--fusion 0.2" in (root / "runs" / "results" / "faqs-heldout-sft-fused.json.args").read_text()
-    assert "| sft-rl | 0.4000 | 0.4000 | 0.4000 |" in table and "| base | 0.3000 | 0.3000 | 0.3000 |" in table
+    assert "| sft-rl | 0.4000 | 0.4000 | 0.4000 | 0.4000 | 0.4000 |" in table and "| base | 0.3000 | 0.3000 | 0.3000 | 0.3000 | 0.3000 |" in table
+    assert table[0].endswith("| debian-faq (test, 3 queries, top 20) | debian-faq-eq30 (test, 3 queries, top 20) |"), table[0]
     # the same command again: every step is up to date, the runs stopped by --max-steps included
     # (the example check, the plots and the table run each time: seconds)
     done, calls = run_pipeline(root)
@@ -463,6 +464,16 @@ def test_neighbour_stats_split_the_negatives_by_page():
     s = neighbour_stats({**run, "q3": {"a#1": 1.0}}, qrels)
     assert (s["questions"], s["first"]) == (2, 0)
     assert s["auc_same_page"] == 0.0 and s["auc_other_pages"] == 0.5  # (0 + 0) / 2 and (1 + 0) / 2
+
+
+def test_answer_stats_count_tens_on_the_questions_whose_answer_was_scored():
+    from bench.neighbours import answer_stats
+    lines = [json.dumps({"qid": "q1", "results": [{"id": "a#1", "answer": 10}, {"id": "a#2", "answer": 10},
+                                                   {"id": "b#1", "answer": 0}]}),
+             json.dumps({"qid": "q2", "results": [{"id": "a#3", "answer": 0}, {"id": "b#2", "answer": 10}]}),
+             json.dumps({"qid": "q3", "results": [{"id": "a#1", "answer": 10}]})]  # its answer not scored
+    s = answer_stats(lines, {"q1": {"a#1": 2}, "q2": {"a#3": 1}, "q3": {"c#1": 2}})
+    assert s == {"questions": 2, "tens_a_question": 1.5, "relevant_ten": 1}
 
 
 def test_paired_runs_compare_the_same_steps_and_refuse_other_batches(tmp_path, capsys):
