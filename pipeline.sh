@@ -2,12 +2,13 @@
 # ERank-135M end to end on this CPU, the recipe behind weights/erank-135m: datasets -> rung 1 (man
 # pages against random pages) -> SFT records without length cues, graded by a teacher -> SFT ->
 # SFT continued on records of new sources -> on the records not read yet, the hard negatives' target
-# halved -> new sources again -> RL (r_RR) -> evaluation on the development sets -> the adapter -> plots and the results
-# table. Run it in the background (runs/ must exist):
+# halved -> new sources again -> RL (r_RR) -> evaluation on the development sets, pyfaq and the test set -> the
+# adapter -> plots and the results table. Run it in the background (runs/ must exist):
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
 #
-# About 12 hours on a 2-core CPU (SFT ~6 s a step on one core, 4,507 steps). Every output records what made it in
+# About 14 hours on a 2-core CPU, estimated from its parts (SFT ~6 s a step on one core, 4,507 steps;
+# scoring one model on debian-faq 45 minutes on one core). Every output records what made it in
 # OUTPUT.args beside it: the command, after the records of the outputs it reads, and for a file its
 # sha256. Run again, a step whose output exists is skipped when its record is what the step would
 # write now. Otherwise the records and the evaluations are made again, and a training step that
@@ -70,7 +71,7 @@ train() {
 }
 
 step "datasets"
-for d in pyfaq manpages foldoc faqs faqs-more faqs-extra faqs-heldout faqs-heldout-eq30; do
+for d in pyfaq manpages foldoc faqs faqs-more faqs-extra faqs-heldout faqs-heldout-eq30 debian-faq debian-faq-eq30; do
     [ -d data/beir/$d ] || { python data/build_datasets.py; break; }
 done
 
@@ -166,7 +167,7 @@ evaluate() {  # set split name model-record model [fused]: at rerank.py's settin
             --max-doc-tokens 512 --dtype bfloat16 --fusion 0.2 --name $3-fused --model $5 --json runs/results/$1-$3-fused.json
     fi
 }
-for set in faqs-heldout:dev faqs-heldout-eq30:dev pyfaq:test; do
+for set in faqs-heldout:dev faqs-heldout-eq30:dev pyfaq:test debian-faq:test debian-faq-eq30:test; do
     evaluate "${set%%:*}" "${set##*:}" base models/SmolLM2-135M-Instruct models/SmolLM2-135M-Instruct
     evaluate "${set%%:*}" "${set##*:}" sft runs/sft-135m runs/models/sft fused
     evaluate "${set%%:*}" "${set##*:}" sft-rl runs/sft-rl-135m runs/models/sft-rl fused
@@ -198,5 +199,9 @@ echo "runs/erank-135m is $chosen; to make it the default: cp runs/erank-135m/ada
 
 step "plots, and the README's results table (runs/results/table.md)"
 python bench/plot.py --sft runs/r5-soft --rl runs/rl --tables runs/results/*.json --out runs/plots || true
-python tools/results_table.py runs/results/*.json --out runs/results/table.md
+tables=""  # sets across in the order of the loop above (development sets first), systems down
+for set in faqs-heldout faqs-heldout-eq30 pyfaq debian-faq debian-faq-eq30; do
+    for system in minilm base sft sft-fused sft-rl sft-rl-fused; do tables="$tables runs/results/$set-$system.json"; done
+done
+python tools/results_table.py $tables --out runs/results/table.md
 step "done"

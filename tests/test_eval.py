@@ -174,7 +174,8 @@ with open("calls.log", "a") as f:
 def opt(name):
     return args[args.index(name) + 1] if name in args else None
 if args[0] == "data/build_datasets.py":
-    for d in ("faqs", "faqs-more", "faqs-extra", "faqs-heldout", "faqs-heldout-eq30", "pyfaq", "manpages", "foldoc"):
+    for d in ("faqs", "faqs-more", "faqs-extra", "faqs-heldout", "faqs-heldout-eq30", "pyfaq", "manpages", "foldoc",
+              "debian-faq", "debian-faq-eq30"):
         os.makedirs("data/beir/" + d, exist_ok=True)
 elif args[0] in ("data/make_sft.py", "tools/grade_minilm.py", "tools/unread_records.py"):
     os.makedirs(os.path.dirname(opt("--out")), exist_ok=True)
