@@ -7,7 +7,7 @@
 #
 #     mkdir -p runs && nohup bash pipeline.sh > runs/pipeline.log 2>&1 &
 #
-# About 14 hours on a 2-core CPU, estimated from its parts (SFT ~6 s a step on one core, 4,507 steps;
+# About 15 hours on a 2-core CPU, estimated from its parts (SFT ~6 s a step on one core, 4,507 steps;
 # scoring one model on debian-faq 45 minutes on one core). Every output records what made it in
 # OUTPUT.args beside it: the command, after the records of the outputs it reads, and for a file its
 # sha256. Run again, a step whose output exists is skipped when its record is what the step would
@@ -199,9 +199,9 @@ echo "runs/erank-135m is $chosen; to make it the default: cp runs/erank-135m/ada
 
 step "plots, and the README's results table (runs/results/table.md)"
 python bench/plot.py --sft runs/r5-soft --rl runs/rl --tables runs/results/*.json --out runs/plots || true
-tables=""  # sets across in the order of the loop above (development sets first), systems down
+tables=()  # sets across in the order of the loop above (development sets first), systems down
 for set in faqs-heldout faqs-heldout-eq30 pyfaq debian-faq debian-faq-eq30; do
-    for system in minilm base sft sft-fused sft-rl sft-rl-fused; do tables="$tables runs/results/$set-$system.json"; done
+    for system in minilm base sft sft-fused sft-rl sft-rl-fused; do tables+=("runs/results/$set-$system.json"); done
 done
-python tools/results_table.py $tables --out runs/results/table.md
+python tools/results_table.py "${tables[@]}" --out runs/results/table.md
 step "done"

@@ -96,7 +96,7 @@ def add_checkpoint_args(ap, out: str, save_every: int):
 def parse_resuming(ap, argv=None):
     """Parse the command line; with --resume, the arguments saved in <out>/last/args.json fill in
     every flag not given again, so `--resume --out DIR` alone continues a run. Not carried over:
-    --max-steps (where the last session chose to stop), --device and --cpu-offload (where this one
+    --max-steps (where the last invocation chose to stop), --device and --cpu-offload (where this one
     runs). A switch saved on (store_true) stays on. start_or_resume then checks that what was given
     again still matches the checkpoint."""
     args = ap.parse_args(argv)

@@ -51,11 +51,18 @@ def neighbour_stats(run: dict, qrels: dict) -> dict:
 
 def answer_stats(cache_lines: list[str], qrels: dict) -> dict:
     """From eval.py's scored-pair cache (one JSON line a question, its candidates' answers): on the
-    questions whose relevant document is scored, how many candidates a question get the answer 10,
-    and in how many questions the relevant one is among them."""
-    questions, tens, relevant_ten = 0, 0, 0
+    questions whose relevant document is scored, how many of a question's candidates get the answer 10,
+    and in how many questions the relevant one is among them. Read as
+    eval.py reads it: a torn line is skipped, a question scored twice counts once (its last line)."""
+    records = {}
     for line in cache_lines:
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        records[rec["qid"]] = rec
+    questions, tens, relevant_ten = 0, 0, 0
+    for rec in records.values():
         rel = {d for d, g in qrels.get(rec["qid"], {}).items() if g > 0}
         answers = {r["id"]: r.get("answer") for r in rec["results"]}
         if not rel & answers.keys():

@@ -116,6 +116,7 @@ def plot_line(plt, path, out):
     def own(run):
         mine = [p for p in points if p["run"] == run]
         parent = [p for p in points if p["examples"] == mine[0].get("from")]
+        assert parent or "from" not in mine[0], f"{run}: no point has the examples its 'from' names"
         return parent + mine
     for i, run in enumerate(runs):
         ax.plot([p["examples"] for p in own(run)], [p["auc"] for p in own(run)], "o-", ms=4, color=f"C{i}", label=run)

@@ -472,7 +472,9 @@ def test_answer_stats_count_tens_on_the_questions_whose_answer_was_scored():
     lines = [json.dumps({"qid": "q1", "results": [{"id": "a#1", "answer": 10}, {"id": "a#2", "answer": 10},
                                                    {"id": "b#1", "answer": 0}]}),
              json.dumps({"qid": "q2", "results": [{"id": "a#3", "answer": 0}, {"id": "b#2", "answer": 10}]}),
-             json.dumps({"qid": "q3", "results": [{"id": "a#1", "answer": 10}]})]  # its answer not scored
+             json.dumps({"qid": "q3", "results": [{"id": "a#1", "answer": 10}]}),  # its answer not scored
+             json.dumps({"qid": "q2", "results": [{"id": "a#3", "answer": 0}, {"id": "b#2", "answer": 10}]}),
+             '{"qid": "q1", "results": [{"id": "a#1", "ans']  # q2 scored again, then a torn last line
     s = answer_stats(lines, {"q1": {"a#1": 2}, "q2": {"a#3": 1}, "q3": {"c#1": 2}})
     assert s == {"questions": 2, "tens_a_question": 1.5, "relevant_ten": 1}
 
